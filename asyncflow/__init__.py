@@ -1,0 +1,30 @@
+"""asyncflow: Prefect 3-style flows and tasks on an asyncio/trio structured-concurrency kernel."""
+
+from asyncflow import runtime
+from asyncflow.annotations import allow_failure, quote, unmapped
+from asyncflow.flows import Flow, flow
+from asyncflow.futures import FutureList, PrefectFuture, TaskRunFuture, as_completed, wait
+from asyncflow.logging import get_run_logger
+from asyncflow.states import State, StateType
+from asyncflow.tasks import Task, task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Flow",
+    "FutureList",
+    "PrefectFuture",
+    "State",
+    "StateType",
+    "Task",
+    "TaskRunFuture",
+    "allow_failure",
+    "as_completed",
+    "flow",
+    "get_run_logger",
+    "quote",
+    "runtime",
+    "task",
+    "unmapped",
+    "wait",
+]

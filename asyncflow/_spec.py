@@ -1,0 +1,142 @@
+"""What `Flow` and `Task` share: wrapping a function, checking options, binding to instances."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal, TypeVar
+
+from asyncflow.exceptions import InvalidDefinitionError
+from asyncflow.parameters import Signature
+
+Kind = Literal["sync", "async", "generator", "async_generator"]
+S = TypeVar("S", bound="Spec")
+_UNBOUND: Any = object()
+
+
+def function_kind(fn: Callable[..., Any]) -> Kind:
+    if inspect.isasyncgenfunction(fn):
+        return "async_generator"
+    if inspect.iscoroutinefunction(fn):
+        return "async"
+    if inspect.isgeneratorfunction(fn):
+        return "generator"
+    return "sync"
+
+
+def check_callable(fn: Any, decorator: str) -> None:
+    if isinstance(fn, (classmethod, staticmethod)):
+        raise InvalidDefinitionError(
+            f"{decorator} must be applied below @{type(fn).__name__}: write "
+            f"@{type(fn).__name__} on top, then {decorator}."
+        )
+    if isinstance(fn, str):
+        raise InvalidDefinitionError(
+            f"{decorator} got the string {fn!r} where a function was expected; pass options as "
+            f"keywords, e.g. {decorator}(name={fn!r})."
+        )
+    if not callable(fn):
+        raise InvalidDefinitionError(
+            f"{decorator} can only decorate a function or method, got {type(fn).__name__} {fn!r}."
+        )
+
+
+def check_retries(retries: Any, delay: Any, owner: str) -> int:
+    if retries is None:
+        return 0
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise InvalidDefinitionError(f"{owner}: retries must be an int >= 0, got {retries!r}.")
+    ok = (
+        delay is None
+        or callable(delay)
+        or _non_negative(delay)
+        or (isinstance(delay, (list, tuple)) and all(_non_negative(d) for d in delay))
+    )
+    if not ok:
+        raise InvalidDefinitionError(
+            f"{owner}: retry_delay_seconds must be a number >= 0, a list of them, or a "
+            f"callable, got {delay!r}."
+        )
+    return retries
+
+
+def _non_negative(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def check_timeout(timeout: Any, owner: str) -> float | None:
+    if timeout is None:
+        return None
+    if not _non_negative(timeout) or timeout == 0:
+        raise InvalidDefinitionError(
+            f"{owner}: timeout_seconds must be a number > 0, got {timeout!r}."
+        )
+    return float(timeout)
+
+
+class Spec:
+    """A decorated function plus its options; `Flow` and `Task` build on it."""
+
+    decorator: ClassVar[str]
+    fn: Callable[..., Any]
+    kind: Kind
+    signature: Signature
+    _options: dict[str, Any]
+    _bound: Any
+
+    def _wrap(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+        check_callable(fn, self.decorator)
+        self.fn = fn
+        self.kind = function_kind(fn)
+        self.isasync = self.kind in ("async", "async_generator")
+        self.signature = Signature(fn)
+        self._options = options
+        self._bound = _UNBOUND
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+        self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
+        self.__module__ = getattr(fn, "__module__", None)  # type: ignore[assignment]
+        self.__wrapped__ = fn
+
+    def with_options(self: S, **changes: Any) -> S:
+        """A copy with some options changed; the original is untouched."""
+        check_option_names(changes, type(self))
+        cls: Any = type(self)
+        clone: S = cls(self.fn, **{**self._options, **changes})
+        clone._bound = self._bound
+        return clone
+
+    def __get__(self: S, instance: Any, owner: type | None = None) -> S:
+        """Bind to an instance (instance methods) or class (@classmethod on top)."""
+        if instance is None:
+            return self
+        bound = copy.copy(self)
+        bound._bound = instance
+        return bound
+
+    def _args(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return args if self._bound is _UNBOUND else (self._bound, *args)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, fn={self.__qualname__})"
+
+    name: str
+
+
+def check_option_names(options: dict[str, Any], cls: type) -> None:
+    """Reject misspelled decorator options with a suggestion, before anything is wrapped."""
+    init: Any = getattr(cls, "__init__")  # noqa: B009 - mypy rejects cls.__init__ here
+    allowed = [p for p in inspect.signature(init).parameters if p not in ("self", "fn")]
+    unknown = [k for k in options if k not in allowed]
+    if unknown:
+        import difflib
+
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise InvalidDefinitionError(
+            f"@{cls.__name__.lower()} got unknown option(s) {', '.join(hints)}. "
+            f"Known options: {', '.join(allowed)}."
+        )

@@ -1,0 +1,25 @@
+"""Which flow run and task run the current code belongs to (context variables)."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from asyncflow.engine.run import FlowRunEngine, RunEngine, TaskRunEngine
+
+flow_run_var: ContextVar[FlowRunEngine | None] = ContextVar("asyncflow_flow_run", default=None)
+task_run_var: ContextVar[TaskRunEngine | None] = ContextVar("asyncflow_task_run", default=None)
+
+
+def current_flow_run() -> FlowRunEngine | None:
+    return flow_run_var.get()
+
+
+def current_task_run() -> TaskRunEngine | None:
+    return task_run_var.get()
+
+
+def current_run() -> RunEngine | None:
+    """The innermost run: the task run if inside one, else the flow run."""
+    return task_run_var.get() or flow_run_var.get()

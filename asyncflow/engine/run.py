@@ -1,0 +1,497 @@
+"""The run lifecycle, written once for flows and tasks, sync and async.
+
+A `RunEngine` is one run: its identity, parameters, counters and state. It knows every
+transition rule (Pending -> Running -> Completed/Failed/..., retries, timeouts, crashes)
+but performs no I/O and never blocks or awaits; the drivers in `asyncflow.engine.drivers`
+call it around the user's code, the sync driver with plain calls and `time.sleep`, the async
+one inside cancel scopes. The object doubles as the run's context (`asyncflow.runtime`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+from uuid import UUID
+
+from asyncflow.exceptions import (
+    FlowRunTimeoutError,
+    ParameterSizeError,
+    ParameterTypeError,
+    RunTimeoutError,
+    TaskRunTimeoutError,
+)
+from asyncflow.logging import (
+    RunLoggerAdapter,
+    engine_logger,
+    flow_run_logger,
+    run_logger,
+    setup_logging,
+    task_run_logger,
+)
+from asyncflow.settings import get_settings
+from asyncflow.states import (
+    _DEFAULT_NAMES,
+    State,
+    StateDetails,
+    StateType,
+    state_from_return_value,
+)
+from asyncflow.store.memory import KIND_FLOW, KIND_TASK, MemoryRegistry, get_registry
+
+if TYPE_CHECKING:
+    from asyncflow.flows import Flow
+    from asyncflow.futures import TaskRunFuture
+    from asyncflow.task_runners import TaskRunner
+    from asyncflow.tasks import Task
+
+_FAILED = StateType.FAILED
+_COMPLETED = StateType.COMPLETED
+_RUNNING = StateType.RUNNING
+_NO_ROW = -1
+
+
+class RunEngine:
+    """State and transition rules of one run (flow run or task run)."""
+
+    __slots__ = (
+        "_logger",
+        "deadline",
+        "end_time",
+        "log_prints",
+        "name",
+        "parent",
+        "registry",
+        "row",
+        "run_count",
+        "spec",
+        "start_time",
+        "state",
+    )
+    kind: ClassVar[int]
+    label_word: ClassVar[str]  # "Flow" or "Task"
+    base_logger: ClassVar[logging.Logger]
+    timeout_error: ClassVar[type[RunTimeoutError]]
+
+    spec: Flow[Any, Any] | Task[Any, Any]
+    parent: FlowRunEngine | None
+    registry: MemoryRegistry
+    row: int
+    name: str
+
+    def _init_common(self, spec: Any, parent: FlowRunEngine | None) -> None:
+        self.spec = spec
+        self.parent = parent
+        self.registry = parent.registry if parent is not None else get_registry()
+        self.run_count = 0
+        self.state: State[Any] | None = None
+        self.start_time: float | None = None
+        self.end_time: float | None = None
+        self.deadline: float | None = None
+        self.log_prints: bool = (
+            spec.log_prints
+            if spec.log_prints is not None
+            else (parent.log_prints if parent is not None else False)
+        )
+        self._logger: RunLoggerAdapter | None = None
+
+    # -- identity and logging -----------------------------------------------------------------
+    @property
+    def id(self) -> UUID:
+        return self.registry.uuid(self.row)
+
+    @property
+    def label(self) -> str:
+        return f"{self.label_word} run '{self.name}'"
+
+    @property
+    def logger(self) -> RunLoggerAdapter:
+        if self._logger is None:
+            self._logger = run_logger(self.label, self.id, self.base_logger)
+        return self._logger
+
+    def _lifecycle_level(self, level: int) -> int:
+        """The level for routine lifecycle lines (overridden by tasks past the threshold)."""
+        return level
+
+    def _log(self, level: int, msg: str, exc_info: BaseException | None = None) -> None:
+        if self.base_logger.isEnabledFor(level):
+            self.logger.log(level, msg, exc_info=exc_info)
+
+    # -- transitions ----------------------------------------------------------------------------
+    def _record(
+        self, type_: StateType, name: str | None = None, message: str | None = None
+    ) -> None:
+        self.registry.add_transition(self.row, type_, time.time(), name, message)
+
+    def begin_attempt(self) -> None:
+        """Enter Running (first attempt) or Retrying (later ones)."""
+        self.run_count += 1
+        if self.run_count == 1:
+            self.start_time = time.time()
+            self._record(_RUNNING)
+        else:
+            self._record(_RUNNING, "Retrying")
+        timeout = self.spec.timeout_seconds
+        if timeout is not None:
+            self.deadline = time.monotonic() + timeout
+
+    def outcome_of_value(self, value: Any) -> State[Any]:
+        return state_from_return_value(value)
+
+    def outcome_of_error(self, exc: BaseException) -> State[Any]:
+        """Failed for the user's exceptions, Crashed for interpreter/kernel ones."""
+        if isinstance(exc, self.timeout_error) and self.deadline is not None:
+            return self.timed_out()
+        if isinstance(exc, Exception):
+            self._log(logging.ERROR, "Encountered exception during execution:", exc_info=exc)
+            return State(
+                _FAILED,
+                message=f"{self.label_word} run encountered an exception: "
+                f"{type(exc).__name__}: {exc}",
+                data=exc,
+            )
+        return State(
+            StateType.CRASHED,
+            message=f"Execution was interrupted by {type(exc).__name__}: {exc}".rstrip(": "),
+            data=exc,
+        )
+
+    def timed_out(self) -> State[Any]:
+        limit = self.spec.timeout_seconds
+        message = f"{self.label_word} run exceeded timeout of {limit} second(s)"
+        self._log(logging.ERROR, message)
+        return State(_FAILED, "TimedOut", message, data=self.timeout_error(message))
+
+    def cancelled(self, message: str = "Run was cancelled.") -> State[Any]:
+        return State(StateType.CANCELLED, message=message)
+
+    def retry_delay(self, outcome: State[Any]) -> float | None:
+        """Seconds to wait before the next attempt, or None when `outcome` is final.
+
+        Records the failed attempt and AwaitingRetry when a retry is due.
+        """
+        spec = self.spec
+        if outcome.type is not _FAILED or self.run_count > spec.retries:
+            return None
+        condition = getattr(spec, "retry_condition_fn", None)
+        if condition is not None:
+            try:
+                if not condition(spec, self, outcome):
+                    return None
+            except Exception as exc:  # a broken condition must not hide the real failure
+                self._log(logging.ERROR, f"retry_condition_fn raised {exc!r}; not retrying.")
+                return None
+        delay = retry_delay_for(
+            spec.retry_delay_seconds,
+            self.run_count,
+            spec.retries,
+            getattr(spec, "retry_jitter_factor", None),
+        )
+        self._record(_FAILED, _custom_name(outcome), outcome.message)
+        self._record(
+            StateType.SCHEDULED,
+            "AwaitingRetry",
+            f"Retry {self.run_count} of {spec.retries} in {delay:g}s",
+        )
+        self._log(
+            logging.INFO,
+            f"Attempt {self.run_count} failed; retrying in {delay:g} second(s) "
+            f"({self.run_count}/{spec.retries} retries used).",
+        )
+        return delay
+
+    def finish(self, state: State[Any]) -> State[Any]:
+        """Record the terminal state and log it. Called exactly once per run."""
+        state._details = self._details()
+        self.state = state
+        self.end_time = time.time()
+        self._record(state.type, _custom_name(state), state.message)
+        if state.type is _COMPLETED:
+            level = self._lifecycle_level(logging.INFO)
+        elif state.type is StateType.CANCELLED:
+            level = logging.WARNING
+        else:
+            level = logging.ERROR
+        self._log(level, f"Finished in state {state}")
+        return state
+
+    def _details(self) -> StateDetails:
+        raise NotImplementedError
+
+
+def _custom_name(state: State[Any]) -> str | None:
+    return None if state.name == _DEFAULT_NAMES[state.type] else state.name
+
+
+def retry_delay_for(setting: Any, attempt: int, retries: int, jitter: float | None) -> float:
+    """The delay before retry number `attempt` (1-based) from a number, list or callable."""
+    if callable(setting):
+        setting = setting(retries)
+    if isinstance(setting, (list, tuple)):
+        delay = float(setting[min(attempt - 1, len(setting) - 1)]) if setting else 0.0
+    else:
+        delay = float(setting or 0)
+    if jitter:
+        delay = max(0.0, random.uniform(delay * (1 - jitter), delay * (1 + jitter)))
+    return delay
+
+
+class FlowRunEngine(RunEngine):
+    """A flow run: parameters, its task-run bookkeeping, its task runner and task group."""
+
+    __slots__ = (
+        "_progress_lock",
+        "async_runner",
+        "counts",
+        "explicit",
+        "is_async",
+        "last_progress",
+        "parameters",
+        "parent_task",
+        "pending",
+        "task_counters",
+        "task_group",
+        "task_runner",
+        "tasks_started",
+        "thread_id",
+    )
+    kind = KIND_FLOW
+    label_word = "Flow"
+    base_logger = flow_run_logger
+    timeout_error = FlowRunTimeoutError
+
+    spec: Flow[Any, Any]
+
+    def __init__(
+        self,
+        flow: Flow[Any, Any],
+        parameters: dict[str, Any],
+        explicit: frozenset[str],
+        parent: FlowRunEngine | None,
+        is_async: bool,
+    ) -> None:
+        self._init_common(flow, parent)
+        self.parameters = parameters
+        self.explicit = explicit
+        self.is_async = is_async
+        self.thread_id = threading.get_ident()
+        self.task_counters: dict[str, itertools.count[int]] = {}
+        self.pending: set[TaskRunFuture[Any]] = set()
+        self.task_runner: TaskRunner | None = None
+        self.async_runner: Any = None
+        self.task_group: Any = None
+        self.parent_task: TaskRunEngine | None = None
+        self.tasks_started = 0
+        self.counts: dict[StateType, int] = {}
+        self.last_progress = 0.0
+        self._progress_lock = threading.Lock()
+        self.name = ""
+        self.row = _NO_ROW
+
+    def start(self) -> State[Any] | None:
+        """Register the run and enter Pending; validate parameters.
+
+        Returns None when the run may proceed, or its Failed state when the parameters are
+        invalid: such a run never enters Running.
+        """
+        setup_logging()
+        flow = self.spec
+        error: Exception | None = None
+        if flow.validate_parameters and self.explicit:
+            try:
+                self.parameters = flow.signature.validate(
+                    self.parameters, self.explicit, "Flow run"
+                )
+            except ParameterTypeError as exc:
+                error = exc
+        if error is None:
+            try:
+                from asyncflow.parameters import check_size
+
+                check_size(self.parameters, get_settings().max_parameters_bytes, "Flow run")
+            except ParameterSizeError as exc:
+                error = exc
+        self.name = self._render_name(error is None)
+        parent = self.parent
+        if parent is not None:
+            self.parent_task = TaskRunEngine.for_subflow(self)
+        self.row = self.registry.add_run(
+            KIND_FLOW,
+            flow.name,
+            parent.row if parent is not None else _NO_ROW,
+            name=self.name,
+            parameters=self.parameters,
+        )
+        if self.parent_task is not None:
+            self.registry.link_subflow(self.parent_task.row, self.row)
+        self._record(StateType.PENDING)
+        if parent is None:
+            if engine_logger.isEnabledFor(logging.INFO):
+                engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
+        else:
+            parent._log(logging.INFO, f"Created subflow run '{self.name}' for flow '{flow.name}'")
+        if self.log_prints:
+            from asyncflow.logging import enable_log_prints
+
+            enable_log_prints()
+        if error is not None:
+            return self.finish(State(_FAILED, message=str(error), data=error))
+        return None
+
+    def _render_name(self, parameters_valid: bool) -> str:
+        template = self.spec.flow_run_name
+        if template is None:
+            from asyncflow.naming import generate_run_name
+
+            return generate_run_name()
+        if not parameters_valid:  # a template over invalid values would only add noise
+            from asyncflow.naming import generate_run_name
+
+            return generate_run_name()
+        from asyncflow.engine.context import flow_run_var
+        from asyncflow.naming import render_run_name
+
+        token = flow_run_var.set(self)  # a callable may read asyncflow.runtime.flow_run
+        try:
+            return render_run_name(template, self.parameters, "flow_run_name")  # type: ignore[return-value]
+        finally:
+            flow_run_var.reset(token)
+
+    def begin_attempt(self) -> None:
+        super().begin_attempt()
+        if self.parent_task is not None and self.run_count == 1:
+            self.parent_task.begin_attempt()
+
+    def finish(self, state: State[Any]) -> State[Any]:
+        state = super().finish(state)
+        if self.parent_task is not None:
+            self.parent_task.finish(state.copy(_details=None))
+        return state
+
+    def _details(self) -> StateDetails:
+        return StateDetails(
+            flow_run_id=self.id,
+            parent_task_run_id=self.parent_task.id if self.parent_task is not None else None,
+        )
+
+    # -- task-run bookkeeping -----------------------------------------------------------------
+    def next_task_index(self, task_name: str) -> int:
+        counter = self.task_counters.get(task_name)
+        if counter is None:
+            counter = self.task_counters.setdefault(task_name, itertools.count())
+        return next(counter)
+
+    def task_finished(self, type_: StateType) -> None:
+        with self._progress_lock:
+            self.counts[type_] = self.counts.get(type_, 0) + 1
+        if self.tasks_started > get_settings().task_log_threshold:
+            self._maybe_progress()
+
+    def _maybe_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_progress < get_settings().progress_interval_seconds:
+            return
+        self.last_progress = now
+        elapsed = max(time.time() - (self.start_time or time.time()), 1e-9)
+        done = sum(self.counts.values())
+        by_state = ", ".join(f"{n:,} {t.value.lower()}" for t, n in sorted(self.counts.items()))
+        self._log(
+            logging.INFO,
+            f"Progress: {self.tasks_started:,} task runs started, {done:,} finished "
+            f"({by_state or 'none yet'}); {done / elapsed:,.0f} task runs/s",
+        )
+
+    def check_deadline(self) -> None:
+        """Stop a sync flow body at its next task or subflow call once it is past its deadline."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise FlowRunTimeoutError(
+                f"Flow run exceeded timeout of {self.spec.timeout_seconds} second(s)"
+            )
+
+
+class TaskRunEngine(RunEngine):
+    """A task run: the call's arguments and a link to its flow run."""
+
+    __slots__ = ("args", "child_flow", "kwargs", "quiet")
+    kind = KIND_TASK
+    label_word = "Task"
+    base_logger = task_run_logger
+    timeout_error = TaskRunTimeoutError
+
+    spec: Task[Any, Any]
+
+    def __init__(
+        self,
+        task: Task[Any, Any],
+        parent: FlowRunEngine | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        quiet: bool = False,
+    ) -> None:
+        self._init_common(task, parent)
+        self.args = args
+        self.kwargs = kwargs
+        self.child_flow: FlowRunEngine | None = None
+        if parent is not None:
+            index = parent.next_task_index(task.name)
+            parent.tasks_started += 1
+            self.quiet = quiet or parent.tasks_started > get_settings().task_log_threshold
+            parent_row = parent.row
+        else:
+            index = next(_orphan_counter)
+            self.quiet = quiet
+            parent_row = _NO_ROW
+        name = None
+        if task.task_run_name is not None:
+            from asyncflow.naming import render_run_name
+
+            name = render_run_name(task.task_run_name, self.parameters, "task_run_name")
+        self.name = name or f"{task.name}-{index}"
+        self.row = self.registry.add_run(KIND_TASK, task.name, parent_row, index, name)
+        self._record(StateType.PENDING)
+        if task_run_logger.isEnabledFor(self._lifecycle_level(logging.INFO)):
+            self._log(
+                self._lifecycle_level(logging.INFO),
+                f"Created task run '{self.name}' for task '{task.name}'",
+            )
+
+    @classmethod
+    def for_subflow(cls, child: FlowRunEngine) -> TaskRunEngine:
+        """The task run in the parent flow run that stands for a nested flow run."""
+        from asyncflow.tasks import subflow_task
+
+        engine = cls(subflow_task(child.spec), child.parent, (), {}, quiet=True)
+        engine.child_flow = child
+        return engine
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        sig = self.spec.signature
+        try:
+            return sig.bind(self.args, self.kwargs)[0]
+        except Exception:
+            return {"args": self.args, "kwargs": self.kwargs}
+
+    def _lifecycle_level(self, level: int) -> int:
+        return logging.DEBUG if self.quiet else level
+
+    def _details(self) -> StateDetails:
+        parent = self.parent
+        return StateDetails(
+            flow_run_id=parent.id if parent is not None else None,
+            task_run_id=self.id,
+            child_flow_run_id=self.child_flow.id if self.child_flow is not None else None,
+        )
+
+    def finish(self, state: State[Any]) -> State[Any]:
+        state = super().finish(state)
+        if self.parent is not None:
+            self.parent.task_finished(state.type)
+        return state
+
+
+_orphan_counter = itertools.count()

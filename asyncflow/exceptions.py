@@ -1,0 +1,81 @@
+"""Exception types users catch from asyncflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AsyncflowException(Exception):
+    """Base class for every error asyncflow raises on its own account."""
+
+
+class InvalidDefinitionError(AsyncflowException, TypeError):
+    """A decorator was used on something it cannot wrap, or with bad options."""
+
+
+class ParameterBindError(AsyncflowException, TypeError):
+    """The call's arguments do not fit the function's signature."""
+
+
+class ParameterTypeError(AsyncflowException, TypeError):
+    """Parameters failed pydantic validation; the message lists every error."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+
+class ParameterSizeError(AsyncflowException, ValueError):
+    """Serialized parameters exceed the size limit (512 KB by default)."""
+
+
+class FlowRunNameError(AsyncflowException, ValueError):
+    """A flow_run_name / task_run_name template or callable could not produce a name."""
+
+
+class RunTimeoutError(AsyncflowException, TimeoutError):
+    """A run exceeded its ``timeout_seconds``."""
+
+
+class FlowRunTimeoutError(RunTimeoutError):
+    """A flow run exceeded its ``timeout_seconds``."""
+
+
+class TaskRunTimeoutError(RunTimeoutError):
+    """A task run exceeded its ``timeout_seconds``."""
+
+
+class FailedRun(AsyncflowException):
+    """Raised by ``State.result()`` for a failed state that holds no exception of its own."""
+
+
+class CrashedRun(AsyncflowException):
+    """Raised by ``State.result()`` for a crashed state that holds no exception of its own."""
+
+
+class CancelledRun(AsyncflowException):
+    """Raised by ``State.result()`` for a cancelled state."""
+
+
+class UpstreamTaskError(AsyncflowException):
+    """A task did not run because an upstream future or state it depends on did not complete."""
+
+
+class MappingLengthMismatch(AsyncflowException, ValueError):
+    """``Task.map`` was given iterables of different lengths."""
+
+
+class MappingMissingIterable(AsyncflowException, ValueError):
+    """``Task.map`` was given no iterable argument to map over."""
+
+
+class SerializationError(AsyncflowException, TypeError):
+    """A task, its arguments or its result cannot be serialized where that is required."""
+
+
+class MissingContextError(AsyncflowException, RuntimeError):
+    """An API that needs a running flow or task was used outside of one."""
+
+
+class FutureUsageError(AsyncflowException, RuntimeError):
+    """A future was waited on in a way that would deadlock (e.g. blocking on the loop it needs)."""

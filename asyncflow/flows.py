@@ -1,0 +1,239 @@
+"""`@flow` and the `Flow` object."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import threading
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
+
+from asyncflow._spec import Spec, check_option_names, check_retries, check_timeout
+from asyncflow.engine import drivers, kernel
+from asyncflow.engine.context import flow_run_var
+from asyncflow.engine.resolve import needs_resolving, resolve
+from asyncflow.engine.run import FlowRunEngine
+from asyncflow.exceptions import InvalidDefinitionError
+from asyncflow.naming import RunName, check_template, slugify
+from asyncflow.states import State
+
+if TYPE_CHECKING:
+    from asyncflow.task_runners import TaskRunner
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class Flow(Spec, Generic[P, R]):
+    """A function turned into a flow: every call is a recorded flow run.
+
+    Calling it runs the flow and returns the result (or raises its exception); an async
+    flow's call returns a coroutine to await. ``return_state=True`` returns the final State.
+    """
+
+    decorator = "@flow"
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        version: str | None = None,
+        flow_run_name: RunName = None,
+        retries: int | None = None,
+        retry_delay_seconds: float | list[float] | Callable[[int], Any] | None = None,
+        timeout_seconds: float | None = None,
+        validate_parameters: bool = True,
+        log_prints: bool | None = None,
+        task_runner: TaskRunner | type[TaskRunner] | None = None,
+    ) -> None:
+        options = dict(locals())
+        options = {k: v for k, v in options.items() if k not in ("self", "fn", "__class__")}
+        self._wrap(fn, options)
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise InvalidDefinitionError(f"@flow: name must be a non-empty string, got {name!r}.")
+        self.name: str = name or slugify(self.__name__)
+        self.description = description if description is not None else inspect.getdoc(fn)
+        self._version = version
+        owner = f"@flow {self.name!r}"
+        self.retries = check_retries(retries, retry_delay_seconds, owner)
+        self.retry_delay_seconds = retry_delay_seconds or 0
+        self.timeout_seconds = check_timeout(timeout_seconds, owner)
+        self.validate_parameters = bool(validate_parameters)
+        self.log_prints = log_prints
+        self.flow_run_name = flow_run_name
+        check_template(
+            flow_run_name, self.signature.names, self.signature.has_var_keyword, "flow_run_name"
+        )
+        self.task_runner = _check_runner(task_runner, owner)
+
+    @functools.cached_property
+    def version(self) -> str | None:
+        """The given version, else a hash of the file defining the function (None if unknown)."""
+        if self._version is not None:
+            return self._version
+        try:
+            path = inspect.getsourcefile(self.fn)
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return hashlib.md5(f.read(), usedforsecurity=False).hexdigest()
+        except (OSError, TypeError):
+            return None
+
+    # -- calling --------------------------------------------------------------------------------
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self: Flow[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, T]: ...
+    @overload
+    def __call__(self: Flow[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    @overload
+    def __call__(  # type: ignore[valid-type]
+        self: Flow[P, Coroutine[Any, Any, T]],
+        *args: P.args,
+        return_state: Literal[True],
+        **kwargs: P.kwargs,
+    ) -> Coroutine[Any, Any, State[T]]: ...
+    @overload
+    def __call__(  # type: ignore[valid-type]
+        self: Flow[P, T], *args: P.args, return_state: Literal[True], **kwargs: P.kwargs
+    ) -> State[T]: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return_state = kwargs.pop("return_state", False)
+        args = self._args(args)
+        parent = flow_run_var.get()
+        kind = self.kind
+        if kind == "sync":
+            return run_flow_sync(self, args, kwargs, parent, return_state)
+        if kind == "async":
+            coro = run_flow_async(self, args, kwargs, parent, return_state)
+            if _in_sync_flow_thread(parent):
+                return kernel.run(coro)  # an async child of a sync flow: run it to completion
+            return coro
+        if kind == "generator":
+            return run_flow_generator(self, args, kwargs, parent)
+        return run_flow_async_generator(self, args, kwargs, parent)
+
+
+def _in_sync_flow_thread(parent: FlowRunEngine | None) -> bool:
+    return parent is not None and not parent.is_async and parent.thread_id == threading.get_ident()
+
+
+def _check_runner(runner: Any, owner: str) -> Any:
+    if runner is None:
+        return None
+    from asyncflow.task_runners import TaskRunner
+
+    if isinstance(runner, type) and issubclass(runner, TaskRunner):
+        return runner()
+    if not isinstance(runner, TaskRunner):
+        raise InvalidDefinitionError(
+            f"{owner}: task_runner must be a TaskRunner instance or class, got {runner!r}."
+        )
+    return runner
+
+
+def _prepare(
+    flow: Flow[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    parent: FlowRunEngine | None,
+    is_async: bool,
+) -> tuple[FlowRunEngine, State[Any] | None]:
+    """Bind arguments, create the run, validate parameters (shared by every call path)."""
+    if parent is not None:
+        parent.check_deadline()
+        if needs_resolving(args, kwargs):  # futures and states become data on subflow entry
+            args, kwargs = resolve(args), resolve(kwargs)
+    parameters, explicit = flow.signature.bind(args, kwargs)
+    engine = FlowRunEngine(flow, parameters, explicit, parent, is_async)
+    return engine, engine.start()
+
+
+def _body_call(flow: Flow[Any, Any], engine: FlowRunEngine) -> Callable[[], Any]:
+    call_args, call_kwargs = flow.signature.to_call(engine.parameters)
+    return functools.partial(flow.fn, *call_args, **call_kwargs)
+
+
+def _finish(state: State[Any], return_state: bool) -> Any:
+    return state if return_state else state.result()
+
+
+def run_flow_sync(
+    flow: Flow[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    parent: FlowRunEngine | None,
+    return_state: bool = False,
+) -> Any:
+    engine, failed = _prepare(flow, args, kwargs, parent, is_async=False)
+    if failed is not None:
+        return _finish(failed, return_state)
+    return _finish(drivers.drive_sync(engine, _body_call(flow, engine)), return_state)
+
+
+async def run_flow_async(
+    flow: Flow[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    parent: FlowRunEngine | None,
+    return_state: bool = False,
+) -> Any:
+    engine, failed = _prepare(flow, args, kwargs, parent, is_async=True)
+    if failed is not None:
+        return _finish(failed, return_state)
+    body = _body_call(flow, engine)
+    state = await drivers.drive_async(engine, lambda: drivers.in_task_group(engine, body))
+    return _finish(state, return_state)
+
+
+def run_flow_generator(
+    flow: Flow[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    parent: FlowRunEngine | None,
+) -> Any:
+    engine, failed = _prepare(flow, args, kwargs, parent, is_async=False)
+    if failed is not None:
+        return failed.result()
+    return drivers.drive_sync_generator(engine, _body_call(flow, engine)())
+
+
+def run_flow_async_generator(
+    flow: Flow[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    parent: FlowRunEngine | None,
+) -> Any:
+    engine, failed = _prepare(flow, args, kwargs, parent, is_async=True)
+    if failed is not None:
+        return failed.result()
+    return drivers.drive_async_generator(engine, _body_call(flow, engine)())
+
+
+@overload
+def flow(__fn: Callable[P, R]) -> Flow[P, R]: ...
+@overload
+def flow(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    version: str | None = None,
+    flow_run_name: RunName = None,
+    retries: int | None = None,
+    retry_delay_seconds: float | list[float] | Callable[[int], Any] | None = None,
+    timeout_seconds: float | None = None,
+    validate_parameters: bool = True,
+    log_prints: bool | None = None,
+    task_runner: TaskRunner | type[TaskRunner] | None = None,
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+def flow(__fn: Any = None, **options: Any) -> Any:
+    """Turn a function into a flow: ``@flow`` or ``@flow(name=..., retries=..., ...)``."""
+    check_option_names(options, Flow)
+    if __fn is None:
+        return lambda fn: Flow(fn, **options)
+    return Flow(__fn, **options)

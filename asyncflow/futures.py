@@ -1,0 +1,246 @@
+"""Futures of submitted task runs: sync `.result()`/`.wait()`, `await fut`, `wait`, `as_completed`.
+
+A future is set exactly once, with the task run's final State, by whichever thread or loop
+finished the run. Waiters in other threads block on an Event; waiters on an event loop are
+woken through that loop's thread-safe call (asyncio or trio).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from typing import Any, Generic, NamedTuple, TypeVar
+from uuid import UUID
+
+import anyio
+import sniffio
+
+from asyncflow.exceptions import FutureUsageError
+from asyncflow.states import State, StateType
+
+R = TypeVar("R")
+
+_lock = threading.Lock()  # guards every future's state/callback hand-over; held for nanoseconds
+
+
+class TaskRunFuture(Generic[R]):
+    """The eventual final state and result of a submitted task run."""
+
+    __slots__ = ("__weakref__", "_callbacks", "_loop_thread", "_registry", "_row", "_state")
+
+    def __init__(self, registry: Any, row: int, loop_thread: int | None = None) -> None:
+        self._registry = registry
+        self._row = row
+        self._state: State[R] | None = None
+        self._callbacks: list[Callable[[TaskRunFuture[R]], None]] | None = None
+        # Set for futures whose run lives on an event loop: blocking that loop's thread on
+        # them would deadlock, so `.result()` there raises instead.
+        self._loop_thread = loop_thread
+
+    @property
+    def task_run_id(self) -> UUID:
+        return self._registry.uuid(self._row)  # type: ignore[no-any-return]
+
+    @property
+    def state(self) -> State[R]:
+        """The final state when done, else the latest recorded state."""
+        state = self._state
+        if state is not None:
+            return state
+        history = self._registry.history(self._row)
+        return history[-1] if history else State(StateType.PENDING)
+
+    def done(self) -> bool:
+        return self._state is not None
+
+    # -- completion ---------------------------------------------------------------------------
+    def _set_state(self, state: State[R]) -> None:
+        with _lock:
+            if self._state is not None:
+                return
+            self._state = state
+            callbacks, self._callbacks = self._callbacks, None
+        if callbacks:
+            for callback in callbacks:
+                callback(self)
+
+    def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], None]) -> None:
+        """Call `fn(future)` once the run is final (at once if it already is)."""
+        with _lock:
+            if self._state is None:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    # -- sync waiting -------------------------------------------------------------------------
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the run is final or `timeout` seconds passed."""
+        if self._state is not None:
+            return
+        if self._loop_thread == threading.get_ident():
+            raise FutureUsageError(
+                "This future's task runs on the event loop of this thread; blocking on it "
+                "would deadlock. Use `await future` instead."
+            )
+        event = threading.Event()
+        self.add_done_callback(lambda _: event.set())
+        event.wait(timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        """The task's result; raises its exception if it failed (unless told not to).
+
+        Raises TimeoutError when `timeout` passes first.
+        """
+        self.wait(timeout)
+        state = self._state
+        if state is None:
+            raise TimeoutError(f"Task run {self.task_run_id} did not finish within {timeout} s.")
+        return state.result(raise_on_failure=raise_on_failure)  # type: ignore[no-any-return]
+
+    # -- async waiting ------------------------------------------------------------------------
+    async def wait_async(self, timeout: float | None = None) -> None:
+        """Wait without blocking the event loop."""
+        if self._state is not None:
+            return
+        event = anyio.Event()
+        if self._loop_thread == threading.get_ident():
+            self.add_done_callback(lambda _: event.set())
+        else:
+            call_soon = _threadsafe_caller()
+
+            def wake(_: TaskRunFuture[R]) -> None:
+                call_soon(event.set)
+
+            self.add_done_callback(wake)
+        with anyio.move_on_after(timeout):
+            await event.wait()
+
+    async def result_async(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        await self.wait_async(timeout)
+        state = self._state
+        if state is None:
+            raise TimeoutError(f"Task run {self.task_run_id} did not finish within {timeout} s.")
+        return state.result(raise_on_failure=raise_on_failure)  # type: ignore[no-any-return]
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self.result_async().__await__()
+
+    def _final_state_for_return(self) -> State[R]:
+        """Used by the final-state rules when a flow returns this future."""
+        self.wait()
+        assert self._state is not None
+        return self._state
+
+    def __repr__(self) -> str:
+        state = self._state
+        return f"TaskRunFuture(task_run_id={self.task_run_id}, state={state or 'pending'})"
+
+
+def _threadsafe_caller() -> Callable[[Callable[[], object]], object]:
+    """A function that schedules a callback on the current event loop from any thread."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    import asyncio
+
+    return asyncio.get_running_loop().call_soon_threadsafe
+
+
+class FutureList(list[TaskRunFuture[R]]):
+    """What `Task.map` returns: a list of futures with list-wide `wait` and `result`."""
+
+    def wait(self, timeout: float | None = None) -> None:
+        wait(self, timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return [
+            f.result(
+                None if deadline is None else max(0.0, deadline - time.monotonic()),
+                raise_on_failure,
+            )
+            for f in self
+        ]
+
+
+class DoneAndNotDone(NamedTuple):
+    done: set[TaskRunFuture[Any]]
+    not_done: set[TaskRunFuture[Any]]
+
+
+def wait(futures: Iterable[TaskRunFuture[Any]], timeout: float | None = None) -> DoneAndNotDone:
+    """Block until every future is final or `timeout` passed; return (done, not_done)."""
+    futures = list(futures)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for f in futures:
+        f.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+    done = {f for f in futures if f.done()}
+    return DoneAndNotDone(done, set(futures) - done)
+
+
+async def wait_async(
+    futures: Iterable[TaskRunFuture[Any]], timeout: float | None = None
+) -> DoneAndNotDone:
+    """The async form of `wait`."""
+    futures = list(futures)
+    with anyio.move_on_after(timeout):
+        for f in futures:
+            await f.wait_async()
+    done = {f for f in futures if f.done()}
+    return DoneAndNotDone(done, set(futures) - done)
+
+
+def as_completed(
+    futures: Iterable[TaskRunFuture[R]], timeout: float | None = None
+) -> Iterator[TaskRunFuture[R]]:
+    """Yield futures as they finish; TimeoutError if `timeout` passes first."""
+    import queue
+
+    pending = set(futures)
+    finished: queue.SimpleQueue[TaskRunFuture[R]] = queue.SimpleQueue()
+    for f in pending:
+        f.add_done_callback(finished.put)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while pending:
+        try:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            f = finished.get(timeout=remaining)
+        except queue.Empty:
+            raise TimeoutError(f"{len(pending)} futures unfinished after {timeout} s.") from None
+        pending.discard(f)
+        yield f
+
+
+async def as_completed_async(
+    futures: Iterable[TaskRunFuture[R]], timeout: float | None = None
+) -> AsyncIterator[TaskRunFuture[R]]:
+    """The async form of `as_completed`."""
+    pending = set(futures)
+    send, receive = anyio.create_memory_object_stream[TaskRunFuture[R]](len(pending) or 1)
+    call_soon = _threadsafe_caller()
+    loop_thread = threading.get_ident()
+
+    def on_done(f: TaskRunFuture[R]) -> None:
+        if threading.get_ident() == loop_thread:
+            send.send_nowait(f)
+        else:
+            call_soon(lambda: send.send_nowait(f))
+
+    for f in pending:
+        f.add_done_callback(on_done)
+    with anyio.fail_after(timeout):
+        async with receive:
+            while pending:
+                f = await receive.receive()
+                pending.discard(f)
+                yield f
+    send.close()
+
+
+# Prefect's names, for code moving over with a changed import.
+PrefectFuture = TaskRunFuture
+PrefectFutureList = FutureList

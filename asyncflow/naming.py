@@ -1,0 +1,85 @@
+"""Names: flow-name slugs, generated run names, run-name templates."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from asyncflow.exceptions import FlowRunNameError, InvalidDefinitionError
+
+_NON_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def slugify(name: str) -> str:
+    """``get_repo_info`` -> ``get-repo-info``; names with no slug-able characters stay as is."""
+    slug = _NON_SLUG.sub("-", name.lower()).strip("-")
+    return slug or name
+
+
+def generate_run_name() -> str:
+    """An adjective-animal name such as ``sage-mongoose``."""
+    from coolname import generate_slug  # imported on first use: keeps `import asyncflow` fast
+
+    return str(generate_slug(2))
+
+
+RunName = str | Callable[[], str] | None
+
+
+def template_fields(template: str) -> set[str]:
+    """Top-level names a ``str.format`` template refers to (``{date:%A}`` -> ``date``)."""
+    fields: set[str] = set()
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise InvalidDefinitionError(f"Run name template {template!r} is malformed: {exc}") from exc
+    for _, field, _, _ in parsed:
+        if field is None:
+            continue
+        root = re.split(r"[.\[]", field, maxsplit=1)[0]
+        if root == "" or root.isdigit():
+            raise InvalidDefinitionError(
+                f"Run name template {template!r} uses a positional field; name the parameter, "
+                "e.g. '{name}'."
+            )
+        fields.add(root)
+    return fields
+
+
+def check_template(
+    template: RunName, parameter_names: set[str], accepts_any: bool, what: str
+) -> None:
+    """Fail at decoration time when a template names a parameter the function does not have."""
+    if template is None or callable(template):
+        return
+    if not isinstance(template, str):
+        raise InvalidDefinitionError(
+            f"{what} must be a string template or a callable returning a string, "
+            f"got {type(template).__name__}."
+        )
+    missing = template_fields(template) - parameter_names
+    if missing and not accepts_any:
+        raise InvalidDefinitionError(
+            f"{what} {template!r} refers to {', '.join(sorted(missing))}, which "
+            f"{'is not a parameter' if len(missing) == 1 else 'are not parameters'} of the "
+            f"function (parameters: {', '.join(sorted(parameter_names)) or 'none'})."
+        )
+
+
+def render_run_name(template: RunName, parameters: Mapping[str, Any], what: str) -> str | None:
+    """The run name from a template or callable; None when no template is set."""
+    if template is None:
+        return None
+    try:
+        name = template() if callable(template) else template.format(**parameters)
+    except KeyError as exc:
+        raise FlowRunNameError(
+            f"{what} {template!r} refers to missing parameter {exc.args[0]!r}."
+        ) from exc
+    except Exception as exc:
+        raise FlowRunNameError(f"{what} {template!r} could not be rendered: {exc!r}") from exc
+    if not isinstance(name, str):
+        raise FlowRunNameError(f"{what} callable must return a string, got {type(name).__name__}.")
+    return name

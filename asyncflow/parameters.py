@@ -1,0 +1,139 @@
+"""Binding call arguments to a signature and validating them with pydantic.
+
+One `Signature` per decorated function. The pydantic validator is built on the first
+validated call and reused: decoration stays cheap and `import asyncflow` does not pay
+for pydantic's schema machinery.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from asyncflow.exceptions import ParameterBindError, ParameterSizeError, ParameterTypeError
+
+_P = inspect.Parameter
+
+
+class Signature:
+    """A function's parameters: bind, validate, size-check, and rebuild the call."""
+
+    __slots__ = ("_adapter", "fn", "has_var_keyword", "names", "params", "sig")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.sig = inspect.signature(fn)
+        self.params = self.sig.parameters
+        self.names = set(self.params)
+        self.has_var_keyword = any(p.kind is _P.VAR_KEYWORD for p in self.params.values())
+        self._adapter: Any = None
+
+    # -- binding ------------------------------------------------------------------------------
+    def bind(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[dict[str, Any], frozenset[str]]:
+        """(parameter name -> value with defaults filled in, names the caller passed)."""
+        try:
+            bound = self.sig.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ParameterBindError(
+                f"Error binding parameters for function '{self.fn.__name__}': {exc}.\n"
+                f"Function '{self.fn.__name__}' has signature '{self.sig}' but received "
+                f"args: {args} and kwargs: {list(kwargs)}."
+            ) from None
+        explicit = frozenset(bound.arguments)
+        bound.apply_defaults()
+        return dict(bound.arguments), explicit
+
+    def to_call(self, parameters: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Positional and keyword arguments that reproduce `parameters` as a call."""
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for name, p in self.params.items():
+            if name not in parameters:
+                continue
+            value = parameters[name]
+            if p.kind is _P.VAR_POSITIONAL:
+                args.extend(value)
+            elif p.kind is _P.VAR_KEYWORD:
+                kwargs.update(value)
+            elif p.kind is _P.POSITIONAL_ONLY:
+                args.append(value)
+            else:
+                kwargs[name] = value
+        return tuple(args), kwargs
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate(
+        self, parameters: dict[str, Any], explicit: frozenset[str], what: str
+    ) -> dict[str, Any]:
+        """Coerce the passed values to their annotations (defaults are taken as they are)."""
+        from pydantic import ValidationError
+
+        adapter = self._adapter or self._build_adapter()
+        given = {k: v for k, v in parameters.items() if k in explicit}
+        try:
+            validated = adapter.validate_python(given)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            lines = "\n".join(
+                f" - {'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in errors
+            )
+            raise ParameterTypeError(
+                f"{what} received invalid parameters:\n{lines}",
+                [dict(e) for e in errors],
+            ) from None
+        return {**parameters, **validated}
+
+    def _build_adapter(self) -> Any:
+        from pydantic import ConfigDict, TypeAdapter
+        from typing_extensions import TypedDict
+
+        try:
+            hints = typing.get_type_hints(self.fn, include_extras=True)
+        except Exception:  # unresolvable forward references: validate what we can
+            hints = {}
+        fields: dict[str, Any] = {}
+        for name, p in self.params.items():
+            ann = hints.get(name, Any)
+            if p.kind is _P.VAR_POSITIONAL:
+                ann = tuple[ann, ...]  # type: ignore[valid-type]
+            elif p.kind is _P.VAR_KEYWORD:
+                ann = dict[str, ann]  # type: ignore[valid-type]
+            fields[name] = ann
+        config = ConfigDict(arbitrary_types_allowed=True)
+
+        def adapter_for(fields: dict[str, Any]) -> Any:
+            make: Any = TypedDict
+            td = make(f"{self.fn.__name__}_parameters", fields, total=False)
+            td.__pydantic_config__ = config
+            return TypeAdapter(td)
+
+        try:
+            adapter = adapter_for(fields)
+        except Exception:
+            # pydantic cannot build a schema for some annotation: pass that one through as is.
+            for name, ann in list(fields.items()):
+                try:
+                    TypeAdapter(ann, config=config)
+                except Exception:
+                    fields[name] = Any
+            adapter = adapter_for(fields)
+        self._adapter = adapter
+        return adapter
+
+
+def check_size(parameters: dict[str, Any], limit: int, what: str) -> None:
+    """Raise ParameterSizeError when the JSON form of `parameters` exceeds `limit` bytes."""
+    if not parameters:
+        return
+    from pydantic_core import to_json
+
+    size = len(to_json(parameters, serialize_unknown=True))
+    if size > limit:
+        raise ParameterSizeError(
+            f"{what} parameters are {size / 1024:.1f} KB when serialized; the limit is "
+            f"{limit / 1024:.0f} KB. Pass large data by reference (a path, a URL, a key)."
+        )

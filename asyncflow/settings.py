@@ -1,0 +1,56 @@
+"""Settings read from ``ASYNCFLOW_*`` environment variables.
+
+Read once, on first use; ``reload_settings()`` re-reads them (tests, long-lived apps).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path
+    logging_level: str
+    logging_setup: bool
+    store: str
+    max_parameters_bytes: int
+    task_log_threshold: int
+    progress_interval_seconds: float
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        return cls(
+            home=Path(env.get("ASYNCFLOW_HOME", "~/.asyncflow")).expanduser(),
+            logging_level=env.get("ASYNCFLOW_LOGGING_LEVEL", "INFO").upper(),
+            logging_setup=_bool(env.get("ASYNCFLOW_LOGGING_SETUP", "true")),
+            store=env.get("ASYNCFLOW_STORE", "memory"),
+            max_parameters_bytes=int(env.get("ASYNCFLOW_MAX_PARAMETERS_BYTES", str(512 * 1024))),
+            task_log_threshold=int(env.get("ASYNCFLOW_TASK_LOG_THRESHOLD", "1000")),
+            progress_interval_seconds=float(env.get("ASYNCFLOW_PROGRESS_INTERVAL", "5")),
+        )
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The current settings (parsed from the environment on first call)."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
+
+
+def reload_settings() -> Settings:
+    """Re-read the environment."""
+    global _settings
+    _settings = Settings.from_env()
+    return _settings

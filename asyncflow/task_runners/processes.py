@@ -1,0 +1,75 @@
+"""`ProcessPoolTaskRunner`: CPU-bound sync tasks in worker processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from asyncflow.exceptions import SerializationError
+from asyncflow.task_runners.threads import ThreadPoolTaskRunner
+
+
+def _run_payload(payload: bytes) -> Any:
+    task, args, kwargs = pickle.loads(payload)
+    return task.fn(*args, **kwargs)
+
+
+class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
+    """Runs submitted sync task bodies in a pool of ``spawn``-ed worker processes.
+
+    The run lifecycle (states, retries, timeouts, logging) stays in this process; only the
+    task (by reference: module and name, so define tasks at module level) and its arguments
+    travel, pickled (with cloudpickle when it is installed, for arguments such as lambdas).
+    A task or argument that cannot be pickled fails its run with a SerializationError naming
+    the task.
+    """
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        super().__init__(max_workers)
+        self._processes: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        super().start()
+        if self._processes is None:
+            self._processes = ProcessPoolExecutor(
+                self.max_workers, mp_context=multiprocessing.get_context("spawn")
+            )
+
+    def body(
+        self, task: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Callable[[], Any]:
+        def call() -> Any:
+            try:
+                payload = _dumps((task, args, kwargs))
+            except Exception as exc:
+                raise SerializationError(
+                    f"Task {task.name!r} cannot be sent to a worker process: its function or "
+                    f"arguments cannot be pickled ({type(exc).__name__}: {exc}). Define the task "
+                    "at module level and pass picklable arguments, or use ThreadPoolTaskRunner."
+                ) from exc
+            if self._processes is None:
+                self.start()
+            assert self._processes is not None
+            return self._processes.submit(_run_payload, payload).result()
+
+        return call
+
+    def shutdown(self, wait: bool = True) -> None:
+        super().shutdown(wait)
+        processes, self._processes = self._processes, None
+        if processes is not None:
+            processes.shutdown(wait=wait, cancel_futures=not wait)
+
+    def __repr__(self) -> str:
+        return f"ProcessPoolTaskRunner(max_workers={self.max_workers})"
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        import cloudpickle  # type: ignore[import-untyped]
+    except ImportError:
+        return pickle.dumps(value)
+    return cloudpickle.dumps(value)  # type: ignore[no-any-return]

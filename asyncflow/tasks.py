@@ -1,0 +1,419 @@
+"""`@task`, the `Task` object, `.submit()` and `.map()`."""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import importlib
+import inspect
+import threading
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+
+from asyncflow._spec import _UNBOUND, Spec, check_option_names, check_retries, check_timeout
+from asyncflow.annotations import quote, unmapped
+from asyncflow.engine import drivers, kernel
+from asyncflow.engine.context import flow_run_var, task_run_var
+from asyncflow.engine.resolve import check_wait_for, needs_resolving, resolve, upstreams
+from asyncflow.engine.run import FlowRunEngine, TaskRunEngine
+from asyncflow.exceptions import (
+    InvalidDefinitionError,
+    MappingLengthMismatch,
+    MappingMissingIterable,
+    UpstreamTaskError,
+)
+from asyncflow.futures import FutureList, TaskRunFuture
+from asyncflow.naming import RunName, check_template
+from asyncflow.states import State, StateType
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+RetryCondition = Callable[["Task[Any, Any]", Any, State[Any]], bool]
+
+
+class Task(Spec, Generic[P, R]):
+    """A function turned into a task: each call is a recorded task run.
+
+    Called inside a flow it runs inline and returns the result; `.submit()` runs it on the
+    flow's task runner (sync) or in the flow's task group (async) and returns a future.
+    """
+
+    decorator = "@task"
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        tags: Iterable[str] | None = None,
+        version: str | None = None,
+        retries: int | None = None,
+        retry_delay_seconds: float | list[float] | Callable[[int], Any] | None = None,
+        retry_jitter_factor: float | None = None,
+        retry_condition_fn: RetryCondition | None = None,
+        timeout_seconds: float | None = None,
+        task_run_name: RunName = None,
+        log_prints: bool | None = None,
+    ) -> None:
+        options = dict(locals())
+        options = {k: v for k, v in options.items() if k not in ("self", "fn", "__class__")}
+        self._wrap(fn, options)
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise InvalidDefinitionError(f"@task: name must be a non-empty string, got {name!r}.")
+        self.name: str = name or self.__name__
+        self.description = description if description is not None else inspect.getdoc(fn)
+        self.tags = frozenset(tags or ())
+        self.version = version
+        owner = f"@task {self.name!r}"
+        self.retries = check_retries(retries, retry_delay_seconds, owner)
+        self.retry_delay_seconds = retry_delay_seconds or 0
+        if retry_jitter_factor is not None and (
+            not isinstance(retry_jitter_factor, (int, float)) or retry_jitter_factor < 0
+        ):
+            raise InvalidDefinitionError(
+                f"{owner}: retry_jitter_factor must be a number >= 0, got {retry_jitter_factor!r}."
+            )
+        self.retry_jitter_factor = retry_jitter_factor
+        if retry_condition_fn is not None and not callable(retry_condition_fn):
+            raise InvalidDefinitionError(f"{owner}: retry_condition_fn must be callable.")
+        self.retry_condition_fn = retry_condition_fn
+        self.timeout_seconds = check_timeout(timeout_seconds, owner)
+        self.task_run_name = task_run_name
+        check_template(
+            task_run_name, self.signature.names, self.signature.has_var_keyword, "task_run_name"
+        )
+        self.log_prints = log_prints
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by reference (module + name), so process pools can ship it."""
+        return (_load_task, (self.__module__, self.__qualname__))
+
+    # -- inline calls ---------------------------------------------------------------------------
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self: Task[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> Coroutine[Any, Any, T]: ...
+    @overload
+    def __call__(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+    @overload
+    def __call__(  # type: ignore[valid-type]
+        self: Task[P, T], *args: P.args, return_state: Literal[True], **kwargs: P.kwargs
+    ) -> State[T]: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return_state = kwargs.pop("return_state", False)
+        wait_for = kwargs.pop("wait_for", None)
+        args = self._args(args)
+        parent = flow_run_var.get()
+        if parent is not None and parent.deadline is not None:
+            parent.check_deadline()
+        engine = TaskRunEngine(self, parent, args, kwargs)
+        if self.isasync:
+            coro = run_task_async(engine, args, kwargs, wait_for, return_state)
+            if _blocking_context(parent):
+                return kernel.run(coro)
+            return coro
+        if self.kind == "generator":
+            return drivers.drive_sync_generator(engine, self.fn(*args, **kwargs))
+        try:
+            args, kwargs = _inputs(args, kwargs, wait_for)
+        except UpstreamTaskError as exc:
+            state = engine.finish(_not_ready(exc))
+        else:
+            fn = self.fn
+            state = drivers.drive_sync(engine, lambda: fn(*args, **kwargs))
+        return state if return_state else state.result()
+
+    # -- submission -----------------------------------------------------------------------------
+    def submit(self, *args: Any, **kwargs: Any) -> TaskRunFuture[Any]:
+        """Start a task run concurrently and return its future.
+
+        Futures and states among the arguments (and in ``wait_for=[...]``) are waited for
+        without holding a worker, then replaced by their results.
+        """
+        wait_for = kwargs.pop("wait_for", None)
+        kwargs.pop("return_state", None)
+        args = self._args(args)
+        parent = flow_run_var.get()
+        if parent is not None and parent.deadline is not None:
+            parent.check_deadline()
+        engine = TaskRunEngine(self, parent, args, kwargs)
+        if self.isasync:
+            return _submit_async(engine, parent, args, kwargs, wait_for)
+        return _submit_sync(engine, parent, args, kwargs, wait_for)
+
+    def map(self, *args: Any, **kwargs: Any) -> FutureList[Any]:
+        """Submit one task run per element of the iterable arguments.
+
+        Wrap constant arguments in `unmapped(...)`; strings and bytes are never iterated.
+        All iterables must have the same length.
+        """
+        wait_for = kwargs.pop("wait_for", None)
+        kwargs.pop("return_state", None)
+        parameters, _ = self.signature.bind(self._args(args), kwargs)
+        mapped: dict[str, list[Any]] = {}
+        static: dict[str, Any] = {}
+        for key, value in parameters.items():
+            if isinstance(value, (unmapped, quote)):
+                static[key] = value.value if isinstance(value, unmapped) else value
+            elif isinstance(value, TaskRunFuture) and _iterable(value.result()):
+                mapped[key] = list(value.result())
+            elif _iterable(value):
+                mapped[key] = list(value)
+            else:
+                static[key] = value
+        if not mapped:
+            raise MappingMissingIterable(
+                f"Task {self.name!r}.map() needs at least one iterable argument to map over; "
+                f"got {', '.join(f'{k}={v!r}' for k, v in parameters.items()) or 'none'}."
+            )
+        lengths = {key: len(values) for key, values in mapped.items()}
+        if len(set(lengths.values())) > 1:
+            raise MappingLengthMismatch(
+                f"Task {self.name!r}.map() got iterables of different lengths: "
+                + ", ".join(f"{k}={n}" for k, n in lengths.items())
+                + ". Wrap arguments that should not be mapped in unmapped(...)."
+            )
+        n = next(iter(lengths.values()))
+        self_unbound = self if self._bound is _UNBOUND else self._unbound()
+        futures: FutureList[Any] = FutureList()
+        for i in range(n):
+            call_args, call_kwargs = self.signature.to_call(
+                {**static, **{k: v[i] for k, v in mapped.items()}}
+            )
+            futures.append(self_unbound.submit(*call_args, wait_for=wait_for, **call_kwargs))
+        return futures
+
+    def _unbound(self) -> Task[P, R]:
+        clone = copy.copy(self)
+        clone._bound = _UNBOUND
+        return clone
+
+
+def _iterable(value: Any) -> bool:
+    if isinstance(value, (str, bytes, bytearray)):
+        return False
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _blocking_context(parent: FlowRunEngine | None) -> bool:
+    """Whether an async task called here should run to completion rather than return a coroutine.
+
+    Inside a sync flow (or a sync task it runs in a worker thread) there is no loop to
+    await on; the task runs on the kernel loop and the call blocks.
+    """
+    if parent is not None and not parent.is_async:
+        return parent.thread_id == threading.get_ident() or task_run_var.get() is not None
+    return False
+
+
+def _inputs(
+    args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if wait_for:
+        check_wait_for(wait_for)
+    if needs_resolving(args, kwargs):
+        return resolve(args), resolve(kwargs)
+    return args, kwargs
+
+
+def _not_ready(exc: UpstreamTaskError) -> State[Any]:
+    return State(StateType.FAILED, "NotReady", str(exc), data=exc)
+
+
+async def run_task_async(
+    engine: TaskRunEngine,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    wait_for: Any,
+    return_state: bool = False,
+) -> Any:
+    for future in _dependencies(args, kwargs, wait_for):
+        await future.wait_async()
+    try:
+        args, kwargs = _inputs(args, kwargs, wait_for)
+    except UpstreamTaskError as exc:
+        state = engine.finish(_not_ready(exc))
+    else:
+        fn = engine.spec.fn
+        if engine.spec.kind == "async_generator":
+            return drivers.drive_async_generator(engine, fn(*args, **kwargs))
+        state = await drivers.drive_async(engine, lambda: fn(*args, **kwargs))
+    return state if return_state else state.result()
+
+
+def _dependencies(
+    args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any
+) -> list[TaskRunFuture[Any]]:
+    if not wait_for and not needs_resolving(args, kwargs):
+        return []
+    return [f for f in upstreams((args, kwargs, list(wait_for or ()))) if not f.done()]
+
+
+def _submit_sync(
+    engine: TaskRunEngine,
+    parent: FlowRunEngine | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    wait_for: Any,
+) -> TaskRunFuture[Any]:
+    runner = _runner_for(parent)
+    future: TaskRunFuture[Any] = TaskRunFuture(engine.registry, engine.row)
+    task = engine.spec
+    context = contextvars.copy_context()
+    pending = parent.pending if parent is not None else None
+
+    def work() -> None:
+        try:
+            try:
+                call_args, call_kwargs = _inputs(args, kwargs, wait_for)
+            except UpstreamTaskError as exc:
+                state = engine.finish(_not_ready(exc))
+            else:
+                body = runner.body(task, task.fn, call_args, call_kwargs)
+                state = context.run(drivers.drive_sync, engine, body)
+        except BaseException as exc:  # crashed: recorded by the driver; the future still resolves
+            state = engine.state or engine.finish(engine.outcome_of_error(exc))
+        future._set_state(state)
+        if pending is not None:
+            pending.discard(future)
+
+    if pending is not None:
+        pending.add(future)
+    _when_ready(_dependencies(args, kwargs, wait_for), lambda: runner.submit(work))
+    return future
+
+
+def _when_ready(deps: list[TaskRunFuture[Any]], start: Callable[[], None]) -> None:
+    """Call `start` once every dependency is final, without blocking any thread meanwhile."""
+    if not deps:
+        start()
+        return
+    remaining = [len(deps)]
+    lock = threading.Lock()
+
+    def one_done(_: TaskRunFuture[Any]) -> None:
+        with lock:
+            remaining[0] -= 1
+            ready = remaining[0] == 0
+        if ready:
+            start()
+
+    for dep in deps:
+        dep.add_done_callback(one_done)
+
+
+def _submit_async(
+    engine: TaskRunEngine,
+    parent: FlowRunEngine | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    wait_for: Any,
+) -> TaskRunFuture[Any]:
+    group = parent.task_group if parent is not None else None
+    on_flow_loop = (
+        group is not None and parent is not None and parent.thread_id == threading.get_ident()
+    )
+    future: TaskRunFuture[Any] = TaskRunFuture(
+        engine.registry, engine.row, threading.get_ident() if on_flow_loop else None
+    )
+    pending = parent.pending if parent is not None and not on_flow_loop else None
+
+    async def work() -> None:
+        try:
+            state = await run_task_async(engine, args, kwargs, wait_for, return_state=True)
+        except BaseException as exc:
+            state = engine.state or engine.finish(engine.outcome_of_error(exc))
+            future._set_state(state)
+            raise
+        future._set_state(state)
+        if pending is not None:
+            pending.discard(future)
+
+    if on_flow_loop:
+        group.start_soon(work)  # type: ignore[union-attr]
+    else:  # from a sync flow or outside any flow: the kernel loop runs it
+        if pending is not None:
+            pending.add(future)
+        context = contextvars.copy_context()
+        kernel.spawn(lambda: context.run(work))
+    return future
+
+
+_default_runner: Any = None
+
+
+def _runner_for(parent: FlowRunEngine | None) -> Any:
+    """The flow run's own task runner (created on first submit), or a process-wide one."""
+    global _default_runner
+    from asyncflow.task_runners import ThreadPoolTaskRunner
+
+    if parent is None:
+        if _default_runner is None:
+            _default_runner = ThreadPoolTaskRunner()
+        return _default_runner
+    runner = parent.task_runner
+    if runner is None:
+        template = parent.spec.task_runner
+        runner = template.duplicate() if template is not None else ThreadPoolTaskRunner()
+        runner.start()
+        parent.task_runner = runner
+    return runner
+
+
+_subflow_tasks: dict[int, Task[Any, Any]] = {}
+
+
+def subflow_task(flow: Any) -> Task[Any, Any]:
+    """The task standing for `flow` in its parent flow run (one per flow object)."""
+    task = _subflow_tasks.get(id(flow))
+    if task is None:
+        task = _subflow_tasks[id(flow)] = Task(flow.fn, name=flow.name)
+    return task
+
+
+def _load_task(module: str, qualname: str) -> Any:
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@overload
+def task(__fn: Callable[P, R]) -> Task[P, R]: ...
+@overload
+def task(
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    tags: Iterable[str] | None = None,
+    version: str | None = None,
+    retries: int | None = None,
+    retry_delay_seconds: float | list[float] | Callable[[int], Any] | None = None,
+    retry_jitter_factor: float | None = None,
+    retry_condition_fn: RetryCondition | None = None,
+    timeout_seconds: float | None = None,
+    task_run_name: RunName = None,
+    log_prints: bool | None = None,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+def task(__fn: Any = None, **options: Any) -> Any:
+    """Turn a function into a task: ``@task`` or ``@task(name=..., retries=..., ...)``."""
+    check_option_names(options, Task)
+    if __fn is None:
+        return lambda fn: Task(fn, **options)
+    return Task(__fn, **options)
+
+
+def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
+    """A `retry_delay_seconds` value: delays of factor * 2**n for each retry n."""
+
+    def delays(retries: int) -> list[float]:
+        return [backoff_factor * 2**n for n in range(retries)]
+
+    return delays
