@@ -16,6 +16,7 @@ from uuid import UUID
 import anyio
 import sniffio
 
+from asyncflow import states
 from asyncflow.exceptions import FutureUsageError
 from asyncflow.states import State, StateType
 
@@ -240,6 +241,8 @@ async def as_completed_async(
                 yield f
     send.close()
 
+
+states.FUTURE_TYPES = (TaskRunFuture,)
 
 # Prefect's names, for code moving over with a changed import.
 PrefectFuture = TaskRunFuture

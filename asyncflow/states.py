@@ -111,7 +111,8 @@ class State(Generic[R]):
         self.name = name or _DEFAULT_NAMES[type]
         self.message = message
         self.data = data
-        self._details = state_details
+        # StateDetails, or (registry, row) to build them from when first asked for
+        self._details: Any = state_details
         self._ts = time.time() if timestamp is None else timestamp
 
     @property
@@ -121,9 +122,13 @@ class State(Generic[R]):
 
     @property
     def state_details(self) -> StateDetails:
-        if self._details is None:
-            self._details = StateDetails()
-        return self._details
+        details = self._details
+        if details is None:
+            details = self._details = StateDetails()
+        elif type(details) is tuple:  # (registry, row): built on first access, off the hot path
+            registry, row = details
+            details = self._details = registry.details(row)
+        return details  # type: ignore[no-any-return]
 
     # -- predicates -----------------------------------------------------------------------
     def is_scheduled(self) -> bool:
@@ -178,7 +183,7 @@ class State(Generic[R]):
     def __repr__(self) -> str:
         parts = [f"message={self.message!r}", f"type={self.type.value}", f"result={self.data!r}"]
         if self._details is not None:
-            parts.extend(f"{k}={v}" for k, v in self._details.items())
+            parts.extend(f"{k}={v}" for k, v in self.state_details.items())
         return f"{self.name}({', '.join(parts)})"
 
     def copy(self, **changes: Any) -> State[R]:
@@ -243,12 +248,17 @@ NotReady = _make(StateType.PENDING, "NotReady")
 
 
 # -- final state determination --------------------------------------------------------------
+# Future classes whose final state a returned future stands for (registered by futures.py).
+FUTURE_TYPES: tuple[type, ...] = ()
+_PLAIN = (int, float, str, bytes, bool, type(None), dict)
+
+
 def _as_state(item: Any) -> State[Any] | None:
     if isinstance(item, State):
         return item
-    future_state = getattr(item, "_final_state_for_return", None)
-    if future_state is not None:
-        return future_state()  # type: ignore[no-any-return]
+    if isinstance(item, FUTURE_TYPES):
+        future: Any = item
+        return future._final_state_for_return()  # type: ignore[no-any-return]
     return None
 
 
@@ -258,6 +268,8 @@ def state_from_return_value(value: Any) -> State[Any]:
     A returned State is used as is; a list/tuple/set of states or futures fails when any of
     them did not complete; anything else completes with the value as result.
     """
+    if isinstance(value, _PLAIN):
+        return State(StateType.COMPLETED, data=value)
     single = _as_state(value)
     if single is not None:
         return single

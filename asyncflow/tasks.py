@@ -103,8 +103,11 @@ class Task(Spec, Generic[P, R]):
         self: Task[P, T], *args: P.args, return_state: Literal[True], **kwargs: P.kwargs
     ) -> State[T]: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return_state = kwargs.pop("return_state", False)
-        wait_for = kwargs.pop("wait_for", None)
+        if kwargs:
+            return_state = kwargs.pop("return_state", False)
+            wait_for = kwargs.pop("wait_for", None)
+        else:
+            return_state = wait_for = None
         args = self._args(args)
         parent = flow_run_var.get()
         if parent is not None and parent.deadline is not None:
@@ -234,10 +237,11 @@ async def run_task_async(
     wait_for: Any,
     return_state: bool = False,
 ) -> Any:
-    for future in _dependencies(args, kwargs, wait_for):
-        await future.wait_async()
     try:
-        args, kwargs = _inputs(args, kwargs, wait_for)
+        if wait_for or needs_resolving(args, kwargs):
+            for future in _dependencies(args, kwargs, wait_for):
+                await future.wait_async()
+            args, kwargs = _inputs(args, kwargs, wait_for)
     except UpstreamTaskError as exc:
         state = engine.finish(_not_ready(exc))
     else:
@@ -256,6 +260,56 @@ def _dependencies(
     return [f for f in upstreams((args, kwargs, list(wait_for or ()))) if not f.done()]
 
 
+class _SyncWork:
+    """One submitted sync task run, handed to a runner once its dependencies are final."""
+
+    __slots__ = ("args", "context", "engine", "future", "kwargs", "pending", "runner", "wait_for")
+
+    def __init__(
+        self,
+        engine: TaskRunEngine,
+        future: TaskRunFuture[Any],
+        runner: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        wait_for: Any,
+        pending: set[TaskRunFuture[Any]] | None,
+    ) -> None:
+        self.engine = engine
+        self.future = future
+        self.runner = runner
+        self.args = args
+        self.kwargs = kwargs
+        self.wait_for = wait_for
+        self.pending = pending
+        self.context = contextvars.copy_context()  # the flow run (and the user's context vars)
+
+    def __call__(self) -> None:
+        engine = self.engine
+        try:
+            args, kwargs = _inputs(self.args, self.kwargs, self.wait_for)
+            fn = engine.spec.fn
+            if self.runner.in_thread:
+                body = lambda: fn(*args, **kwargs)  # noqa: E731
+            else:
+                body = self.runner.body(engine.spec, fn, args, kwargs)
+            state = self.context.run(drivers.drive_sync, engine, body)
+        except UpstreamTaskError as exc:
+            state = engine.finish(_not_ready(exc))
+        except BaseException as exc:  # crashed: recorded by the driver; the future still resolves
+            state = engine.state or engine.finish(engine.outcome_of_error(exc))
+        self._resolve(state)
+
+    def cancel(self) -> None:
+        """The runner dropped this work before it started."""
+        self._resolve(self.engine.finish(self.engine.cancelled("Cancelled before it started.")))
+
+    def _resolve(self, state: State[Any]) -> None:
+        self.future._set_state(state)
+        if self.pending is not None:
+            self.pending.discard(self.future)
+
+
 def _submit_sync(
     engine: TaskRunEngine,
     parent: FlowRunEngine | None,
@@ -265,28 +319,15 @@ def _submit_sync(
 ) -> TaskRunFuture[Any]:
     runner = _runner_for(parent)
     future: TaskRunFuture[Any] = TaskRunFuture(engine.registry, engine.row)
-    task = engine.spec
-    context = contextvars.copy_context()
     pending = parent.pending if parent is not None else None
-
-    def work() -> None:
-        try:
-            try:
-                call_args, call_kwargs = _inputs(args, kwargs, wait_for)
-            except UpstreamTaskError as exc:
-                state = engine.finish(_not_ready(exc))
-            else:
-                body = runner.body(task, task.fn, call_args, call_kwargs)
-                state = context.run(drivers.drive_sync, engine, body)
-        except BaseException as exc:  # crashed: recorded by the driver; the future still resolves
-            state = engine.state or engine.finish(engine.outcome_of_error(exc))
-        future._set_state(state)
-        if pending is not None:
-            pending.discard(future)
-
+    work = _SyncWork(engine, future, runner, args, kwargs, wait_for, pending)
     if pending is not None:
         pending.add(future)
-    _when_ready(_dependencies(args, kwargs, wait_for), lambda: runner.submit(work))
+    deps = _dependencies(args, kwargs, wait_for)
+    if deps:
+        _when_ready(deps, lambda: runner.submit(work))
+    else:
+        runner.submit(work)
     return future
 
 

@@ -20,32 +20,30 @@ from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.engine.run import FlowRunEngine, RunEngine
 from asyncflow.exceptions import FlowRunTimeoutError
 from asyncflow.states import State, StateType
+from asyncflow.store.memory import KIND_FLOW
 
 _CRASHED = StateType.CRASHED
 
 
 def _var(engine: RunEngine) -> Any:
-    return flow_run_var if isinstance(engine, FlowRunEngine) else task_run_var
+    return flow_run_var if engine.kind == KIND_FLOW else task_run_var
 
 
 def drive_sync(engine: RunEngine, call: Callable[[], Any]) -> State[Any]:
     """Run `call` in this thread under `engine`'s lifecycle; return the final state.
 
     Re-raises BaseExceptions that crash the run (KeyboardInterrupt, SystemExit) after
-    recording Crashed.
+    recording Crashed. A task without a timeout takes the plain path: one call, no context
+    managers.
     """
     var = _var(engine)
     token = var.set(engine)
+    plain = engine.kind != KIND_FLOW and engine.spec.timeout_seconds is None
     try:
         while True:
             engine.begin_attempt()
             try:
-                with _sync_deadline(engine):
-                    try:
-                        value = call()
-                    finally:
-                        if isinstance(engine, FlowRunEngine):
-                            wait_for_children(engine)
+                value = call() if plain else _call_guarded(engine, call)
                 state = engine.outcome_of_value(value)
             except BaseException as exc:
                 state = engine.outcome_of_error(exc)
@@ -67,6 +65,16 @@ def drive_sync(engine: RunEngine, call: Callable[[], Any]) -> State[Any]:
         var.reset(token)
         if isinstance(engine, FlowRunEngine):
             close_runners(engine)
+
+
+def _call_guarded(engine: RunEngine, call: Callable[[], Any]) -> Any:
+    """A flow body (or a task with a timeout): deadline interrupt, then wait for children."""
+    with _sync_deadline(engine):
+        try:
+            return call()
+        finally:
+            if isinstance(engine, FlowRunEngine):
+                wait_for_children(engine)
 
 
 def wait_for_children(engine: FlowRunEngine) -> None:

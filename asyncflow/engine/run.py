@@ -36,7 +36,6 @@ from asyncflow.settings import get_settings
 from asyncflow.states import (
     _DEFAULT_NAMES,
     State,
-    StateDetails,
     StateType,
     state_from_return_value,
 )
@@ -131,8 +130,8 @@ class RunEngine:
         """Enter Running (first attempt) or Retrying (later ones)."""
         self.run_count += 1
         if self.run_count == 1:
-            self.start_time = time.time()
-            self._record(_RUNNING)
+            self.start_time = now = time.time()
+            self.registry.add_transition(self.row, _RUNNING, now)
         else:
             self._record(_RUNNING, "Retrying")
         timeout = self.spec.timeout_seconds
@@ -206,21 +205,26 @@ class RunEngine:
 
     def finish(self, state: State[Any]) -> State[Any]:
         """Record the terminal state and log it. Called exactly once per run."""
-        state._details = self._details()
+        state._details = (self.registry, self.row)
         self.state = state
-        self.end_time = time.time()
-        self._record(state.type, _custom_name(state), state.message)
+        self.end_time = ts = state._ts
+        name = state.name
+        self.registry.add_transition(
+            self.row,
+            state.type,
+            ts,
+            None if name == _DEFAULT_NAMES[state.type] else name,
+            state.message,
+        )
         if state.type is _COMPLETED:
             level = self._lifecycle_level(logging.INFO)
         elif state.type is StateType.CANCELLED:
             level = logging.WARNING
         else:
             level = logging.ERROR
-        self._log(level, f"Finished in state {state}")
+        if self.base_logger.isEnabledFor(level):
+            self.logger.log(level, f"Finished in state {state}")
         return state
-
-    def _details(self) -> StateDetails:
-        raise NotImplementedError
 
 
 def _custom_name(state: State[Any]) -> str | None:
@@ -250,6 +254,7 @@ class FlowRunEngine(RunEngine):
         "explicit",
         "is_async",
         "last_progress",
+        "log_threshold",
         "parameters",
         "parent_task",
         "pending",
@@ -286,6 +291,7 @@ class FlowRunEngine(RunEngine):
         self.task_group: Any = None
         self.parent_task: TaskRunEngine | None = None
         self.tasks_started = 0
+        self.log_threshold = get_settings().task_log_threshold
         self.counts: dict[StateType, int] = {}
         self.last_progress = 0.0
         self._progress_lock = threading.Lock()
@@ -328,7 +334,6 @@ class FlowRunEngine(RunEngine):
         )
         if self.parent_task is not None:
             self.registry.link_subflow(self.parent_task.row, self.row)
-        self._record(StateType.PENDING)
         if parent is None:
             if engine_logger.isEnabledFor(logging.INFO):
                 engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
@@ -369,14 +374,8 @@ class FlowRunEngine(RunEngine):
     def finish(self, state: State[Any]) -> State[Any]:
         state = super().finish(state)
         if self.parent_task is not None:
-            self.parent_task.finish(state.copy(_details=None))
+            self.parent_task.finish(state.copy(_details=None, _ts=time.time()))
         return state
-
-    def _details(self) -> StateDetails:
-        return StateDetails(
-            flow_run_id=self.id,
-            parent_task_run_id=self.parent_task.id if self.parent_task is not None else None,
-        )
 
     # -- task-run bookkeeping -----------------------------------------------------------------
     def next_task_index(self, task_name: str) -> int:
@@ -388,7 +387,7 @@ class FlowRunEngine(RunEngine):
     def task_finished(self, type_: StateType) -> None:
         with self._progress_lock:
             self.counts[type_] = self.counts.get(type_, 0) + 1
-        if self.tasks_started > get_settings().task_log_threshold:
+        if self.tasks_started > self.log_threshold:
             self._maybe_progress()
 
     def _maybe_progress(self, force: bool = False) -> None:
@@ -439,7 +438,7 @@ class TaskRunEngine(RunEngine):
         if parent is not None:
             index = parent.next_task_index(task.name)
             parent.tasks_started += 1
-            self.quiet = quiet or parent.tasks_started > get_settings().task_log_threshold
+            self.quiet = quiet or parent.tasks_started > parent.log_threshold
             parent_row = parent.row
         else:
             index = next(_orphan_counter)
@@ -452,7 +451,6 @@ class TaskRunEngine(RunEngine):
             name = render_run_name(task.task_run_name, self.parameters, "task_run_name")
         self.name = name or f"{task.name}-{index}"
         self.row = self.registry.add_run(KIND_TASK, task.name, parent_row, index, name)
-        self._record(StateType.PENDING)
         if task_run_logger.isEnabledFor(self._lifecycle_level(logging.INFO)):
             self._log(
                 self._lifecycle_level(logging.INFO),
@@ -478,14 +476,6 @@ class TaskRunEngine(RunEngine):
 
     def _lifecycle_level(self, level: int) -> int:
         return logging.DEBUG if self.quiet else level
-
-    def _details(self) -> StateDetails:
-        parent = self.parent
-        return StateDetails(
-            flow_run_id=parent.id if parent is not None else None,
-            task_run_id=self.id,
-            child_flow_run_id=self.child_flow.id if self.child_flow is not None else None,
-        )
 
     def finish(self, state: State[Any]) -> State[Any]:
         state = super().finish(state)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ KIND_TASK = 1
 _TYPES = list(StateType)
 _TYPE_CODE = {t: i for i, t in enumerate(_TYPES)}
 _NO_ROW = -1
+_PENDING = _TYPE_CODE[StateType.PENDING]
 
 
 @dataclass(slots=True)
@@ -97,15 +99,23 @@ class MemoryRegistry:
         counter: int = 0,
         name: str | None = None,
         parameters: dict[str, Any] | None = None,
+        ts: float | None = None,
     ) -> int:
-        """Register a run and return its row (its id is `self.uuid(row)`)."""
+        """Register a run in Pending (at `ts`, default now) and return its row.
+
+        The run's id is `self.uuid(row)`.
+        """
         with self._lock:
             row = len(self._kind)
+            t = len(self._t_type)
             self._kind.append(kind)
             self._key.append(self._key_of(spec_name))
             self._counter.append(counter)
             self._parent.append(parent_row)
-            self._last.append(_NO_ROW)
+            self._last.append(t)
+            self._t_type.append(_PENDING)
+            self._t_ts.append(time.time() if ts is None else ts)
+            self._t_prev.append(_NO_ROW)
             if name is not None:
                 self._names[row] = name
             if parameters is not None:
@@ -192,15 +202,24 @@ class MemoryRegistry:
             parameters=self._params.get(row),
             states=self.history(row),
         )
-        details = StateDetails(
-            flow_run_id=record.id if record.kind == "flow" else record.parent_flow_run_id,
-            task_run_id=record.id if record.kind == "task" else None,
-            child_flow_run_id=record.child_flow_run_id,
-            parent_task_run_id=record.parent_task_run_id,
-        )
+        details = self.details(row)
         for state in record.states:
             state._details = details
         return record
+
+    def details(self, row: int) -> StateDetails:
+        """The links a state of this run carries (its run ids, parent/child links)."""
+        parent = self._parent[row]
+        parent_task = self._parent_task.get(row)
+        child = self._child_flow.get(row)
+        own = self.uuid(row)
+        is_flow = self._kind[row] == KIND_FLOW
+        return StateDetails(
+            flow_run_id=own if is_flow else (None if parent == _NO_ROW else self.uuid(parent)),
+            task_run_id=None if is_flow else own,
+            child_flow_run_id=None if child is None else self.uuid(child),
+            parent_task_run_id=None if parent_task is None else self.uuid(parent_task),
+        )
 
     def runs(self, kind: str | None = None, spec_name: str | None = None) -> Iterator[RunRecord]:
         """Every recorded run, oldest first, optionally filtered by kind and flow/task name."""

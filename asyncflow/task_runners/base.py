@@ -22,6 +22,9 @@ class TaskRunner(abc.ABC):
     and shut down when the flow run ends.
     """
 
+    #: True when task functions run in the worker itself (`body` is not consulted).
+    in_thread: bool = True
+
     @abc.abstractmethod
     def duplicate(self) -> Self:
         """A fresh, unstarted runner with the same configuration."""
@@ -33,7 +36,7 @@ class TaskRunner(abc.ABC):
     def body(
         self, task: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Callable[[], Any]:
-        """The call that runs the task function; the default calls it in the worker."""
+        """The call that runs the task function, for runners with `in_thread = False`."""
         return lambda: fn(*args, **kwargs)
 
     def start(self) -> None:  # noqa: B027 - optional hook, not abstract

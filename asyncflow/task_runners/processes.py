@@ -27,6 +27,8 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
     the task.
     """
 
+    in_thread = False
+
     def __init__(self, max_workers: int | None = None) -> None:
         super().__init__(max_workers)
         self._processes: ProcessPoolExecutor | None = None
@@ -62,9 +64,6 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
         processes, self._processes = self._processes, None
         if processes is not None:
             processes.shutdown(wait=wait, cancel_futures=not wait)
-
-    def __repr__(self) -> str:
-        return f"ProcessPoolTaskRunner(max_workers={self.max_workers})"
 
 
 def _dumps(value: Any) -> bytes:

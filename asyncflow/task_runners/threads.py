@@ -2,50 +2,91 @@
 
 from __future__ import annotations
 
+import os
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from asyncflow.task_runners.base import TaskRunner
 
+_STOP = None
+
 
 class ThreadPoolTaskRunner(TaskRunner):
-    """Runs submitted sync tasks on a bounded thread pool.
+    """Runs submitted sync tasks on a bounded pool of threads.
 
-    `max_workers` bounds the threads (default: the stdlib's, ``min(32, cpus + 4)``);
+    `max_workers` bounds the threads (default ``min(32, cpus + 4)``, as the stdlib's pool);
     submissions past that queue up, so 100k submissions never mean 100k threads.
+
+    Not a `concurrent.futures.ThreadPoolExecutor`: the engine already has a future per task
+    run, and the executor's own Future, work item and semaphore per submission doubled the
+    cost of `.submit()`. Here a submission is one `SimpleQueue.put`.
     """
 
     def __init__(self, max_workers: int | None = None) -> None:
-        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
             raise ValueError(f"max_workers must be a positive int, got {max_workers!r}.")
         self.max_workers = max_workers
-        self._executor: ThreadPoolExecutor | None = None
+        self._limit = max_workers or min(32, (os.cpu_count() or 1) + 4)
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def duplicate(self) -> ThreadPoolTaskRunner:
         return type(self)(self.max_workers)
 
-    def start(self) -> None:
-        if self._executor is None:
-            with self._lock:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(
-                        self.max_workers, thread_name_prefix="asyncflow-task"
-                    )
-
     def submit(self, work: Callable[[], None]) -> None:
-        executor = self._executor
-        if executor is None:
-            self.start()
-            executor = self._executor
-            assert executor is not None
-        executor.submit(work)
+        if self._closed:
+            raise RuntimeError(f"{self!r} is shut down; no new task runs can be submitted.")
+        self._queue.put(work)
+        if len(self._threads) < self._limit:
+            self._add_thread()
+
+    def _add_thread(self) -> None:
+        with self._lock:
+            if len(self._threads) >= self._limit or self._closed:
+                return
+            thread = threading.Thread(
+                target=self._worker,
+                name=f"asyncflow-task-{len(self._threads)}",
+                daemon=True,
+            )
+            self._threads.append(thread)
+        thread.start()
+
+    def _worker(self) -> None:
+        get = self._queue.get
+        while True:
+            work = get()
+            if work is _STOP:
+                return
+            work()
 
     def shutdown(self, wait: bool = True) -> None:
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=wait, cancel_futures=not wait)
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        if not wait:
+            self._drop_queued()
+        for _ in threads:
+            self._queue.put(_STOP)
+        if wait:
+            for thread in threads:
+                if thread is not threading.current_thread():
+                    thread.join()
+
+    def _drop_queued(self) -> None:
+        while True:
+            try:
+                work = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            cancel = getattr(work, "cancel", None)
+            if cancel is not None:
+                cancel()
 
     def __repr__(self) -> str:
-        return f"ThreadPoolTaskRunner(max_workers={self.max_workers})"
+        return f"{type(self).__name__}(max_workers={self.max_workers})"
