@@ -331,9 +331,8 @@ class FlowRunEngine(RunEngine):
             parent.row if parent is not None else _NO_ROW,
             name=self.name,
             parameters=self.parameters,
+            parent_task_row=self.parent_task.row if self.parent_task is not None else None,
         )
-        if self.parent_task is not None:
-            self.registry.link_subflow(self.parent_task.row, self.row)
         if parent is None:
             if engine_logger.isEnabledFor(logging.INFO):
                 engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
@@ -375,6 +374,8 @@ class FlowRunEngine(RunEngine):
         state = super().finish(state)
         if self.parent_task is not None:
             self.parent_task.finish(state.copy(_details=None, _ts=time.time()))
+        elif self.parent is None:
+            self.registry.top_level_flow_ended(self.row)
         return state
 
     # -- task-run bookkeeping -----------------------------------------------------------------

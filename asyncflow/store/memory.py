@@ -12,9 +12,9 @@ import secrets
 import threading
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from asyncflow.states import State, StateDetails, StateType
@@ -26,6 +26,33 @@ _TYPES = list(StateType)
 _TYPE_CODE = {t: i for i, t in enumerate(_TYPES)}
 _NO_ROW = -1
 _PENDING = _TYPE_CODE[StateType.PENDING]
+
+
+class ExportedRun(NamedTuple):
+    row: int
+    id: UUID
+    kind: str
+    spec_name: str
+    name: str
+    parent_row: int  # -1 for none
+    parent_task_row: int  # -1 for none
+    parameters: dict[str, Any] | None
+
+
+class ExportedTransition(NamedTuple):
+    seq: int  # position in the registry's transition log
+    row: int
+    type: StateType
+    ts: float
+    name: str | None
+    message: str | None
+
+
+class Export(NamedTuple):
+    runs: list[ExportedRun]
+    transitions: list[ExportedTransition]
+    run_end: int
+    transition_end: int
 
 
 @dataclass(slots=True)
@@ -78,10 +105,12 @@ class MemoryRegistry:
         self._parent_task: dict[int, int] = {}  # child flow row -> row of its parent task run
         self._child_flow: dict[int, int] = {}  # task row -> child flow row
         # one row per transition, linked backwards per run
+        self._t_run = array("I")
         self._t_type = array("B")
         self._t_ts = array("d")
         self._t_prev = array("q")
         self._t_text: dict[int, tuple[str | None, str | None]] = {}
+        self._flow_end_listeners: list[Callable[[int], None]] = []
 
     # -- writing (hot path) -----------------------------------------------------------------
     def _key_of(self, spec_name: str) -> int:
@@ -100,10 +129,12 @@ class MemoryRegistry:
         name: str | None = None,
         parameters: dict[str, Any] | None = None,
         ts: float | None = None,
+        parent_task_row: int | None = None,
     ) -> int:
         """Register a run in Pending (at `ts`, default now) and return its row.
 
-        The run's id is `self.uuid(row)`.
+        The run's id is `self.uuid(row)`. `parent_task_row` links a subflow run to the task
+        run that stands for it in the parent flow run.
         """
         with self._lock:
             row = len(self._kind)
@@ -113,6 +144,7 @@ class MemoryRegistry:
             self._counter.append(counter)
             self._parent.append(parent_row)
             self._last.append(t)
+            self._t_run.append(row)
             self._t_type.append(_PENDING)
             self._t_ts.append(time.time() if ts is None else ts)
             self._t_prev.append(_NO_ROW)
@@ -120,6 +152,9 @@ class MemoryRegistry:
                 self._names[row] = name
             if parameters is not None:
                 self._params[row] = parameters
+            if parent_task_row is not None:
+                self._child_flow[parent_task_row] = row
+                self._parent_task[row] = parent_task_row
         return row
 
     def add_transition(
@@ -132,6 +167,7 @@ class MemoryRegistry:
     ) -> None:
         with self._lock:
             t = len(self._t_type)
+            self._t_run.append(row)
             self._t_type.append(_TYPE_CODE[type_])
             self._t_ts.append(ts)
             self._t_prev.append(self._last[row])
@@ -142,10 +178,50 @@ class MemoryRegistry:
     def set_name(self, row: int, name: str) -> None:
         self._names[row] = name
 
-    def link_subflow(self, task_row: int, flow_row: int) -> None:
+    # -- export (for persistent stores; never on the hot path) ---------------------------------
+    def export(self, run_start: int, transition_start: int) -> Export:
+        """Runs and transitions recorded since the given watermarks, as plain tuples.
+
+        A persistent store's writer calls this from its own thread and keeps the returned
+        `run_end`/`transition_end` as its next watermarks. Every row is complete when
+        exported: a run's identity and links are written together with its row.
+        """
         with self._lock:
-            self._child_flow[task_row] = flow_row
-            self._parent_task[flow_row] = task_row
+            run_end = len(self._kind)
+            transition_end = len(self._t_type)
+            runs = [
+                ExportedRun(
+                    row=row,
+                    id=self.uuid(row),
+                    kind="flow" if self._kind[row] == KIND_FLOW else "task",
+                    spec_name=self._keys[self._key[row]],
+                    name=self.name_of(row),
+                    parent_row=self._parent[row],
+                    parent_task_row=self._parent_task.get(row, _NO_ROW),
+                    parameters=self._params.get(row),
+                )
+                for row in range(run_start, run_end)
+            ]
+            transitions = [
+                ExportedTransition(
+                    seq=t,
+                    row=self._t_run[t],
+                    type=_TYPES[self._t_type[t]],
+                    ts=self._t_ts[t],
+                    name=self._t_text.get(t, (None, None))[0],
+                    message=self._t_text.get(t, (None, None))[1],
+                )
+                for t in range(transition_start, transition_end)
+            ]
+        return Export(runs, transitions, run_end, transition_end)
+
+    def add_flow_end_listener(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(row)` whenever a top-level flow run reaches its final state."""
+        self._flow_end_listeners.append(listener)
+
+    def top_level_flow_ended(self, row: int) -> None:
+        for listener in self._flow_end_listeners:
+            listener(row)
 
     # -- reading ----------------------------------------------------------------------------
     def uuid(self, row: int) -> UUID:
