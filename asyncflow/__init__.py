@@ -2,6 +2,7 @@
 
 from asyncflow import runtime
 from asyncflow.annotations import allow_failure, quote, unmapped
+from asyncflow.engine.cancellation import cancel_run
 from asyncflow.flows import Flow, flow
 from asyncflow.futures import FutureList, PrefectFuture, TaskRunFuture, as_completed, wait
 from asyncflow.logging import get_run_logger
@@ -20,6 +21,7 @@ __all__ = [
     "TaskRunFuture",
     "allow_failure",
     "as_completed",
+    "cancel_run",
     "flow",
     "get_run_logger",
     "quote",

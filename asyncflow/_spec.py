@@ -9,10 +9,19 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 from asyncflow.exceptions import InvalidDefinitionError
 from asyncflow.parameters import Signature
+from asyncflow.states import State, StateType
 
 Kind = Literal["sync", "async", "generator", "async_generator"]
+#: A state hook: called with (flow or task, run, state); may be async.
+StateHook = Callable[[Any, Any, "State[Any]"], Any]
 S = TypeVar("S", bound="Spec")
 _UNBOUND: Any = object()
+_HOOK_TYPES = {
+    "on_completion": StateType.COMPLETED,
+    "on_failure": StateType.FAILED,
+    "on_cancellation": StateType.CANCELLED,
+    "on_crashed": StateType.CRASHED,
+}
 
 
 def function_kind(fn: Callable[..., Any]) -> Kind:
@@ -98,6 +107,24 @@ class Spec:
         self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
         self.__module__ = getattr(fn, "__module__", None)  # type: ignore[assignment]
         self.__wrapped__ = fn
+
+    def _set_hooks(self, hooks: dict[str, Any]) -> None:
+        """Store state hooks by the state type that triggers them; check they are callables."""
+        by_type: dict[StateType, list[Callable[..., Any]]] = {}
+        for option, value in hooks.items():
+            funcs = list(value or ())
+            for fn in funcs:
+                if not callable(fn):
+                    raise InvalidDefinitionError(
+                        f"{self.decorator}: {option} must be a list of callables, got {fn!r}."
+                    )
+            if funcs:
+                by_type.setdefault(_HOOK_TYPES[option], []).extend(funcs)
+        self._hooks = by_type
+        self.has_hooks = bool(by_type)
+
+    def hooks_for(self, state: State[Any]) -> list[Callable[..., Any]]:
+        return self._hooks.get(state.type, [])
 
     def with_options(self: S, **changes: Any) -> S:
         """A copy with some options changed; the original is untouched."""

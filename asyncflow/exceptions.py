@@ -79,3 +79,13 @@ class MissingContextError(AsyncflowException, RuntimeError):
 
 class FutureUsageError(AsyncflowException, RuntimeError):
     """A future was waited on in a way that would deadlock (e.g. blocking on the loop it needs)."""
+
+
+class RunInterrupted(BaseException):
+    """Delivered into a run's code to stop it because the run (or an ancestor) was cancelled.
+
+    A BaseException, like ``asyncio.CancelledError``, so ``except Exception`` in user code does
+    not swallow it. The run ends Cancelled; ``state.result()`` then raises CancelledRun.
+    """
+
+    run: Any = None

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
-from asyncflow._spec import Spec, check_option_names, check_retries, check_timeout
+from asyncflow._spec import Spec, StateHook, check_option_names, check_retries, check_timeout
 from asyncflow.engine import drivers, kernel
 from asyncflow.engine.context import flow_run_var
 from asyncflow.engine.resolve import needs_resolving, resolve
@@ -49,6 +49,10 @@ class Flow(Spec, Generic[P, R]):
         validate_parameters: bool = True,
         log_prints: bool | None = None,
         task_runner: TaskRunner | type[TaskRunner] | None = None,
+        on_completion: list[StateHook] | None = None,
+        on_failure: list[StateHook] | None = None,
+        on_cancellation: list[StateHook] | None = None,
+        on_crashed: list[StateHook] | None = None,
     ) -> None:
         options = dict(locals())
         options = {k: v for k, v in options.items() if k not in ("self", "fn", "__class__")}
@@ -69,6 +73,14 @@ class Flow(Spec, Generic[P, R]):
             flow_run_name, self.signature.names, self.signature.has_var_keyword, "flow_run_name"
         )
         self.task_runner = _check_runner(task_runner, owner)
+        self._set_hooks(
+            {
+                "on_completion": on_completion,
+                "on_failure": on_failure,
+                "on_cancellation": on_cancellation,
+                "on_crashed": on_crashed,
+            }
+        )
 
     @functools.cached_property
     def version(self) -> str | None:

@@ -28,7 +28,15 @@ _lock = threading.Lock()  # guards every future's state/callback hand-over; held
 class TaskRunFuture(Generic[R]):
     """The eventual final state and result of a submitted task run."""
 
-    __slots__ = ("__weakref__", "_callbacks", "_loop_thread", "_registry", "_row", "_state")
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_canceller",
+        "_loop_thread",
+        "_registry",
+        "_row",
+        "_state",
+    )
 
     def __init__(self, registry: Any, row: int, loop_thread: int | None = None) -> None:
         self._registry = registry
@@ -38,6 +46,19 @@ class TaskRunFuture(Generic[R]):
         # Set for futures whose run lives on an event loop: blocking that loop's thread on
         # them would deadlock, so `.result()` there raises instead.
         self._loop_thread = loop_thread
+        self._canceller: Callable[[], None] | None = None  # set by whoever runs the task
+
+    def cancel(self) -> bool:
+        """Ask the task run to stop; it ends Cancelled. False if it is already final.
+
+        A run that has not started never starts; a running async task is cancelled at its
+        next checkpoint; a running sync task is interrupted in its thread.
+        """
+        canceller = self._canceller
+        if self._state is not None or canceller is None:
+            return False
+        canceller()
+        return True
 
     @property
     def task_run_id(self) -> UUID:

@@ -10,9 +10,18 @@ import threading
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
-from asyncflow._spec import _UNBOUND, Spec, check_option_names, check_retries, check_timeout
+import anyio
+
+from asyncflow._spec import (
+    _UNBOUND,
+    Spec,
+    StateHook,
+    check_option_names,
+    check_retries,
+    check_timeout,
+)
 from asyncflow.annotations import quote, unmapped
-from asyncflow.engine import drivers, kernel
+from asyncflow.engine import cancellation, drivers, interrupts, kernel
 from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.engine.resolve import check_wait_for, needs_resolving, resolve, upstreams
 from asyncflow.engine.run import FlowRunEngine, TaskRunEngine
@@ -57,6 +66,8 @@ class Task(Spec, Generic[P, R]):
         timeout_seconds: float | None = None,
         task_run_name: RunName = None,
         log_prints: bool | None = None,
+        on_completion: list[StateHook] | None = None,
+        on_failure: list[StateHook] | None = None,
     ) -> None:
         options = dict(locals())
         options = {k: v for k, v in options.items() if k not in ("self", "fn", "__class__")}
@@ -86,6 +97,7 @@ class Task(Spec, Generic[P, R]):
             task_run_name, self.signature.names, self.signature.has_var_keyword, "task_run_name"
         )
         self.log_prints = log_prints
+        self._set_hooks({"on_completion": on_completion, "on_failure": on_failure})
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by reference (module + name), so process pools can ship it."""
@@ -263,7 +275,17 @@ def _dependencies(
 class _SyncWork:
     """One submitted sync task run, handed to a runner once its dependencies are final."""
 
-    __slots__ = ("args", "context", "engine", "future", "kwargs", "pending", "runner", "wait_for")
+    __slots__ = (
+        "args",
+        "context",
+        "engine",
+        "future",
+        "kwargs",
+        "pending",
+        "runner",
+        "started",
+        "wait_for",
+    )
 
     def __init__(
         self,
@@ -283,31 +305,61 @@ class _SyncWork:
         self.wait_for = wait_for
         self.pending = pending
         self.context = contextvars.copy_context()  # the flow run (and the user's context vars)
+        self.started = False
+        future._canceller = self.request_cancel
 
     def __call__(self) -> None:
         engine = self.engine
+        with _claim_lock:
+            if self.future._state is not None:  # cancelled while queued
+                return
+            self.started = True
         try:
-            args, kwargs = _inputs(self.args, self.kwargs, self.wait_for)
-            fn = engine.spec.fn
-            if self.runner.in_thread:
-                body = lambda: fn(*args, **kwargs)  # noqa: E731
-            else:
-                body = self.runner.body(engine.spec, fn, args, kwargs)
-            state = self.context.run(drivers.drive_sync, engine, body)
+            with interrupts.guard() as target:
+                engine.interrupt_target = target
+                if engine.cancel_requested:
+                    raise engine.interrupt_error(timeout=False)
+                args, kwargs = _inputs(self.args, self.kwargs, self.wait_for)
+                fn = engine.spec.fn
+                if self.runner.in_thread:
+                    body = lambda: fn(*args, **kwargs)  # noqa: E731
+                else:
+                    body = self.runner.body(engine.spec, fn, args, kwargs)
+                state = self.context.run(drivers.drive_sync, engine, body)
         except UpstreamTaskError as exc:
             state = engine.finish(_not_ready(exc))
-        except BaseException as exc:  # crashed: recorded by the driver; the future still resolves
+        except BaseException as exc:  # recorded by the driver, or not started: record it here
             state = engine.state or engine.finish(engine.outcome_of_error(exc))
         self._resolve(state)
 
+    def request_cancel(self) -> None:
+        """Cancel from any thread: drop the work if queued, interrupt it if running."""
+        engine = self.engine
+        with _claim_lock:
+            engine.cancel_requested = True
+            if not self.started:
+                self.started = True
+                queued = True
+            else:
+                queued = False
+                target = engine.interrupt_target
+        if queued:
+            self.cancel()
+        elif target is not None:
+            interrupts.interrupt(target, engine.interrupt_error(timeout=False))
+
     def cancel(self) -> None:
-        """The runner dropped this work before it started."""
+        """The work never starts (dropped by the runner, or cancelled while queued)."""
         self._resolve(self.engine.finish(self.engine.cancelled("Cancelled before it started.")))
 
     def _resolve(self, state: State[Any]) -> None:
         self.future._set_state(state)
+        cancellation.untrack(self.engine.registry, self.engine.row)
         if self.pending is not None:
             self.pending.discard(self.future)
+
+
+_claim_lock = threading.Lock()  # who gets a queued work item: its worker or a canceller
 
 
 def _submit_sync(
@@ -321,6 +373,7 @@ def _submit_sync(
     future: TaskRunFuture[Any] = TaskRunFuture(engine.registry, engine.row)
     pending = parent.pending if parent is not None else None
     work = _SyncWork(engine, future, runner, args, kwargs, wait_for, pending)
+    cancellation.track(engine.registry, engine.row, work.request_cancel)
     if pending is not None:
         pending.add(future)
     deps = _dependencies(args, kwargs, wait_for)
@@ -366,16 +419,35 @@ def _submit_async(
     )
     pending = parent.pending if parent is not None and not on_flow_loop else None
 
+    scope = anyio.CancelScope()
+    call_soon = parent.call_soon if on_flow_loop and parent is not None else None
+
+    def cancel() -> None:
+        engine.cancel_requested = True
+        if call_soon is None or threading.get_ident() == future._loop_thread:
+            scope.cancel()
+        else:
+            call_soon(scope.cancel)
+
+    future._canceller = cancel
+    cancellation.track(engine.registry, engine.row, cancel)
+
     async def work() -> None:
+        state = None
         try:
-            state = await run_task_async(engine, args, kwargs, wait_for, return_state=True)
+            with scope:
+                state = await run_task_async(engine, args, kwargs, wait_for, return_state=True)
         except BaseException as exc:
             state = engine.state or engine.finish(engine.outcome_of_error(exc))
             future._set_state(state)
             raise
+        finally:
+            cancellation.untrack(engine.registry, engine.row)
+            if pending is not None:
+                pending.discard(future)
+        if state is None:  # cancelled through `future.cancel()`: the scope swallowed it
+            state = engine.state or engine.finish(engine.cancelled())
         future._set_state(state)
-        if pending is not None:
-            pending.discard(future)
 
     if on_flow_loop:
         group.start_soon(work)  # type: ignore[union-attr]
@@ -442,6 +514,8 @@ def task(
     timeout_seconds: float | None = None,
     task_run_name: RunName = None,
     log_prints: bool | None = None,
+    on_completion: list[StateHook] | None = None,
+    on_failure: list[StateHook] | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(__fn: Any = None, **options: Any) -> Any:
     """Turn a function into a task: ``@task`` or ``@task(name=..., retries=..., ...)``."""

@@ -7,18 +7,15 @@ lives in `asyncflow.engine.run`; here is only *how* to call, wait and sleep.
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import Any
 
 import anyio
 
+from asyncflow.engine import interrupts
 from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.engine.run import FlowRunEngine, RunEngine
-from asyncflow.exceptions import FlowRunTimeoutError
 from asyncflow.states import State, StateType
 from asyncflow.store.memory import KIND_FLOW
 
@@ -32,9 +29,9 @@ def _var(engine: RunEngine) -> Any:
 def drive_sync(engine: RunEngine, call: Callable[[], Any]) -> State[Any]:
     """Run `call` in this thread under `engine`'s lifecycle; return the final state.
 
-    Re-raises BaseExceptions that crash the run (KeyboardInterrupt, SystemExit) after
-    recording Crashed. A task without a timeout takes the plain path: one call, no context
-    managers.
+    Re-raises, after recording, BaseExceptions that crash the run (KeyboardInterrupt,
+    SystemExit) and interrupts aimed at an ancestor run (its timeout or cancellation must
+    reach it). A task without a timeout takes the plain path: one call, no guards.
     """
     var = _var(engine)
     token = var.set(engine)
@@ -47,7 +44,7 @@ def drive_sync(engine: RunEngine, call: Callable[[], Any]) -> State[Any]:
                 state = engine.outcome_of_value(value)
             except BaseException as exc:
                 state = engine.outcome_of_error(exc)
-                if state.type is _CRASHED:
+                if state.type is _CRASHED or _passes_through(engine, exc):
                     engine.finish(state)
                     raise
             if (
@@ -60,21 +57,66 @@ def drive_sync(engine: RunEngine, call: Callable[[], Any]) -> State[Any]:
             if delay is None:
                 return engine.finish(state)
             if delay > 0:
-                time.sleep(delay)
+                _sleep_sync(engine, delay)
     finally:
         var.reset(token)
         if isinstance(engine, FlowRunEngine):
             close_runners(engine)
 
 
-def _call_guarded(engine: RunEngine, call: Callable[[], Any]) -> Any:
-    """A flow body (or a task with a timeout): deadline interrupt, then wait for children."""
-    with _sync_deadline(engine):
+def _passes_through(engine: RunEngine, exc: BaseException) -> bool:
+    target = getattr(exc, "run", None)
+    return target is not None and target is not engine
+
+
+def _sleep_sync(engine: RunEngine, delay: float) -> None:
+    """A retry delay that `cancel_run` can cut short."""
+    with interrupts.guard() as target:
+        engine.interrupt_target = target
         try:
-            return call()
+            if engine.cancel_requested:
+                raise engine.interrupt_error(timeout=False)
+            time.sleep(delay)
+        except BaseException as exc:
+            engine.finish(engine.outcome_of_error(exc))
+            raise
         finally:
-            if isinstance(engine, FlowRunEngine):
-                wait_for_children(engine)
+            engine.interrupt_target = None
+
+
+def _call_guarded(engine: RunEngine, call: Callable[[], Any]) -> Any:
+    """A flow body, or a task with a timeout: interruptible, and children are waited for.
+
+    When the body raises (or is stopped), what it submitted is cancelled: structured
+    concurrency, as in the async flow's task group.
+    """
+    flow_engine = engine if isinstance(engine, FlowRunEngine) else None
+    try:
+        with interrupts.guard() as target:
+            engine.interrupt_target = target
+            try:
+                if engine.cancel_requested:
+                    raise engine.interrupt_error(timeout=False)
+                if engine.deadline is not None:
+                    interrupts.at_deadline(
+                        engine.deadline, target, lambda: engine.interrupt_error(timeout=True)
+                    )
+                return call()
+            except BaseException:
+                if flow_engine is not None:
+                    cancel_children(flow_engine)
+                raise
+            finally:
+                engine.interrupt_target = None
+    finally:
+        if flow_engine is not None:
+            wait_for_children(flow_engine)
+
+
+def cancel_children(engine: FlowRunEngine) -> None:
+    """Cancel every task run the flow run submitted that is not final yet."""
+    for future in list(engine.pending):
+        future.cancel()
 
 
 def wait_for_children(engine: FlowRunEngine) -> None:
@@ -92,37 +134,6 @@ def close_runners(engine: FlowRunEngine) -> None:
         runner.shutdown()
 
 
-@contextmanager
-def _sync_deadline(engine: RunEngine) -> Iterator[None]:
-    """Interrupt a sync *flow* body at its deadline when that is safe.
-
-    In the main thread with no alarm already pending, SIGALRM raises FlowRunTimeoutError
-    in the body. Elsewhere the body is stopped at its next task or subflow call
-    (`FlowRunEngine.check_deadline`) and the run is marked TimedOut when it returns.
-    """
-    timeout = engine.spec.timeout_seconds
-    if (
-        timeout is None
-        or not isinstance(engine, FlowRunEngine)
-        or threading.current_thread() is not threading.main_thread()
-        or not hasattr(signal, "setitimer")
-        or signal.getitimer(signal.ITIMER_REAL)[0] > 0
-    ):
-        yield
-        return
-
-    def on_alarm(signum: int, frame: Any) -> None:
-        raise FlowRunTimeoutError(f"Flow run exceeded timeout of {timeout} second(s)")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 async def drive_async(engine: RunEngine, call: Callable[[], Awaitable[Any]]) -> State[Any]:
     """Await `call` under `engine`'s lifecycle on the running loop (asyncio or trio).
 
@@ -131,6 +142,8 @@ async def drive_async(engine: RunEngine, call: Callable[[], Awaitable[Any]]) -> 
     """
     var = _var(engine)
     token = var.set(engine)
+    if engine.spec.has_hooks:
+        engine.awaiting_hooks = []
     try:
         while True:
             engine.begin_attempt()
@@ -147,7 +160,7 @@ async def drive_async(engine: RunEngine, call: Callable[[], Awaitable[Any]]) -> 
                     engine.finish(engine.cancelled())
                     raise
                 state = engine.outcome_of_error(exc)
-                if state.type is _CRASHED:
+                if state.type is _CRASHED or _passes_through(engine, exc):
                     engine.finish(state)
                     raise
             else:
@@ -157,7 +170,9 @@ async def drive_async(engine: RunEngine, call: Callable[[], Awaitable[Any]]) -> 
                     state = engine.outcome_of_value(value)
             delay = engine.retry_delay(state)
             if delay is None:
-                return engine.finish(state)
+                engine.finish(state)
+                await _await_hooks(engine)
+                return state
             try:
                 await anyio.sleep(delay)
             except BaseException:
@@ -169,17 +184,31 @@ async def drive_async(engine: RunEngine, call: Callable[[], Awaitable[Any]]) -> 
             close_runners(engine)
 
 
+async def _await_hooks(engine: RunEngine) -> None:
+    hooks, engine.awaiting_hooks = engine.awaiting_hooks, None
+    for hook, awaitable in hooks or ():
+        try:
+            await awaitable
+        except Exception as exc:
+            engine.hook_failed(hook, exc)
+
+
 async def in_task_group(engine: FlowRunEngine, body: Callable[[], Awaitable[Any]]) -> Any:
     """Run an async flow body inside the flow's own task group.
 
     Submitted async tasks and concurrently awaited children live in the group, so the flow
-    cannot finish while they run. A failing body cancels them; its exception is re-raised
-    as itself, not wrapped in an ExceptionGroup.
+    cannot finish while they run. A failing or cancelled body cancels them; its exception is
+    re-raised as itself, not wrapped in an ExceptionGroup. `cancel_run` cancels the group.
     """
+    from asyncflow.futures import _threadsafe_caller
+
     error: BaseException | None = None
     value: Any = None
+    engine.call_soon = _threadsafe_caller()
     async with anyio.create_task_group() as tg:
         engine.task_group = tg
+        if engine.cancel_requested:
+            tg.cancel_scope.cancel()
         try:
             value = await body()
             while engine.pending:  # task runs handed to a thread or process pool
@@ -187,14 +216,25 @@ async def in_task_group(engine: FlowRunEngine, body: Callable[[], Awaitable[Any]
                     await future.wait_async()
                     engine.pending.discard(future)
         except BaseException as exc:
+            cancel_children(engine)
+            tg.cancel_scope.cancel()
             if isinstance(exc, anyio.get_cancelled_exc_class()):
+                await _settle_children(engine)
                 raise
             error = exc
-            tg.cancel_scope.cancel()
     engine.task_group = None
     if error is not None:
         raise error
+    if engine.cancel_requested:
+        raise engine.interrupt_error(timeout=False)
     return value
+
+
+async def _settle_children(engine: FlowRunEngine) -> None:
+    """Give interrupted thread-pool children a moment to record Cancelled (shielded)."""
+    with anyio.CancelScope(shield=True), anyio.move_on_after(1.0):
+        for future in list(engine.pending):
+            await future.wait_async()
 
 
 def drive_sync_generator(

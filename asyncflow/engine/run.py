@@ -9,6 +9,7 @@ one inside cancel scopes. The object doubles as the run's context (`asyncflow.ru
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 import random
@@ -21,6 +22,7 @@ from asyncflow.exceptions import (
     FlowRunTimeoutError,
     ParameterSizeError,
     ParameterTypeError,
+    RunInterrupted,
     RunTimeoutError,
     TaskRunTimeoutError,
 )
@@ -35,6 +37,7 @@ from asyncflow.logging import (
 from asyncflow.settings import get_settings
 from asyncflow.states import (
     _DEFAULT_NAMES,
+    TERMINAL_TYPES,
     State,
     StateType,
     state_from_return_value,
@@ -58,8 +61,11 @@ class RunEngine:
 
     __slots__ = (
         "_logger",
+        "awaiting_hooks",
+        "cancel_requested",
         "deadline",
         "end_time",
+        "interrupt_target",
         "log_prints",
         "name",
         "parent",
@@ -90,6 +96,9 @@ class RunEngine:
         self.start_time: float | None = None
         self.end_time: float | None = None
         self.deadline: float | None = None
+        self.interrupt_target: Any = None  # set while sync code of this run can be interrupted
+        self.cancel_requested = False
+        self.awaiting_hooks: list[tuple[Any, Any]] | None = None  # set by the async driver
         self.log_prints: bool = (
             spec.log_prints
             if spec.log_prints is not None
@@ -139,11 +148,29 @@ class RunEngine:
             self.deadline = time.monotonic() + timeout
 
     def outcome_of_value(self, value: Any) -> State[Any]:
-        return state_from_return_value(value)
+        state = state_from_return_value(value)
+        if state.type not in TERMINAL_TYPES:
+            return State(
+                _FAILED,
+                message=f"{self.label_word} run returned the non-final state {state}; "
+                "a run must end Completed, Failed, Cancelled or Crashed.",
+                data=state,
+            )
+        return state
 
     def outcome_of_error(self, exc: BaseException) -> State[Any]:
-        """Failed for the user's exceptions, Crashed for interpreter/kernel ones."""
-        if isinstance(exc, self.timeout_error) and self.deadline is not None:
+        """Failed for the user's exceptions, Crashed for interpreter/kernel ones.
+
+        Timeouts and cancellations aimed at this run give TimedOut / Cancelled; those aimed
+        at an ancestor pass through this run, which ends Cancelled.
+        """
+        target = getattr(exc, "run", None)
+        if target is not None and target is not self:
+            why = "timed out" if isinstance(exc, RunTimeoutError) else "was cancelled"
+            return self.cancelled(f"Cancelled because {target.label} {why}.")
+        if isinstance(exc, RunInterrupted):
+            return self.cancelled()
+        if isinstance(exc, self.timeout_error) and (target is self or self.deadline is not None):
             return self.timed_out()
         if isinstance(exc, Exception):
             self._log(logging.ERROR, "Encountered exception during execution:", exc_info=exc)
@@ -158,6 +185,18 @@ class RunEngine:
             message=f"Execution was interrupted by {type(exc).__name__}: {exc}".rstrip(": "),
             data=exc,
         )
+
+    def interrupt_error(self, timeout: bool) -> BaseException:
+        """The exception raised in this run's sync code to stop it (`.run` names the run)."""
+        exc: BaseException
+        if timeout:
+            exc = self.timeout_error(
+                f"{self.label_word} run exceeded timeout of {self.spec.timeout_seconds} second(s)"
+            )
+        else:
+            exc = RunInterrupted(f"{self.label} was cancelled.")
+        exc.run = self  # type: ignore[union-attr]
+        return exc
 
     def timed_out(self) -> State[Any]:
         limit = self.spec.timeout_seconds
@@ -224,7 +263,34 @@ class RunEngine:
             level = logging.ERROR
         if self.base_logger.isEnabledFor(level):
             self.logger.log(level, f"Finished in state {state}")
+        if self.spec.has_hooks:
+            self._run_hooks(state)
         return state
+
+    def _run_hooks(self, state: State[Any]) -> None:
+        """State hooks: called with (flow or task, run, state); failures are only logged.
+
+        An async hook is awaited by the async driver right after; elsewhere it runs to
+        completion on the kernel loop.
+        """
+        for hook in self.spec.hooks_for(state):
+            try:
+                result = hook(self.spec, self, state)
+                if inspect.isawaitable(result):
+                    if self.awaiting_hooks is not None:
+                        self.awaiting_hooks.append((hook, result))
+                        continue
+                    from asyncflow.engine import kernel
+
+                    kernel.run(result)
+            except Exception as exc:
+                self.hook_failed(hook, exc)
+
+    def hook_failed(self, hook: Any, exc: Exception) -> None:
+        name = getattr(hook, "__name__", repr(hook))
+        self._log(
+            logging.ERROR, f"State hook {name!r} raised {exc!r}; the state is unchanged.", exc
+        )
 
 
 def _custom_name(state: State[Any]) -> str | None:
@@ -250,6 +316,7 @@ class FlowRunEngine(RunEngine):
     __slots__ = (
         "_progress_lock",
         "async_runner",
+        "call_soon",
         "counts",
         "explicit",
         "is_async",
@@ -288,6 +355,7 @@ class FlowRunEngine(RunEngine):
         self.pending: set[TaskRunFuture[Any]] = set()
         self.task_runner: TaskRunner | None = None
         self.async_runner: Any = None
+        self.call_soon: Any = None  # thread-safe scheduling onto an async flow's loop
         self.task_group: Any = None
         self.parent_task: TaskRunEngine | None = None
         self.tasks_started = 0
@@ -338,6 +406,9 @@ class FlowRunEngine(RunEngine):
                 engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
         else:
             parent._log(logging.INFO, f"Created subflow run '{self.name}' for flow '{flow.name}'")
+        from asyncflow.engine import cancellation
+
+        cancellation.track(self.registry, self.row, cancellation.flow_canceller(self))
         if self.log_prints:
             from asyncflow.logging import enable_log_prints
 
@@ -372,6 +443,9 @@ class FlowRunEngine(RunEngine):
 
     def finish(self, state: State[Any]) -> State[Any]:
         state = super().finish(state)
+        from asyncflow.engine import cancellation
+
+        cancellation.untrack(self.registry, self.row)
         if self.parent_task is not None:
             self.parent_task.finish(state.copy(_details=None, _ts=time.time()))
         elif self.parent is None:
@@ -406,11 +480,14 @@ class FlowRunEngine(RunEngine):
         )
 
     def check_deadline(self) -> None:
-        """Stop a sync flow body at its next task or subflow call once it is past its deadline."""
+        """Stop the body at its next task or subflow call once past its deadline or cancelled.
+
+        The backstop for sync code that an interrupt could not reach.
+        """
+        if self.cancel_requested:
+            raise self.interrupt_error(timeout=False)
         if self.deadline is not None and time.monotonic() > self.deadline:
-            raise FlowRunTimeoutError(
-                f"Flow run exceeded timeout of {self.spec.timeout_seconds} second(s)"
-            )
+            raise self.interrupt_error(timeout=True)
 
 
 class TaskRunEngine(RunEngine):
