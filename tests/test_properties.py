@@ -1,0 +1,127 @@
+"""Property test: random trees of flows and tasks with failures, retries, timeouts, cancellation.
+
+Whatever happens, every run ends in exactly one terminal state, nothing follows it, an earlier
+terminal state appears only as a retried attempt (Failed -> AwaitingRetry), and
+run_count <= retries + 1.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from asyncflow import flow, task
+from asyncflow.states import TERMINAL_TYPES, StateType
+from asyncflow.store.memory import reset_registry
+
+_ids = itertools.count()
+
+
+@dataclass
+class Node:
+    kind: str  # "flow" or "task"
+    outcome: str  # "ok", "fail", "fail_once", "slow"
+    retries: int
+    timeout: float | None
+    children: list[Node] = field(default_factory=list)
+    name: str = field(default_factory=lambda: f"node-{next(_ids)}")
+
+
+def nodes(depth: int) -> st.SearchStrategy[Node]:
+    leaf_fields = {
+        "outcome": st.sampled_from(["ok", "fail", "fail_once", "slow"]),
+        "retries": st.integers(0, 2),
+        "timeout": st.sampled_from([None, None, 0.05]),
+    }
+    task_node = st.builds(Node, kind=st.just("task"), **leaf_fields)
+    if depth == 0:
+        return task_node
+    flow_node = st.builds(
+        Node,
+        kind=st.just("flow"),
+        children=st.lists(nodes(depth - 1), max_size=3),
+        **leaf_fields,
+    )
+    return st.one_of(task_node, flow_node)
+
+
+async def _body(node: Node, attempts: dict[str, int]) -> str:
+    attempts[node.name] = attempts.get(node.name, 0) + 1
+    if node.children:
+        async with anyio.create_task_group() as tg:
+            for child in node.children:
+                tg.start_soon(_run_node, child, attempts)
+    if node.outcome == "slow":
+        await anyio.sleep(0.1)
+    elif node.outcome == "fail" or (node.outcome == "fail_once" and attempts[node.name] == 1):
+        raise ValueError(f"{node.name} fails")
+    return node.name
+
+
+@flow
+async def _flow_template(node: Node, attempts: dict[str, int]) -> str:
+    return await _body(node, attempts)
+
+
+@task
+async def _task_template(node: Node, attempts: dict[str, int]) -> str:
+    return await _body(node, attempts)
+
+
+async def _run_node(node: Node, attempts: dict[str, int]) -> None:
+    template = _flow_template if node.kind == "flow" else _task_template
+    runnable = template.with_options(
+        name=node.name, retries=node.retries, retry_delay_seconds=0, timeout_seconds=node.timeout
+    )
+    # Failures are part of the experiment: look at states, not exceptions.
+    await runnable(node, attempts, return_state=True)
+
+
+def _all(node: Node) -> list[Node]:
+    return [node, *(n for child in node.children for n in _all(child))]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    tree=nodes(depth=2).filter(lambda n: n.kind == "flow"),
+    cancel_after=st.sampled_from([None, 0.0, 0.02, 0.06]),
+)
+def test_every_run_ends_in_exactly_one_terminal_state(
+    backend: str, tree: Node, cancel_after: float | None
+) -> None:
+    """Random trees: one final terminal state per run, never overwritten; run_count bounded."""
+    registry = reset_registry()
+    attempts: dict[str, int] = {}
+
+    async def main() -> None:
+        if cancel_after is None:
+            await _run_node(tree, attempts)
+        else:
+            with anyio.move_on_after(cancel_after):
+                await _run_node(tree, attempts)
+
+    anyio.run(main, backend=backend)
+
+    by_name = {n.name: n for n in _all(tree)}
+    runs = [r for r in registry.runs() if r.spec_name in by_name]
+    for run in runs:
+        states = run.states
+        assert states, run
+        assert states[0].type is StateType.PENDING
+        assert states[-1].type in TERMINAL_TYPES, (run.name, run.state_names)
+        for earlier, later in itertools.pairwise(states):
+            if earlier.type in TERMINAL_TYPES:
+                # only a retried attempt's failure may be followed by anything
+                assert earlier.type is StateType.FAILED, run.state_names
+                assert later.name == "AwaitingRetry", run.state_names
+        node = by_name[run.spec_name]
+        assert run.run_count <= node.retries + 1, (run.name, run.state_names)
+    # every node that started is one recorded run of its own kind
+    started = {r.spec_name for r in runs if r.kind == by_name[r.spec_name].kind}
+    assert set(attempts) <= started
