@@ -68,6 +68,10 @@ class Flow(Spec, Generic[P, R]):
         self.timeout_seconds = check_timeout(timeout_seconds, owner)
         self.validate_parameters = bool(validate_parameters)
         self.log_prints = log_prints
+        if log_prints:
+            from asyncflow.logging import enable_log_prints
+
+            enable_log_prints()  # patched once, at decoration, so no run pays for it
         self.flow_run_name = flow_run_name
         check_template(
             flow_run_name, self.signature.names, self.signature.has_var_keyword, "flow_run_name"

@@ -262,17 +262,29 @@ def _as_state(item: Any) -> State[Any] | None:
     return None
 
 
+def _recorded(state: State[Any]) -> bool:
+    details = state._details
+    if details is None or type(details) is tuple:
+        return details is not None
+    return details.flow_run_id is not None or details.task_run_id is not None
+
+
 def state_from_return_value(value: Any) -> State[Any]:
     """Apply the final-state rules to what a flow body returned.
 
-    A returned State is used as is; a list/tuple/set of states or futures fails when any of
+    A State the user made is used as is; a run's state or future counts as a group of one;
+    a list/tuple/set of states or futures fails when any of
     them did not complete; anything else completes with the value as result.
     """
     if isinstance(value, _PLAIN):
         return State(StateType.COMPLETED, data=value)
     single = _as_state(value)
     if single is not None:
-        return single
+        if not _recorded(single):  # made by the user: used as is
+            return single
+        # A run's state (a returned future or `return_state=True`): judged like a group of
+        # one, keeping that run's result (or exception) as the flow's.
+        return _aggregate((single,), [single]).copy(data=single.data)
     if isinstance(value, (list, tuple, set)) and value:
         states = [_as_state(item) for item in value]
         if all(s is not None for s in states):

@@ -97,6 +97,10 @@ class Task(Spec, Generic[P, R]):
             task_run_name, self.signature.names, self.signature.has_var_keyword, "task_run_name"
         )
         self.log_prints = log_prints
+        if log_prints:
+            from asyncflow.logging import enable_log_prints
+
+            enable_log_prints()  # patched once, at decoration, so no run pays for it
         self._set_hooks({"on_completion": on_completion, "on_failure": on_failure})
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -417,14 +421,22 @@ def _submit_async(
     future: TaskRunFuture[Any] = TaskRunFuture(
         engine.registry, engine.row, threading.get_ident() if on_flow_loop else None
     )
-    pending = parent.pending if parent is not None and not on_flow_loop else None
+    # On the flow's loop a real task group keeps the task inside the flow; a hosted group
+    # (nested flows) and the kernel loop need the flow to wait for it explicitly.
+    hosted = group is not None and getattr(group, "host", None) is not None
+    pending = parent.pending if parent is not None and (hosted or not on_flow_loop) else None
 
-    scope = anyio.CancelScope()
+    # On the kernel loop the scope can only be made once `work` runs there; until then a
+    # cancel request is a flag that `work` checks when it starts.
+    scope: anyio.CancelScope | None = anyio.CancelScope() if on_flow_loop else None
     call_soon = parent.call_soon if on_flow_loop and parent is not None else None
+    loop_thread: list[int | None] = [future._loop_thread]
 
     def cancel() -> None:
         engine.cancel_requested = True
-        if call_soon is None or threading.get_ident() == future._loop_thread:
+        if scope is None:
+            return
+        if call_soon is None or threading.get_ident() == loop_thread[0]:
             scope.cancel()
         else:
             call_soon(scope.cancel)
@@ -433,7 +445,16 @@ def _submit_async(
     cancellation.track(engine.registry, engine.row, cancel)
 
     async def work() -> None:
+        nonlocal scope, call_soon
         state = None
+        if scope is None:
+            from asyncflow.futures import _threadsafe_caller
+
+            call_soon = _threadsafe_caller()
+            loop_thread[0] = threading.get_ident()
+            scope = anyio.CancelScope()  # set last: `cancel` reads it first
+            if engine.cancel_requested:
+                scope.cancel()
         try:
             with scope:
                 state = await run_task_async(engine, args, kwargs, wait_for, return_state=True)
@@ -449,11 +470,11 @@ def _submit_async(
             state = engine.state or engine.finish(engine.cancelled())
         future._set_state(state)
 
+    if pending is not None:
+        pending.add(future)
     if on_flow_loop:
         group.start_soon(work)  # type: ignore[union-attr]
     else:  # from a sync flow or outside any flow: the kernel loop runs it
-        if pending is not None:
-            pending.add(future)
         context = contextvars.copy_context()
         kernel.spawn(lambda: context.run(work))
     return future

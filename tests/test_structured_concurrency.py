@@ -541,3 +541,91 @@ def test_task_failure_hook(registry):
 
     f()
     assert seen == ["fails:FAILED"]
+
+
+# -- nested flows borrow the root's task group ---------------------------------------------------
+
+
+@task
+async def nap(seconds: float, log: list[str]) -> float:
+    await anyio.sleep(seconds)
+    log.append(f"napped {seconds}")
+    return seconds
+
+
+@pytest.mark.anyio
+async def test_nested_flow_waits_for_the_tasks_it_submitted(registry):
+    """A nested flow finishes only after the async tasks it submitted (and not awaited) end."""
+    log: list[str] = []
+
+    @flow
+    async def inner() -> str:
+        nap.submit(0.05, log)
+        nap.submit(0.1, log)
+        return "inner done"
+
+    @flow
+    async def outer() -> list[str]:
+        result = await inner()
+        return [*log, result]
+
+    assert await outer() == ["napped 0.05", "napped 0.1", "inner done"]
+    naps = [r for r in registry.runs(kind="task") if r.spec_name == "nap"]
+    assert {r.state.type for r in naps} == {StateType.COMPLETED}
+
+
+@pytest.mark.anyio
+async def test_failing_nested_flow_cancels_its_submitted_tasks(registry):
+    """When a nested flow's body fails, the tasks it submitted end Cancelled, not orphaned."""
+    log: list[str] = []
+
+    @flow
+    async def inner() -> None:
+        nap.submit(10, log)
+        await anyio.sleep(0.05)
+        raise RuntimeError("inner fails")
+
+    @flow
+    async def outer() -> str:
+        state = await inner(return_state=True)
+        return state.type.value
+
+    start = time.monotonic()
+    assert await outer() == "FAILED"
+    assert time.monotonic() - start < 2
+    (nap_run,) = [r for r in registry.runs(kind="task") if r.spec_name == "nap"]
+    assert nap_run.state.type is StateType.CANCELLED
+    assert log == []
+
+
+@pytest.mark.anyio
+async def test_cancel_run_on_nested_flow_leaves_parent_running(registry):
+    """cancel_run on a nested flow cancels it (and its tasks); the parent goes on."""
+    log: list[str] = []
+    ids: list[object] = []
+
+    @flow
+    async def inner() -> None:
+        ids.append(flow_run.id)
+        nap.submit(10, log)
+        await anyio.sleep(10)
+
+    @flow
+    async def outer() -> str:
+        async with anyio.create_task_group() as tg:
+
+            async def run_inner() -> None:
+                with pytest.raises(CancelledRun):
+                    await inner()
+
+            tg.start_soon(run_inner)
+            await anyio.sleep(0.05)
+            assert cancel_run(ids[0]) is True
+        return "parent finished"
+
+    assert await outer() == "parent finished"
+    runs = {r.spec_name: r for r in registry.runs(kind="flow")}
+    assert runs["inner"].state.type is StateType.CANCELLED
+    assert runs["outer"].state.type is StateType.COMPLETED
+    (nap_run,) = [r for r in registry.runs(kind="task") if r.spec_name == "nap"]
+    assert nap_run.state.type is StateType.CANCELLED

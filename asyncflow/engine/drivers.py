@@ -7,6 +7,7 @@ lives in `asyncflow.engine.run`; here is only *how* to call, wait and sleep.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import Any
@@ -199,35 +200,105 @@ async def in_task_group(engine: FlowRunEngine, body: Callable[[], Awaitable[Any]
     Submitted async tasks and concurrently awaited children live in the group, so the flow
     cannot finish while they run. A failing or cancelled body cancels them; its exception is
     re-raised as itself, not wrapped in an ExceptionGroup. `cancel_run` cancels the group.
+
+    A nested flow on its parent's loop borrows the root flow's group (`HostedGroup`)
+    instead of opening one: on trio a group per run cost more than the rest of the run.
     """
     from asyncflow.futures import _threadsafe_caller
 
-    error: BaseException | None = None
-    value: Any = None
     engine.call_soon = _threadsafe_caller()
-    async with anyio.create_task_group() as tg:
-        engine.task_group = tg
-        if engine.cancel_requested:
-            tg.cancel_scope.cancel()
-        try:
-            value = await body()
-            while engine.pending:  # task runs handed to a thread or process pool
-                for future in list(engine.pending):
-                    await future.wait_async()
-                    engine.pending.discard(future)
-        except BaseException as exc:
-            cancel_children(engine)
-            tg.cancel_scope.cancel()
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
-                await _settle_children(engine)
-                raise
-            error = exc
-    engine.task_group = None
+    parent = engine.parent
+    host = parent.task_group if parent is not None else None
+    if host is not None and parent is not None and parent.thread_id == engine.thread_id:
+        value, error = await _run_body(engine, body, HostedGroup(getattr(host, "host", host)))
+    else:
+        value, error = None, None  # stay so when cancel_run's cancellation ends the group
+        async with anyio.create_task_group() as tg:
+            value, error = await _run_body(engine, body, tg)
+    # Raised here, outside the group, so the exception is not wrapped in an ExceptionGroup.
     if error is not None:
         raise error
     if engine.cancel_requested:
         raise engine.interrupt_error(timeout=False)
     return value
+
+
+class HostedGroup:
+    """A nested flow's task group, borrowed from the root flow run's real one.
+
+    Each task started here runs in the host group inside a cancel scope this group owns;
+    the flow waits for them (they are in its `pending` set) and cancels them when its body
+    fails or is cancelled, so the structured-concurrency rules are those of a real group.
+    """
+
+    __slots__ = ("body_scope", "cancelled", "host", "scopes")
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+        self.scopes: set[anyio.CancelScope] = set()
+        self.cancelled = False
+        self.body_scope: anyio.CancelScope | None = None
+
+    @property
+    def cancel_scope(self) -> HostedGroup:
+        return self  # `.cancel_scope.cancel()`, as on a real task group
+
+    def start_soon(self, fn: Callable[[], Awaitable[Any]]) -> None:
+        scope = anyio.CancelScope()
+        if self.cancelled:
+            scope.cancel()
+        self.scopes.add(scope)
+
+        async def run() -> None:
+            try:
+                with scope:
+                    await fn()
+            finally:
+                self.scopes.discard(scope)
+
+        self.host.start_soon(run)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.body_scope is not None:
+            self.body_scope.cancel()
+        for scope in list(self.scopes):
+            scope.cancel()
+
+
+async def _run_body(
+    engine: FlowRunEngine, body: Callable[[], Awaitable[Any]], group: Any
+) -> tuple[Any, BaseException | None]:
+    """(value, exception) of the body; native cancellation propagates as it is."""
+    error: BaseException | None = None
+    value: Any = None
+    hosted = isinstance(group, HostedGroup)
+    engine.task_group = group
+    with anyio.CancelScope() if hosted else _NO_SCOPE as scope:
+        if hosted:
+            group.body_scope = scope
+        if engine.cancel_requested:
+            group.cancel_scope.cancel()
+        try:
+            value = await body()
+            while engine.pending:  # task runs in a thread/process pool, or in a host group
+                for future in list(engine.pending):
+                    await future.wait_async()
+                    engine.pending.discard(future)
+        except BaseException as exc:
+            cancel_children(engine)
+            group.cancel_scope.cancel()
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                await _settle_children(engine)
+                raise
+            error = exc
+            if hosted:
+                await _settle_children(engine)
+    engine.task_group = None
+    return value, error
+
+
+_NO_SCOPE = contextlib.nullcontext()
 
 
 async def _settle_children(engine: FlowRunEngine) -> None:

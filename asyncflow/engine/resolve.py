@@ -53,10 +53,16 @@ def resolve(value: Any, allow: bool = False) -> Any:
         return value.value
     if isinstance(value, allow_failure):
         return resolve(value.value, True)
+    # Containers are rebuilt only when something inside changed, so a caller's list or dict
+    # reaches the task as the same object when it holds no futures or states.
     if isinstance(value, dict):
-        return {k: resolve(v, allow) for k, v in value.items()}
+        resolved = {k: resolve(v, allow) for k, v in value.items()}
+        same = all(resolved[k] is v for k, v in value.items())
+        return value if same else resolved
     if isinstance(value, _CONTAINERS):
-        return type(value)(resolve(v, allow) for v in value)
+        items = [resolve(v, allow) for v in value]
+        same = all(new is old for new, old in zip(items, value, strict=True))
+        return value if same else type(value)(items)
     return value
 
 

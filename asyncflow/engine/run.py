@@ -409,10 +409,6 @@ class FlowRunEngine(RunEngine):
         from asyncflow.engine import cancellation
 
         cancellation.track(self.registry, self.row, cancellation.flow_canceller(self))
-        if self.log_prints:
-            from asyncflow.logging import enable_log_prints
-
-            enable_log_prints()
         if error is not None:
             return self.finish(State(_FAILED, message=str(error), data=error))
         return None

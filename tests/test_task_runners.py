@@ -1,0 +1,317 @@
+"""Task runners: thread pool bounds and long dependency chains, per-flow runners, processes."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import ClassVar
+
+import pytest
+from _process_tasks import cpu_bound, echo, fail_in_worker
+
+from asyncflow import flow, task
+from asyncflow.engine import kernel
+from asyncflow.exceptions import InvalidDefinitionError, SerializationError
+from asyncflow.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+
+
+@task
+def inc(x: int) -> int:
+    return x + 1
+
+
+def _run_in_thread(fn, timeout: float):
+    """Run fn() in a daemon thread; fail (instead of hanging) if it does not finish in time."""
+    box = {}
+
+    def target():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"did not finish within {timeout} s (deadlock?)"
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# -- thread pool ------------------------------------------------------------------------------
+
+
+def test_ten_thousand_chained_submissions_do_not_deadlock(registry):
+    """10,000 sync submissions, each taking the previous future, complete on 4 workers."""
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
+    def chain(n: int) -> int:
+        future = inc.submit(0)
+        for _ in range(n - 1):
+            future = inc.submit(future)
+        return future.result()
+
+    start = time.monotonic()
+    assert _run_in_thread(lambda: chain(10_000), timeout=60) == 10_000
+    assert time.monotonic() - start < 20
+    runs = list(registry.runs(kind="task"))
+    assert len(runs) == 10_000
+    assert all(r.state.is_completed() for r in runs[::997])
+
+
+def test_chained_wait_for_on_one_worker():
+    """A wait_for chain never blocks the single worker waiting on an upstream."""
+    order = []
+
+    @task
+    def step(i):
+        order.append(i)
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    def chain():
+        future = step.submit(0)
+        for i in range(1, 300):
+            future = step.submit(i, wait_for=[future])
+        future.wait()
+
+    _run_in_thread(chain, timeout=30)
+    assert order == list(range(300))
+
+
+def test_max_workers_one_serialises_tasks():
+    """With max_workers=1 every submitted task runs on the same thread, one at a time."""
+    active = []
+    peak = []
+    threads = set()
+    lock = threading.Lock()
+
+    @task
+    def work():
+        with lock:
+            active.append(1)
+            peak.append(len(active))
+            threads.add(threading.get_ident())
+        time.sleep(0.01)
+        with lock:
+            active.pop()
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    def f():
+        for _ in range(8):
+            work.submit()
+
+    f()
+    assert max(peak) == 1
+    assert len(threads) == 1
+
+
+def test_max_workers_four_runs_four_at_once():
+    """With max_workers=4, four tasks meeting at a barrier all run concurrently."""
+    barrier = threading.Barrier(4, timeout=10)
+
+    @task
+    def meet(i):
+        return barrier.wait()
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))
+    def f():
+        return sorted(meet.map(range(4)).result())
+
+    assert f() == [0, 1, 2, 3]
+
+
+def test_default_runner_is_a_thread_pool():
+    """Without task_runner=, submitted sync tasks run on worker threads, not the flow's."""
+
+    @task
+    def where():
+        return threading.get_ident()
+
+    @flow
+    def f():
+        return where.submit().result(), threading.get_ident()
+
+    worker, flow_thread = f()
+    assert worker != flow_thread
+
+
+class RecordingRunner(ThreadPoolTaskRunner):
+    """A thread pool that remembers every started instance and whether it was shut down."""
+
+    started: ClassVar[list[RecordingRunner]] = []
+
+    def start(self) -> None:
+        RecordingRunner.started.append(self)
+        self.was_shut_down = False
+        super().start()
+
+    def shutdown(self, wait: bool = True) -> None:
+        self.was_shut_down = True
+        super().shutdown(wait)
+
+
+def test_per_flow_runner_is_a_fresh_copy_shut_down_after():
+    """The flow's task_runner is duplicated per run, started on submit, shut down at the end."""
+    RecordingRunner.started.clear()
+    template = RecordingRunner(max_workers=2)
+
+    @flow(task_runner=template)
+    def f():
+        return inc.submit(1).result()
+
+    assert f() == 2
+    assert f() == 2
+    first, second = RecordingRunner.started
+    assert first is not second
+    assert template not in (first, second)
+    assert first.max_workers == 2
+    assert first.was_shut_down and second.was_shut_down
+
+
+def test_runner_given_as_class():
+    """task_runner may be a TaskRunner class; a non-runner is rejected at decoration."""
+    RecordingRunner.started.clear()
+
+    @flow(task_runner=RecordingRunner)
+    def f():
+        return inc.submit(1).result()
+
+    assert f() == 2
+    assert len(RecordingRunner.started) == 1
+    with pytest.raises(InvalidDefinitionError):
+        flow(task_runner="threads")(lambda: None)
+
+
+def test_nested_flows_get_their_own_runner():
+    """A nested flow run uses its own runner instance, shut down when the nested run ends."""
+    RecordingRunner.started.clear()
+    seen = {}
+
+    @flow(task_runner=RecordingRunner(max_workers=2))
+    def child():
+        result = inc.submit(10).result()
+        seen["child_runner"] = RecordingRunner.started[-1]
+        return result
+
+    @flow(task_runner=RecordingRunner(max_workers=2))
+    def parent():
+        first = inc.submit(1).result()
+        nested = child()
+        assert seen["child_runner"].was_shut_down
+        assert not RecordingRunner.started[0].was_shut_down
+        late = inc.submit(first).result()  # the parent's runner still works
+        return first, nested, late
+
+    assert parent() == (2, 11, 3)
+    parent_runner, child_runner = RecordingRunner.started
+    assert parent_runner is not child_runner
+    assert parent_runner.was_shut_down
+
+
+def test_thread_pool_runner_used_directly():
+    """A runner runs submitted callables; after shutdown it refuses new work."""
+    done = threading.Event()
+    with ThreadPoolTaskRunner(max_workers=2) as runner:
+        runner.submit(done.set)
+        assert done.wait(10)
+    with pytest.raises(RuntimeError):
+        runner.submit(lambda: None)
+    assert isinstance(runner, TaskRunner)
+    assert isinstance(runner.duplicate(), ThreadPoolTaskRunner)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_thread_pool_rejects_bad_max_workers(bad):
+    """max_workers must be a positive int."""
+    with pytest.raises(ValueError, match="max_workers"):
+        ThreadPoolTaskRunner(max_workers=bad)
+
+
+# -- async tasks from sync flows --------------------------------------------------------------
+
+
+@task
+async def async_where():
+    import sniffio
+
+    return threading.get_ident(), sniffio.current_async_library()
+
+
+async def _loop_thread_ident() -> int:
+    return threading.get_ident()
+
+
+def test_async_task_submitted_from_sync_flow_runs_on_kernel_loop():
+    """An async task submitted from a sync flow runs on the kernel's event loop thread."""
+
+    @flow
+    def f():
+        return async_where.submit().result(timeout=10), threading.get_ident()
+
+    (thread, library), flow_thread = f()
+    assert library == "asyncio"
+    assert thread != flow_thread
+    assert thread == kernel.portal().call(_loop_thread_ident)
+
+
+def test_async_task_called_from_sync_flow_blocks_until_done():
+    """Calling an async task inline in a sync flow returns its result, not a coroutine."""
+
+    @flow
+    def f():
+        return async_where()
+
+    _thread, library = f()
+    assert library == "asyncio"
+
+
+# -- process pool -----------------------------------------------------------------------------
+
+
+def test_process_pool_runs_task_in_another_process(registry):
+    """A module-level CPU-bound task runs in a worker process; its run is recorded here."""
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=2))
+    def crunch():
+        return [f.result(timeout=60) for f in cpu_bound.map([10, 1000])]
+
+    (pid_a, small), (pid_b, big) = crunch()
+    assert small == sum(i * i for i in range(10))
+    assert big == sum(i * i for i in range(1000))
+    assert os.getpid() not in (pid_a, pid_b)
+    runs = list(registry.runs(kind="task"))
+    assert [r.state.is_completed() for r in runs] == [True, True]
+
+
+def test_process_pool_unpicklable_argument_fails_with_serialization_error(registry):
+    """An unpicklable argument fails the run with a SerializationError naming the task."""
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    def send_lock():
+        state_ok = echo.submit("fine").result(timeout=60)
+        return state_ok, echo.submit(threading.Lock()).state, echo.submit(threading.Lock())
+
+    state = send_lock(return_state=True)
+    assert state.is_completed()
+    ok, _, future = state.result()
+    assert ok == "fine"
+    bad = future.state
+    assert bad.is_failed()
+    assert isinstance(bad.data, SerializationError)
+    assert "'echo'" in str(bad.data)
+    with pytest.raises(SerializationError, match="echo"):
+        future.result()
+
+
+def test_process_pool_worker_exception_fails_run():
+    """An exception raised in the worker process fails the task run with that exception."""
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    def f():
+        return fail_in_worker.submit("from the worker").result(raise_on_failure=False)
+
+    exc = f()
+    assert isinstance(exc, ValueError)
+    assert "from the worker" in str(exc)
