@@ -81,6 +81,13 @@ class FutureUsageError(AsyncflowException, RuntimeError):
     """A future was waited on in a way that would deadlock (e.g. blocking on the loop it needs)."""
 
 
+class StoreError(AsyncflowException, RuntimeError):
+    """The run-history store cannot be opened or used (unreadable, corrupt, newer schema...).
+
+    The message names the database (file path or URL) and what is wrong with it.
+    """
+
+
 class RunInterrupted(BaseException):
     """Delivered into a run's code to stop it because the run (or an ancestor) was cancelled.
 
