@@ -315,3 +315,40 @@ def test_process_pool_worker_exception_fails_run():
     exc = f()
     assert isinstance(exc, ValueError)
     assert "from the worker" in str(exc)
+
+
+_LOCK = threading.Lock()
+
+
+def test_process_pool_unpicklable_task_fails_with_serialization_error_naming_it():
+    """A task whose function cannot be pickled fails its run with an error naming the task."""
+
+    @task
+    def holds_lock(x: int) -> int:
+        with _LOCK:
+            return x
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    def f():
+        return holds_lock.submit(1)
+
+    state = f(return_state=True)
+    assert state.is_failed()
+    with pytest.raises(SerializationError, match="Task 'holds_lock' cannot be sent to a worker"):
+        state.result()
+
+
+def test_process_pool_runs_a_task_defined_inside_a_function():
+    """A picklable task defined in a function travels by value (cloudpickle) and runs."""
+
+    @task
+    def square_and_pid(x: int) -> tuple[int, int]:
+        return x * x, os.getpid()
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    def f():
+        return square_and_pid.submit(7).result(timeout=60)
+
+    value, pid = f()
+    assert value == 49
+    assert pid != os.getpid()

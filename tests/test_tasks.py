@@ -705,3 +705,52 @@ def test_submit_returns_task_run_future():
         return isinstance(future, TaskRunFuture), future.result()
 
     assert f() == (True, 2)
+
+
+def test_progress_summary_replaces_per_task_lines_past_the_threshold(monkeypatch, logs, registry):
+    """Past ASYNCFLOW_TASK_LOG_THRESHOLD task runs, per-task lines drop to DEBUG and a
+    progress summary (counts by state, rate) is logged at INFO; every run is still recorded."""
+    import logging
+
+    from asyncflow.settings import reload_settings
+
+    monkeypatch.setenv("ASYNCFLOW_TASK_LOG_THRESHOLD", "5")
+    reload_settings()
+    root = logging.getLogger("asyncflow")
+    level = root.level
+    root.setLevel(logging.DEBUG)  # so the demoted per-task lines are visible to the test
+    try:
+
+        @task
+        def tick(i: int) -> int:
+            if i == 7:
+                raise ValueError("seven")
+            return i
+
+        @flow
+        def many() -> int:
+            states = [tick(i, return_state=True) for i in range(20)]
+            return sum(1 for s in states if s.is_completed())
+
+        assert many() == 19
+    finally:
+        root.setLevel(level)
+        monkeypatch.undo()
+        reload_settings()
+
+    info = [r for r in logs.records if r.levelno >= logging.INFO]
+    created_info = [r for r in info if r.getMessage().startswith("Created task run")]
+    assert len(created_info) == 5
+    created_debug = [
+        r
+        for r in logs.records
+        if r.levelno == logging.DEBUG and r.getMessage().startswith("Created task run")
+    ]
+    assert len(created_debug) == 15
+    progress = [r.getMessage() for r in info if r.getMessage().startswith("Progress:")]
+    assert progress, "no progress summary was logged"
+    assert "20 task runs started, 20 finished (19 completed, 1 failed)" in progress[-1]
+    assert "task runs/s" in progress[-1]
+    tick_runs = [r for r in registry.runs(kind="task") if r.spec_name == "tick"]
+    assert len(tick_runs) == 20
+    assert all(len(r.states) == 3 for r in tick_runs)

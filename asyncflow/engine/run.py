@@ -438,6 +438,8 @@ class FlowRunEngine(RunEngine):
             self.parent_task.begin_attempt()
 
     def finish(self, state: State[Any]) -> State[Any]:
+        if self.tasks_started > self.log_threshold:
+            self._maybe_progress(force=True)  # the summary's last word, before the final line
         state = super().finish(state)
         from asyncflow.engine import cancellation
 

@@ -13,16 +13,27 @@ from asyncflow.task_runners.threads import ThreadPoolTaskRunner
 
 
 def _run_payload(payload: bytes) -> Any:
-    task, args, kwargs = pickle.loads(payload)
-    return task.fn(*args, **kwargs)
+    target, args, kwargs = pickle.loads(payload)
+    fn = getattr(target, "fn", target)  # a Task sent by reference, or a bare function
+    return fn(*args, **kwargs)
+
+
+def _importable(task: Any) -> bool:
+    """Whether a worker can import `task` by module and qualified name."""
+    from asyncflow.tasks import _load_task
+
+    try:
+        return _load_task(task.__module__, task.__qualname__) is task  # type: ignore[no-any-return]
+    except (ImportError, AttributeError):
+        return False
 
 
 class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
     """Runs submitted sync task bodies in a pool of ``spawn``-ed worker processes.
 
     The run lifecycle (states, retries, timeouts, logging) stays in this process; only the
-    task (by reference: module and name, so define tasks at module level) and its arguments
-    travel, pickled (with cloudpickle when it is installed, for arguments such as lambdas).
+    task and its arguments travel, pickled: a module-level task by reference, a task defined
+    inside a function by value (cloudpickle, when installed, also handles lambdas).
     A task or argument that cannot be pickled fails its run with a SerializationError naming
     the task.
     """
@@ -45,7 +56,10 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
     ) -> Callable[[], Any]:
         def call() -> Any:
             try:
-                payload = _dumps((task, args, kwargs))
+                # Module-level tasks travel by reference; others (defined in a function)
+                # send their function by value, which needs cloudpickle.
+                target = task if _importable(task) else fn
+                payload = _dumps((target, args, kwargs))
             except Exception as exc:
                 raise SerializationError(
                     f"Task {task.name!r} cannot be sent to a worker process: its function or "
