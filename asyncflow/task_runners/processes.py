@@ -23,7 +23,7 @@ def _importable(task: Any) -> bool:
     from asyncflow.tasks import _load_task
 
     try:
-        return _load_task(task.__module__, task.__qualname__) is task  # type: ignore[no-any-return]
+        return _load_task(task.__module__, task.__qualname__) is task
     except (ImportError, AttributeError):
         return False
 
