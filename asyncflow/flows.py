@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import threading
 from collections.abc import Callable, Coroutine
@@ -95,6 +94,8 @@ class Flow(Spec, Generic[P, R]):
             path = inspect.getsourcefile(self.fn)
             if path is None:
                 return None
+            import hashlib  # here, not at import: only asked for on demand
+
             with open(path, "rb") as f:
                 return hashlib.md5(f.read(), usedforsecurity=False).hexdigest()
         except (OSError, TypeError):

@@ -8,7 +8,7 @@ row is arithmetic, not a dictionary lookup. Appends take one lock and are O(1).
 
 from __future__ import annotations
 
-import secrets
+import os
 import threading
 import time
 from array import array
@@ -91,7 +91,7 @@ class MemoryRegistry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._prefix = (secrets.randbits(63) | 1) << 64
+        self._prefix = ((int.from_bytes(os.urandom(8), "big") >> 1) | 1) << 64
         self._keys: list[str] = []  # distinct flow/task names
         self._key_index: dict[str, int] = {}
         # one row per run
