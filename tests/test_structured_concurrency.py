@@ -629,3 +629,34 @@ async def test_cancel_run_on_nested_flow_leaves_parent_running(registry):
     assert runs["outer"].state.type is StateType.COMPLETED
     (nap_run,) = [r for r in registry.runs(kind="task") if r.spec_name == "nap"]
     assert nap_run.state.type is StateType.CANCELLED
+
+
+@pytest.mark.anyio
+async def test_detached_flow_outlives_its_cancelled_caller(registry):
+    """A flow whose coroutine is made in a fresh context and started in a task group outside
+    the caller is a top-level run: cancelling the caller does not cancel it."""
+    import contextvars
+
+    finished: list[str] = []
+
+    @flow
+    async def background(tag: str) -> str:
+        await anyio.sleep(0.1)
+        finished.append(tag)
+        return tag
+
+    async with anyio.create_task_group() as app_group:  # owned by the app, not by a flow
+
+        @flow
+        async def caller() -> None:
+            app_group.start_soon(contextvars.Context().run, background, "detached")
+            await anyio.sleep(10)
+
+        with anyio.move_on_after(0.02):
+            await caller()
+
+    assert finished == ["detached"]
+    runs = {r.spec_name: r for r in registry.runs(kind="flow")}
+    assert runs["caller"].state.type is StateType.CANCELLED
+    assert runs["background"].state.type is StateType.COMPLETED
+    assert runs["background"].parent_flow_run_id is None
