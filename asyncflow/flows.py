@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import threading
+import types
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
 
@@ -180,6 +181,16 @@ def _finish(state: State[Any], return_state: bool) -> Any:
     return state if return_state else state.result()
 
 
+def _consuming(call: Callable[[], Any]) -> Callable[[], Any]:
+    """A returned generator is consumed into a list inside the run (its errors fail it)."""
+
+    def consume() -> Any:
+        value = call()
+        return list(value) if isinstance(value, types.GeneratorType) else value
+
+    return consume
+
+
 def run_flow_sync(
     flow: Flow[Any, Any],
     args: tuple[Any, ...],
@@ -190,7 +201,8 @@ def run_flow_sync(
     engine, failed = _prepare(flow, args, kwargs, parent, is_async=False)
     if failed is not None:
         return _finish(failed, return_state)
-    return _finish(drivers.drive_sync(engine, _body_call(flow, engine)), return_state)
+    body = _consuming(_body_call(flow, engine))
+    return _finish(drivers.drive_sync(engine, body), return_state)
 
 
 async def run_flow_async(
@@ -203,7 +215,12 @@ async def run_flow_async(
     engine, failed = _prepare(flow, args, kwargs, parent, is_async=True)
     if failed is not None:
         return _finish(failed, return_state)
-    body = _body_call(flow, engine)
+    call = _body_call(flow, engine)
+
+    async def body() -> Any:
+        value = await call()
+        return list(value) if isinstance(value, types.GeneratorType) else value
+
     state = await drivers.drive_async(engine, lambda: drivers.in_task_group(engine, body))
     return _finish(state, return_state)
 

@@ -58,6 +58,12 @@ def setup_logging() -> None:
         root.propagate = False
 
 
+def settings_changed() -> None:
+    """Apply a reloaded ``ASYNCFLOW_LOGGING_LEVEL`` once logging is set up."""
+    if _configured:
+        logging.getLogger("asyncflow").setLevel(get_settings().logging_level)
+
+
 class RunLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A logger whose records name the run they come from."""
 

@@ -20,7 +20,15 @@ _P = inspect.Parameter
 class Signature:
     """A function's parameters: bind, validate, size-check, and rebuild the call."""
 
-    __slots__ = ("_adapter", "fn", "has_var_keyword", "names", "params", "sig")
+    __slots__ = (
+        "_adapter",
+        "fn",
+        "has_var_keyword",
+        "has_var_positional",
+        "names",
+        "params",
+        "sig",
+    )
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
@@ -28,6 +36,7 @@ class Signature:
         self.params = self.sig.parameters
         self.names = set(self.params)
         self.has_var_keyword = any(p.kind is _P.VAR_KEYWORD for p in self.params.values())
+        self.has_var_positional = any(p.kind is _P.VAR_POSITIONAL for p in self.params.values())
         self._adapter: Any = None
 
     # -- binding ------------------------------------------------------------------------------
@@ -47,19 +56,39 @@ class Signature:
         bound.apply_defaults()
         return dict(bound.arguments), explicit
 
+    def name_fields(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """`parameters` with a **kwargs entry spread out, for run-name templates."""
+        if not self.has_var_keyword:
+            return parameters
+        spread: dict[str, Any] = {}
+        named: dict[str, Any] = {}
+        for key, value in parameters.items():
+            param = self.params.get(key)
+            if param is not None and param.kind is _P.VAR_KEYWORD and isinstance(value, dict):
+                spread.update(value)
+            else:
+                named[key] = value
+        return {**spread, **named}
+
     def to_call(self, parameters: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Positional and keyword arguments that reproduce `parameters` as a call."""
         args: list[Any] = []
         kwargs: dict[str, Any] = {}
+        # Parameters before a *args must be passed by position, or *args could not follow.
+        by_position = self.has_var_positional
         for name, p in self.params.items():
             if name not in parameters:
+                by_position = False  # a gap: what follows can only go by keyword
                 continue
             value = parameters[name]
             if p.kind is _P.VAR_POSITIONAL:
                 args.extend(value)
+                by_position = False
             elif p.kind is _P.VAR_KEYWORD:
                 kwargs.update(value)
-            elif p.kind is _P.POSITIONAL_ONLY:
+            elif p.kind is _P.POSITIONAL_ONLY or (
+                by_position and p.kind is _P.POSITIONAL_OR_KEYWORD
+            ):
                 args.append(value)
             else:
                 kwargs[name] = value

@@ -53,4 +53,7 @@ def reload_settings() -> Settings:
     """Re-read the environment."""
     global _settings
     _settings = Settings.from_env()
+    from asyncflow.logging import settings_changed  # here: asyncflow.logging imports us
+
+    settings_changed()
     return _settings

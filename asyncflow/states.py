@@ -182,8 +182,12 @@ class State(Generic[R]):
 
     def __repr__(self) -> str:
         parts = [f"message={self.message!r}", f"type={self.type.value}", f"result={self.data!r}"]
-        if self._details is not None:
-            parts.extend(f"{k}={v}" for k, v in self.state_details.items())
+        if self._details is not None:  # the run's own id, as Prefect shows it
+            details = self.state_details
+            if details.task_run_id is not None:
+                parts.append(f"task_run_id={details.task_run_id}")
+            elif details.flow_run_id is not None:
+                parts.append(f"flow_run_id={details.flow_run_id}")
         return f"{self.name}({', '.join(parts)})"
 
     def copy(self, **changes: Any) -> State[R]:

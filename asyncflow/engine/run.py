@@ -428,7 +428,8 @@ class FlowRunEngine(RunEngine):
 
         token = flow_run_var.set(self)  # a callable may read asyncflow.runtime.flow_run
         try:
-            return render_run_name(template, self.parameters, "flow_run_name")  # type: ignore[return-value]
+            fields = self.spec.signature.name_fields(self.parameters)
+            return render_run_name(template, fields, "flow_run_name")  # type: ignore[return-value]
         finally:
             flow_run_var.reset(token)
 
@@ -524,7 +525,8 @@ class TaskRunEngine(RunEngine):
         if task.task_run_name is not None:
             from asyncflow.naming import render_run_name
 
-            name = render_run_name(task.task_run_name, self.parameters, "task_run_name")
+            fields = task.signature.name_fields(self.parameters)
+            name = render_run_name(task.task_run_name, fields, "task_run_name")
         self.name = name or f"{task.name}-{index}"
         self.row = self.registry.add_run(KIND_TASK, task.name, parent_row, index, name)
         if task_run_logger.isEnabledFor(self._lifecycle_level(logging.INFO)):
