@@ -660,3 +660,32 @@ async def test_detached_flow_outlives_its_cancelled_caller(registry):
     assert runs["caller"].state.type is StateType.CANCELLED
     assert runs["background"].state.type is StateType.COMPLETED
     assert runs["background"].parent_flow_run_id is None
+
+
+def test_sync_flow_timeout_leaves_a_program_sigalrm_handler_alone():
+    """If the program takes SIGALRM over, a sync flow's timeout does not fire the program's
+    handler; the flow is still stopped at its next task call and ends TimedOut."""
+    import signal
+
+    @flow
+    def warm_up() -> None:  # installs asyncflow's handler, which the program then replaces
+        return None
+
+    @task
+    def step() -> None:
+        time.sleep(0.3)
+
+    @flow(timeout_seconds=0.1)
+    def slow() -> None:
+        step()
+        step()
+
+    warm_up()
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(1))
+    try:
+        state = slow(return_state=True)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert state.name == "TimedOut"
+    assert fired == []

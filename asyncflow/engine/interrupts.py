@@ -21,28 +21,56 @@ import itertools
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-_MAIN = threading.main_thread()
 _lock = threading.RLock()
 _counter = itertools.count()
 
 
 class _Target:
-    """One guarded stretch of sync code in one thread."""
+    """One guarded stretch of sync code in one thread (the context manager `guard` returns)."""
 
-    __slots__ = ("active", "exc", "thread_id")
+    __slots__ = ("active", "exc", "in_main", "thread_id")
 
-    def __init__(self, thread_id: int) -> None:
-        self.thread_id = thread_id
+    def __init__(self) -> None:
+        self.thread_id = threading.get_ident()
+        self.in_main = self.thread_id == _MAIN_ID
         self.active = True
         self.exc: BaseException | None = None  # set when an interrupt was sent
 
+    def __enter__(self) -> _Target:
+        if self.in_main:
+            if not _handler_installed:
+                _install_handler()
+            with _lock:
+                _main_targets.append(self)
+        return self
 
+    def __exit__(self, *exc_info: object) -> None:
+        with _lock:
+            self.active = False
+            if self.exc is not None and not self.in_main:
+                _set_async_exc(self.thread_id, None)  # withdraw an undelivered interrupt
+            self.exc = None
+            if self.in_main:
+                _main_targets.remove(self)
+
+
+_MAIN_ID = threading.main_thread().ident
 _main_targets: list[_Target] = []  # innermost last
 _previous_handler: Any = None
+_handler_installed = False
+
+
+def _install_handler() -> None:
+    """Install the SIGALRM handler once, for good: swapping it per run cost microseconds.
+
+    It passes signals it was not expecting on to the handler it replaced.
+    """
+    global _previous_handler, _handler_installed
+    _previous_handler = signal.signal(signal.SIGALRM, _on_sigalrm)
+    _handler_installed = True
 
 
 def _on_sigalrm(signum: int, frame: Any) -> None:
@@ -55,32 +83,14 @@ def _on_sigalrm(signum: int, frame: Any) -> None:
     handler = _previous_handler
     if callable(handler):
         handler(signum, frame)
+    elif handler in (signal.SIG_DFL, None):  # what SIGALRM did before: end the process
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGALRM)
 
 
-@contextmanager
-def guard() -> Iterator[_Target]:
+def guard() -> _Target:
     """Mark the current thread as interruptible by `interrupt(target, ...)` while inside."""
-    global _previous_handler
-    target = _Target(threading.get_ident())
-    in_main = threading.current_thread() is _MAIN
-    if in_main:
-        with _lock:
-            if not _main_targets:
-                _previous_handler = signal.signal(signal.SIGALRM, _on_sigalrm)
-            _main_targets.append(target)
-    try:
-        yield target
-    finally:
-        with _lock:
-            target.active = False
-            if target.exc is not None and not in_main:
-                _set_async_exc(target.thread_id, None)  # withdraw an undelivered interrupt
-            target.exc = None
-            if in_main:
-                _main_targets.remove(target)
-                if not _main_targets:
-                    signal.signal(signal.SIGALRM, _previous_handler or signal.SIG_DFL)
-                    _previous_handler = None
+    return _Target()
 
 
 def interrupt(target: _Target, exc: BaseException) -> bool:
@@ -88,10 +98,13 @@ def interrupt(target: _Target, exc: BaseException) -> bool:
     with _lock:
         if not target.active or target.exc is not None:
             return False
-        target.exc = exc
-        if target.thread_id == _MAIN.ident:
+        if target.in_main:
+            if signal.getsignal(signal.SIGALRM) is not _on_sigalrm:
+                return False  # the program took SIGALRM over; the run stops at its next call
+            target.exc = exc
             signal.pthread_kill(target.thread_id, signal.SIGALRM)
         else:
+            target.exc = exc
             # The C API takes an exception class; a subclass per interrupt carries `.run`.
             cls = type(type(exc).__name__, (type(exc),), {"run": getattr(exc, "run", None)})
             cls.__module__ = type(exc).__module__
