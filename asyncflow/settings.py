@@ -31,7 +31,7 @@ class Settings:
             home=Path(env.get("ASYNCFLOW_HOME", "~/.asyncflow")).expanduser(),
             logging_level=env.get("ASYNCFLOW_LOGGING_LEVEL", "INFO").upper(),
             logging_setup=_bool(env.get("ASYNCFLOW_LOGGING_SETUP", "true")),
-            store=env.get("ASYNCFLOW_STORE", "memory"),
+            store=env.get("ASYNCFLOW_STORE", "sqlite"),
             max_parameters_bytes=int(env.get("ASYNCFLOW_MAX_PARAMETERS_BYTES", str(512 * 1024))),
             task_log_threshold=int(env.get("ASYNCFLOW_TASK_LOG_THRESHOLD", "1000")),
             progress_interval_seconds=float(env.get("ASYNCFLOW_PROGRESS_INTERVAL", "5")),

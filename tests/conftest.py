@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from asyncflow.logging import setup_logging
+from asyncflow.settings import reload_settings
 from asyncflow.store.memory import MemoryRegistry, reset_registry
+
+# The run store records to ASYNCFLOW_HOME: never the user's ~/.asyncflow (or a store set in the
+# environment) from a test. Set for the whole session: the subprocesses tests start inherit it.
+_HOME = tempfile.mkdtemp(prefix="asyncflow-tests-")
+os.environ["ASYNCFLOW_HOME"] = _HOME
+os.environ["ASYNCFLOW_STORE"] = "sqlite"
+reload_settings()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _test_home() -> Iterator[str]:
+    """Stop the store writer and remove the session's ASYNCFLOW_HOME at the end."""
+    yield _HOME
+    from asyncflow.store import writer
+
+    writer.stop()
+    shutil.rmtree(_HOME, ignore_errors=True)
 
 
 @pytest.fixture(params=["asyncio", "trio"])

@@ -42,6 +42,7 @@ from asyncflow.states import (
     StateType,
     state_from_return_value,
 )
+from asyncflow.store import writer as store_writer
 from asyncflow.store.memory import KIND_FLOW, KIND_TASK, MemoryRegistry, get_registry
 
 if TYPE_CHECKING:
@@ -402,6 +403,7 @@ class FlowRunEngine(RunEngine):
             parent_task_row=self.parent_task.row if self.parent_task is not None else None,
         )
         if parent is None:
+            store_writer.top_level_flow_started(self.registry)
             if engine_logger.isEnabledFor(logging.INFO):
                 engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
         else:

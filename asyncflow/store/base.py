@@ -1,21 +1,57 @@
 """The run-history store protocol: what persistent stores keep and how it is read back.
 
 The in-memory registry (`asyncflow.store.memory`) is what runs write to on the hot path. A
-persistent store is fed from it by one background writer (`write` takes an `Export` batch)
-and read by the CLI and by users through the async query methods below.
+persistent store is fed from it by one background writer per process (`asyncflow.store.writer`,
+through the `RecordingStore` methods) and read by the CLI and by users through the async
+query methods of `RunStore`. This module also holds what the SQLite and PostgreSQL stores
+share: the batch encoding, the row decoding and the crash-detection rule.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import json
+import math
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from itertools import compress
+from typing import Any, Literal, NamedTuple, Protocol
 from uuid import UUID
 
-from asyncflow.states import StateType
-from asyncflow.store.memory import Export
+from asyncflow.states import _DEFAULT_NAMES, StateType
+from asyncflow.store.memory import ColumnExport
 
-TERMINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED})
+TERMINAL = frozenset(
+    {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
+)
+
+#: Version of the tables both stores create; a database with a higher one is refused.
+SCHEMA_VERSION = 1
+#: Sequence number of the Crashed transition that crash detection adds: above any the
+#: engine assigns, so it sorts last, and the same for every detector (so it is added once).
+CRASH_SEQ = 1 << 62
+#: How often the writer marks its process alive, and when a silent one on another host is
+#: presumed dead (on this host the pid tells).
+HEARTBEAT_SECONDS = 10.0
+STALE_AFTER_SECONDS = 90.0
+
+# SQL fragments: state-type codes (as the registry numbers them) to names, and the terminal set
+_TYPES = list(StateType)
+TERMINAL_SQL = "(" + ", ".join(f"'{t.value}'" for t in _TYPES if t in TERMINAL) + ")"
+
+
+def type_sql(code: str) -> str:
+    """SQL for the state type (its value) whose code (position in list(StateType)) is `code`."""
+    whens = " ".join(f"WHEN {i} THEN '{t.value}'" for i, t in enumerate(_TYPES))
+    return f"CASE {code} {whens} END"
+
+
+def default_name_sql(type_: str) -> str:
+    """SQL for the default state name of the state type in column/expression `type_`."""
+    whens = " ".join(f"WHEN '{t.value}' THEN '{_DEFAULT_NAMES[t]}'" for t in _TYPES)
+    return f"CASE {type_} {whens} END"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,19 +101,13 @@ class StoredRun:
 
 
 class RunStore(Protocol):
-    """A persistent run history.
+    """A persistent run history, as readers see it.
 
-    `write` is called by the single writer thread only; the queries may be called from any
-    task or thread. Ids may be given as a full UUID string or a unique prefix of one.
+    The queries may be called from any task or thread. Ids may be given as a full UUID
+    (string or UUID) or as a unique prefix of one.
     """
 
     url: str
-
-    def write(self, batch: Export, process_id: str) -> None:
-        """Persist one exported batch in a single transaction (runs before transitions)."""
-
-    def heartbeat(self, process_id: str) -> None:
-        """Mark the writing process alive (its open runs are not crashed)."""
 
     def close(self) -> None: ...
 
@@ -94,9 +124,530 @@ class RunStore(Protocol):
         ...
 
     async def read_run(self, run_id: UUID | str) -> StoredRun:
-        """One run with its full state history; KeyError (clear message) when unknown."""
+        """One run with its full state history.
+
+        KeyError (clear message) when unknown, ValueError when a prefix is ambiguous or not
+        hexadecimal.
+        """
         ...
 
     async def children(self, run_id: UUID | str) -> list[StoredRun]:
         """Direct children of a flow run: its task runs and subflow runs, oldest first."""
         ...
+
+
+class RecordingStore(RunStore, Protocol):
+    """What the background writer needs on top of reading (used from its thread only)."""
+
+    def register_process(self, process_id: str, id_prefix: str) -> int:
+        """Add a recording session: this process recording one registry (whose run ids
+        start with `id_prefix`). Its key numbers the runs it writes."""
+        ...
+
+    def write(self, batch: WriteBatch, session: int) -> None:
+        """Persist one batch in a single transaction, and mark the process alive."""
+        ...
+
+    def heartbeat(self, process_id: str) -> None:
+        """Mark the writing process alive (its open runs are not crashed)."""
+        ...
+
+    def end_process(self, process_id: str, reason: str) -> int:
+        """The process is exiting: mark Crashed (with `reason`) the runs it leaves open."""
+        ...
+
+
+# -- writing: a registry export, encoded ------------------------------------------------------
+#
+# How a run's history is stored. Almost every run goes Pending -> Running -> <final state>,
+# and its run row already says when (created, start_time) and how it ended (the state_*
+# columns). So those three are *implicit*: the creation Pending is `created`, the first
+# Running is `start_time`/`start_seq`, the latest state is the `state_*` columns; only the
+# other transitions (failed attempts, AwaitingRetry, Retrying, ...) are rows of
+# `transition_log`. A state that stops being the latest moves to `transition_log` in the
+# same transaction. The `transitions` view shows every state as a row again. This stores a
+# task run in one row instead of four, which is what lets the writer keep up with the engine.
+
+
+class WriteBatch(NamedTuple):
+    """One export of the registry, as rows and columns ready to bind.
+
+    New runs come as `plain_runs`, columns (PLAIN_RUN_COLUMNS, numbers only) for runs of the
+    usual shape (Pending, Running, latest state; no name, parameters, parent task run or
+    message), and `other_runs`, rows (NEW_RUN_COLUMNS), which the store inserts after them,
+    replacing a row of the same run (the plain columns may cover every run: see
+    encode_batch). `changed_runs` rows (CHANGED_RUN_COLUMNS) are runs of earlier batches with
+    new states; `transitions` rows (TRANSITION_COLUMNS) are the explicit states. Runs are
+    numbered by registry row: each store adds its session's key. None is avoided where it is
+    common because sqlite3 binds it through an adapter lookup (~0.6 µs per value): `''`
+    stands for a default name, -1 for no seq, 0.0 for no time.
+    """
+
+    id_prefix: str  # run id = id_prefix + the row as 12 hex digits
+    run_start: int
+    run_end: int
+    transition_start: int
+    transition_end: int
+    spec_names: list[str]  # flow/task names, by key
+    plain_runs: list[Sequence[Any]]
+    other_runs: list[tuple[Any, ...]]
+    changed_runs: list[tuple[Any, ...]]
+    transitions: list[tuple[Any, ...]]
+
+
+PLAIN_RUN_COLUMNS = (  # all numbers: they bind fastest
+    "row",
+    "kind",  # registry kind code: 0 flow, 1 task
+    "key",  # index into WriteBatch.spec_names; its name is spec_name-counter
+    "counter",
+    "parent_row",  # -1: none
+    "created",
+    "start_time",
+    "start_index",  # start_seq - transition_start
+    "state_code",  # position in list(StateType); default name, no message
+    "state_ts",
+    "state_index",  # state_seq - transition_start
+)  # run_count is 1
+NEW_RUN_COLUMNS = (
+    "row",
+    "kind",
+    "spec_name",
+    "counter",
+    "name",  # None: spec_name-counter
+    "parent_row",  # -1: none
+    "parent_task_row",  # None: none
+    "parameters",  # JSON text or None
+    "created",
+    "start_time",  # None: not started
+    "start_seq",  # None: not started
+    "state_type",
+    "state_name",  # None: the type's default name
+    "state_message",
+    "state_ts",
+    "state_seq",
+    "run_count",
+)
+CHANGED_RUN_COLUMNS = (
+    "row",
+    "start_time",  # 0.0: no first Running in this batch
+    "start_seq",  # -1: idem
+    "state_type",
+    "state_name",  # '': the type's default name
+    "state_message",
+    "state_ts",
+    "state_seq",
+    "run_count_delta",
+)
+TRANSITION_COLUMNS = ("row", "seq", "type", "name", "message", "ts")  # name '': default
+
+_KINDS = ("flow", "task")  # registry kind codes
+_TYPE_VALUES = [t.value for t in _TYPES]  # state-type code -> type name
+_P = _TYPES.index(StateType.PENDING)
+_R = _TYPES.index(StateType.RUNNING)
+# bytes.translate tables: state-type code -> 1 where it fits a plain run, else 0
+_LATEST_OK = bytes(0 if c in (_P, _R) else 1 for c in range(256))
+_IS_R = bytes(1 if c == _R else 0 for c in range(256))
+_IS_P = bytes(1 if c == _P else 0 for c in range(256))
+_SMALL = 4  # batches with at most this many new runs skip the vectorized pass
+
+
+@functools.lru_cache(maxsize=64)
+def run_id_prefix(prefix: int) -> str:
+    """The text every run id of a registry starts with (ids are `UUID(int=prefix | row)`)."""
+    return str(UUID(int=prefix))[:-12]  # rows are below 2**48: the last group is the row
+
+
+def run_id(id_prefix: str, pk: int) -> UUID:
+    """A run's UUID from its session's id prefix and its key (`session << 32 | row`)."""
+    return UUID(f"{id_prefix}{pk & 0xFFFFFFFF:012x}")
+
+
+def encode_batch(batch: ColumnExport) -> WriteBatch:
+    """Split a registry export into new runs, changed runs and explicit transitions.
+
+    Written for the GIL: the passes over every new run are C-level `map`/`compress` over
+    the export's arrays (no tuple, no dict entry per run), so the writer thread holds the
+    interpreter for well under a microsecond per run while the flows it records go on.
+    Only runs of an unusual shape are looked at one by one.
+    """
+    if batch.types != _TYPES:  # codes are positions in list(StateType)
+        raise RuntimeError("the registry numbers state types differently from the store")
+    t0, t1 = batch.transition_start, batch.transition_end
+    start, end = batch.run_start, batch.run_end
+    n = end - start
+    rows = range(start, end)
+    t_run, t_type, t_ts, t_prev, t_text = (
+        batch.t_run,
+        batch.t_type,
+        batch.t_ts,
+        batch.t_prev,
+        batch.t_text,
+    )
+    off = t0.__rsub__  # transition -> index in this batch
+
+    # New runs. Every state of a run created since the last export is in this batch, so its
+    # latest state links back (t_prev) through all of them to its creation Pending. A plain
+    # run is Pending -> Running -> latest: find them with byte-string arithmetic, no loop.
+    last = batch.last.tolist()
+    odd: set[int] = set(range(n))  # a few runs (a small flow's last flush): walk them all
+    if n > _SMALL:
+        li = list(map(off, last))
+        pi = list(map(off, _no_start(list(map(t_prev.__getitem__, li)), t0)))
+        ppi = list(map(off, _no_start(list(map(t_prev.__getitem__, pi)), t0)))
+        codes = bytes(map(t_type.__getitem__, li))
+        plain = (
+            int.from_bytes(codes.translate(_LATEST_OK), "little")
+            & int.from_bytes(bytes(map(t_type.__getitem__, pi)).translate(_IS_R), "little")
+            & int.from_bytes(bytes(map(t_type.__getitem__, ppi)).translate(_IS_P), "little")
+        ).to_bytes(n, "little")  # 1 for a plain run
+        odd.clear()
+        i = plain.find(0)
+        while i >= 0:
+            odd.add(i)
+            i = plain.find(0, i + 1)
+    # a name, parameters, a parent task run or a named latest state: not plain either
+    odd.update(r - start for r in batch.names)
+    odd.update(r - start for r in batch.parameters)
+    odd.update(r - start for r in batch.parent_task)
+    for t in t_text:
+        r = t_run[t - t0]
+        if r >= start:
+            odd.add(r - start)
+    columns: list[Sequence[Any]] = []
+    if len(odd) < n:
+        columns = [
+            rows,
+            batch.kind,
+            batch.key,
+            batch.counter,
+            batch.parent,
+            list(map(t_ts.__getitem__, ppi)),
+            list(map(t_ts.__getitem__, pi)),
+            pi,
+            codes,
+            list(map(t_ts.__getitem__, li)),
+            li,
+        ]
+        if len(odd) * 8 > n:  # many odd runs: leave them out of the plain columns
+            keep = bytearray(b"\x01") * n
+            for i in odd:
+                keep[i] = 0
+            columns = [list(compress(column, keep)) for column in columns]
+        # else the plain insert writes them too, with meaningless values, and the insert of
+        # `other_runs` replaces those rows: cheaper than filtering every column
+    transitions: list[tuple[Any, ...]] = []
+    other_runs = []
+    new_states = 3 * (n - len(odd))  # states of runs created in this batch
+    for i in sorted(odd):
+        run, states = _odd_run(batch, start + i, last[i], transitions)
+        other_runs.append(run)
+        new_states += states
+
+    # Runs of earlier batches with new states: few, and looked at one by one.
+    changed: dict[int, list[Any]] = {}
+    old = () if new_states == t1 - t0 else range(t1 - t0)
+    for i in compress(old, map(start.__gt__, t_run)):
+        r, t, code = t_run[i], t0 + i, t_type[i]
+        name, message = t_text.get(t, (None, None))
+        entry = changed.get(r)
+        if entry is None:
+            entry = changed[r] = [r, 0.0, -1, "", "", None, 0.0, -1, 0]
+        elif entry[7] != entry[2]:  # the previous latest is not the first Running: explicit
+            transitions.append((r, entry[7], entry[3], entry[4], entry[5], entry[6]))
+        if code == _R:
+            entry[8] += 1
+            if name is None and message is None:
+                entry[1], entry[2] = t_ts[i], t
+        entry[3:8] = [_TYPE_VALUES[code], name or "", message, t_ts[i], t]
+    return WriteBatch(
+        id_prefix=run_id_prefix(batch.prefix),
+        run_start=start,
+        run_end=end,
+        transition_start=t0,
+        transition_end=t1,
+        spec_names=batch.keys,
+        plain_runs=columns,
+        other_runs=other_runs,
+        changed_runs=[tuple(c) for c in changed.values()],
+        transitions=transitions,
+    )
+
+
+def _no_start(prev: list[int], t0: int) -> list[int]:
+    """Replace -1 (a creation Pending has no previous state) by t0, a harmless index: such
+    runs are not plain anyway. There are few: no pass over the list when there are none."""
+    if -1 in prev:
+        i = prev.index(-1)
+        while True:
+            prev[i] = t0
+            try:
+                i = prev.index(-1, i + 1)
+            except ValueError:
+                break
+    return prev
+
+
+def _odd_run(
+    batch: ColumnExport, row: int, last: int, transitions: list[tuple[Any, ...]]
+) -> tuple[tuple[Any, ...], int]:
+    """A new run of an unusual shape: walk its states, the explicit ones go to `transitions`.
+
+    Returns its NEW_RUN_COLUMNS row and how many states it has.
+    """
+    t0 = batch.transition_start
+    chain = []
+    t = last
+    while t >= t0:
+        chain.append(t - t0)
+        t = batch.t_prev[t - t0]
+    chain.reverse()  # chain[0] is the creation Pending
+    t_type, t_ts, t_text = batch.t_type, batch.t_ts, batch.t_text
+    first_run: int | None = None
+    run_count = 0
+    for i in chain[1:]:
+        if t_type[i] == _R:
+            run_count += 1
+            if first_run is None and t0 + i not in t_text:
+                first_run = i
+    for i in chain[1:-1]:
+        if i != first_run:
+            text = t_text.get(t0 + i, (None, None))
+            transitions.append(
+                (row, t0 + i, _TYPE_VALUES[t_type[i]], text[0] or "", text[1], t_ts[i])
+            )
+    latest = chain[-1]
+    state_name, message = t_text.get(last, (None, None)) if len(chain) > 1 else (None, None)
+    params = batch.parameters.get(row)
+    k = row - batch.run_start
+    return (
+        (
+            row,
+            _KINDS[batch.kind[k]],
+            batch.keys[batch.key[k]],
+            batch.counter[k],
+            batch.names.get(row),
+            batch.parent[k],
+            batch.parent_task.get(row),
+            None if params is None else _params_json(params),
+            t_ts[chain[0]],
+            None if first_run is None else t_ts[first_run],
+            None if first_run is None else t0 + first_run,
+            _TYPE_VALUES[t_type[latest]],
+            state_name,
+            message,
+            t_ts[latest],
+            last,
+            run_count,
+        ),
+        len(chain),
+    )
+
+
+def _params_json(parameters: dict[str, Any] | None) -> str | None:
+    """Parameters as JSON text; values JSON cannot hold become their pydantic form or repr."""
+    if parameters is None:
+        return None
+    try:  # plain JSON values (the usual case) need no pydantic
+        return json.dumps(parameters, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        pass
+    from pydantic_core import to_jsonable_python
+
+    try:
+        value = to_jsonable_python(parameters, fallback=repr)
+    except Exception:  # a value whose serializer itself fails: keep its repr
+        value = {str(k): _safe_repr(v) for k, v in parameters.items()}
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # NaN/Infinity are not JSON: keep them as strings
+        return json.dumps(_finite(value), separators=(",", ":"))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<unrepresentable {type(value).__name__}>"
+
+
+# -- reading ------------------------------------------------------------------------------------
+#: Columns every run query selects, in this order (`row_to_run` decodes them). Run ids are
+#: not stored: a run's key and its session's id prefix make it (see `run_id`).
+RUN_COLUMNS = (
+    "r.pk, p.id_prefix, r.kind, r.name, r.spec_name, r.state_type, r.state_name, "
+    "r.state_message, r.created, r.start_time, r.state_ts, r.parent_pk, r.parent_task_pk, "
+    "(SELECT c.pk FROM runs c WHERE c.parent_task_pk = r.pk), r.parameters, r.run_count, "
+    "r.start_seq, r.state_seq"
+)
+RUN_FROM = "runs r JOIN processes p ON p.pk = r.pk >> 32"
+
+
+def _dt(ts: float | None) -> datetime.datetime | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+
+
+def row_to_run(row: Sequence[Any], log: Sequence[Sequence[Any]] | None = None) -> StoredRun:
+    """A run from its RUN_COLUMNS row; with its `transition_log` rows (seq, type, name,
+    message, ts), its full history too."""
+    (pk, prefix, kind, name, spec, type_, state_name, message, created, start_time, state_ts,
+     parent, parent_task, child, params, run_count, start_seq, state_seq) = row  # fmt: skip
+    state_type = StateType(type_)
+    if isinstance(params, str):
+        params = json.loads(params)
+    states: tuple[StoredState, ...] = ()
+    if log is not None:
+        history = [(-1, StateType.PENDING, "Pending", None, created)]
+        if start_seq is not None:
+            history.append((start_seq, StateType.RUNNING, "Running", None, start_time))
+        history.extend((s, StateType(t), n, m, ts) for s, t, n, m, ts in log)
+        if not latest_is_implicit(type_, state_name, message, state_seq, start_seq):
+            history.append((state_seq, state_type, state_name, message, state_ts))
+        history.sort(key=lambda h: h[0])
+        states = tuple(StoredState(t, n, m, _utc(ts)) for _, t, n, m, ts in history)
+    return StoredRun(
+        id=run_id(prefix, pk),
+        kind=kind,
+        name=name,
+        spec_name=spec,
+        state_type=state_type,
+        state_name=state_name,
+        state_message=message,
+        created=_utc(created),
+        start_time=_dt(start_time),
+        end_time=_utc(state_ts) if state_type in TERMINAL else None,
+        parent_flow_run_id=None if parent is None else run_id(prefix, parent),
+        parent_task_run_id=None if parent_task is None else run_id(prefix, parent_task),
+        child_flow_run_id=None if child is None else run_id(prefix, child),
+        parameters=params,
+        run_count=run_count,
+        states=states,
+    )
+
+
+def latest_is_implicit(
+    type_: str, name: str, message: str | None, state_seq: int, start_seq: int | None
+) -> bool:
+    """Whether a run's latest state is its creation Pending or first Running (so it is
+    already in the history through `created` / `start_time`)."""
+    if type_ == "PENDING" and name == "Pending" and message is None:
+        return True
+    return state_seq == start_seq
+
+
+def _utc(ts: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+
+
+class IdLookup(NamedTuple):
+    """Which runs an id or id prefix can name: sessions whose id prefix is in
+    `[prefix_low, prefix_high)`, rows `row_low..row_high` of each."""
+
+    prefix_low: str
+    prefix_high: str
+    row_low: int
+    row_high: int
+
+
+_ROW_MAX = 0xFFFFFFFF
+
+
+def id_lookup(run_id: UUID | str) -> IdLookup:
+    """Plan the lookup of a full run id or a prefix of one (hyphens optional).
+
+    ValueError for text that cannot start a run id.
+    """
+    digits = str(run_id).strip().lower().replace("-", "")
+    if not digits or len(digits) > 32 or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError(f"{str(run_id)!r} is not a run id or a prefix of one.")
+    text = "-".join(digits[a:b] for a, b in ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32)))
+    text = text.rstrip("-")
+    if len(text) <= 24:  # only the session part: every run of the matching sessions
+        return IdLookup(text, text + "~", 0, _ROW_MAX)
+    session, row = text[:24], text[24:]
+    low, high = int(row.ljust(12, "0"), 16), int(row.ljust(12, "f"), 16)
+    return IdLookup(session, session + "~", min(low, _ROW_MAX + 1), min(high, _ROW_MAX))
+
+
+def unknown_run(run_id: UUID | str, url: str) -> KeyError:
+    return KeyError(f"No run with id {str(run_id)!r} in {url}.")
+
+
+def ambiguous_run(run_id: UUID | str, ids: list[str]) -> ValueError:
+    return ValueError(
+        f"Run id prefix {str(run_id)!r} is ambiguous: it matches {', '.join(ids)} (and maybe "
+        "more); give more characters."
+    )
+
+
+# -- crash detection ----------------------------------------------------------------------------
+def crash_reason(
+    pid: int, hostname: str, started: float, heartbeat: float, here: str, now: float
+) -> str | None:
+    """Why a recording process is dead, or None while it may be alive.
+
+    On this host the pid decides: no such process (or a zombie, or a process that started
+    after the recorded one, i.e. a reused pid) is dead. On another host a heartbeat older than
+    STALE_AFTER_SECONDS is.
+    """
+    if hostname == here:
+        if pid == os.getpid():
+            return None
+        started_at = _process_start(pid)
+        if started_at is None:
+            return f"The process that ran it (pid {pid} on {hostname}) died before it finished."
+        if started_at > started + 2.0:  # /proc times are coarse; reuse needs a full pid cycle
+            return (
+                f"The process that ran it (pid {pid} on {hostname}) died before it finished "
+                "(its pid now belongs to another process)."
+            )
+        return None
+    if now - heartbeat > STALE_AFTER_SECONDS:
+        last = datetime.datetime.fromtimestamp(heartbeat, datetime.timezone.utc)
+        return (
+            f"The process that ran it (pid {pid} on {hostname}) stopped reporting at "
+            f"{last:%Y-%m-%d %H:%M:%S} UTC and is presumed dead."
+        )
+    return None
+
+
+def _process_start(pid: int) -> float | None:
+    """Start time (epoch seconds) of a live process, 0.0 when unknown; None when it is dead."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # exists, owned by someone else
+        pass
+    except OSError:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode(errors="replace")
+    except OSError:
+        return 0.0  # no /proc (macOS...): the pid exists, trust it
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if fields[0] == "Z":  # a zombie has finished running
+        return None
+    try:
+        ticks = int(fields[19])
+        with open("/proc/stat", "rb") as f:
+            btime = next(
+                int(line.split()[1])
+                for line in f.read().decode().splitlines()
+                if line.startswith("btime")
+            )
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0

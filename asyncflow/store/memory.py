@@ -55,6 +55,46 @@ class Export(NamedTuple):
     transition_end: int
 
 
+class ColumnExport(NamedTuple):
+    """Runs `[run_start, run_end)` and transitions `[transition_start, transition_end)` as
+    columns: array slices plus the sparse per-row extras, keyed by row / transition index.
+
+    `t_type` holds codes into `types`, `key` indexes into `keys` (flow/task names); a task run
+    without an entry in `names` is named `f"{keys[key[i]]}-{counter[i]}"`.
+    """
+
+    prefix: int  # the registry's id prefix: run ids are UUID(int=prefix | row)
+    types: list[StateType]
+    run_start: int
+    run_end: int
+    kind: array[int]
+    key: array[int]
+    keys: list[str]
+    counter: array[int]
+    parent: array[int]
+    names: dict[int, str]
+    parameters: dict[int, dict[str, Any]]
+    parent_task: dict[int, int]
+    last: array[int]  # each run's latest transition (as of this export)
+    transition_start: int
+    transition_end: int
+    t_run: array[int]
+    t_type: array[int]
+    t_ts: array[float]
+    t_prev: array[int]  # the run's transition before this one, or -1
+    t_text: dict[int, tuple[str | None, str | None]]
+
+
+def _tail(d: dict[int, Any], start: int) -> dict[int, Any]:
+    """Entries of `d` with key >= start; `d`'s keys are inserted in increasing order."""
+    out: dict[int, Any] = {}
+    for key in reversed(d):
+        if key < start:
+            break
+        out[key] = d[key]
+    return out
+
+
 @dataclass(slots=True)
 class RunRecord:
     """A run as recorded: identity, links, parameters and its full state history."""
@@ -214,6 +254,39 @@ class MemoryRegistry:
                 for t in range(transition_start, transition_end)
             ]
         return Export(runs, transitions, run_end, transition_end)
+
+    def export_columns(self, run_start: int, transition_start: int) -> ColumnExport:
+        """Like `export`, as columns: array slices instead of a tuple (and UUID) per row.
+
+        What the persistent store's writer uses: it costs well under a microsecond per run,
+        where building tuples costs ~16 µs, and it holds the lock only for the copies.
+        """
+        with self._lock:
+            run_end = len(self._kind)
+            transition_end = len(self._t_type)
+            batch = ColumnExport(
+                prefix=self._prefix,
+                types=_TYPES,
+                run_start=run_start,
+                run_end=run_end,
+                kind=self._kind[run_start:run_end],
+                key=self._key[run_start:run_end],
+                keys=self._keys[:],
+                counter=self._counter[run_start:run_end],
+                parent=self._parent[run_start:run_end],
+                names=_tail(self._names, run_start),
+                parameters=_tail(self._params, run_start),
+                parent_task=_tail(self._parent_task, run_start),
+                last=self._last[run_start:run_end],
+                transition_start=transition_start,
+                transition_end=transition_end,
+                t_run=self._t_run[transition_start:transition_end],
+                t_type=self._t_type[transition_start:transition_end],
+                t_ts=self._t_ts[transition_start:transition_end],
+                t_prev=self._t_prev[transition_start:transition_end],
+                t_text=_tail(self._t_text, transition_start),
+            )
+        return batch
 
     def add_flow_end_listener(self, listener: Callable[[int], None]) -> None:
         """Call `listener(row)` whenever a top-level flow run reaches its final state."""

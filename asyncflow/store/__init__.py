@@ -1,0 +1,88 @@
+"""Run history: the in-memory registry runs record to, and the persistent stores fed from it.
+
+`ASYNCFLOW_STORE` picks the persistent store: `sqlite` (the default: `$ASYNCFLOW_HOME/runs.db`),
+`memory` (no persistence), `sqlite:///path/to/runs.db` (or a plain path), or
+`postgresql://user:password@host/db` (the `[postgres]` extra). `open_store()` opens it for
+reading; the engine's background writer (`asyncflow.store.writer`) records to it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from asyncflow.exceptions import StoreError
+
+if TYPE_CHECKING:
+    from asyncflow.store.base import RecordingStore
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+
+
+def store_url(value: str | None = None) -> str | None:
+    """The canonical URL for a store setting (`ASYNCFLOW_STORE` when None); None for memory.
+
+    SQLite URLs become `sqlite://` + an absolute path, so two spellings of one file compare
+    equal. StoreError for a value that names no store.
+    """
+    from asyncflow.settings import get_settings
+
+    settings = get_settings()
+    raw = settings.store if value is None else value
+    text = raw.strip()
+    lowered = text.lower()
+    if lowered == "memory":
+        return None
+    if lowered in {"", "sqlite", "sqlite:", "sqlite://"}:
+        return f"sqlite://{(settings.home / 'runs.db').resolve()}"
+    if lowered.startswith(_POSTGRES_SCHEMES):
+        return text
+    if lowered.startswith("sqlite:"):
+        path = text[len("sqlite://") :] if lowered.startswith("sqlite://") else text[7:]
+        return f"sqlite://{Path(path).expanduser().resolve()}"
+    if "://" not in text and (
+        os.sep in text or "/" in text or text.endswith((".db", ".sqlite", ".sqlite3"))
+    ):
+        return f"sqlite://{Path(text).expanduser().resolve()}"
+    raise StoreError(
+        f"Unknown run store {raw!r} (ASYNCFLOW_STORE): use 'sqlite', 'memory', "
+        "'sqlite:///path/to/runs.db' or 'postgresql://user:password@host/database'."
+    )
+
+
+def recording_url() -> str | None:
+    """The store the writer records to from the settings, None for memory (or a bad setting,
+    which is logged: a mistyped setting must not break the user's flows)."""
+    try:
+        return store_url()
+    except StoreError as exc:
+        import logging
+
+        logging.getLogger("asyncflow.store").error("Run history is not recorded: %s", exc)
+        return None
+
+
+def open_store(url: str | None = None) -> RecordingStore:
+    """Open a run store: `url` as for `ASYNCFLOW_STORE`, None for the configured one.
+
+    Opening creates the database or migrates it to the current schema, and marks Crashed the
+    open runs of processes that died. Raises StoreError, naming the file or URL, when it
+    cannot be opened (unreadable, corrupt, not asyncflow's, newer schema, server down...).
+    """
+    canonical = store_url(url)
+    if canonical is None:
+        raise StoreError(
+            "The run store is 'memory' (ASYNCFLOW_STORE=memory): no run history is kept "
+            "between processes. Set ASYNCFLOW_STORE=sqlite (the default) to record it."
+        )
+    if canonical.startswith("sqlite://"):
+        from asyncflow.store.sqlite import SQLiteStore
+
+        return SQLiteStore(canonical[len("sqlite://") :])
+    from asyncflow.store.postgres import PostgresStore
+
+    return PostgresStore(canonical)
+
+
+__all__ = ["open_store", "recording_url", "store_url"]

@@ -1,0 +1,634 @@
+"""The embedded SQLite run store: one file (`$ASYNCFLOW_HOME/runs.db` by default), WAL mode.
+
+Each process writes through one connection owned by its background writer, in short
+`BEGIN IMMEDIATE` transactions; readers (the CLI, other processes) never block it and see
+every committed batch. Keys are integers: a run's `pk` is `session << 32 | registry row`, so
+every process numbers its runs without asking the database, and a run's UUID is its
+session's id prefix plus the row (see `asyncflow.store.base` for how states are stored).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from itertools import compress
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from uuid import UUID
+
+import anyio.to_thread
+
+from asyncflow.exceptions import StoreError
+from asyncflow.states import _DEFAULT_NAMES, StateType
+from asyncflow.store.base import (
+    _TYPE_VALUES,
+    CRASH_SEQ,
+    HEARTBEAT_SECONDS,
+    RUN_COLUMNS,
+    RUN_FROM,
+    SCHEMA_VERSION,
+    TERMINAL_SQL,
+    StoredRun,
+    WriteBatch,
+    ambiguous_run,
+    crash_reason,
+    default_name_sql,
+    id_lookup,
+    row_to_run,
+    run_id,
+    unknown_run,
+)
+
+T = TypeVar("T")
+
+#: `PRAGMA application_id` of asyncflow databases ("AFLW"): another program's SQLite file
+#: is refused rather than written into.
+APPLICATION_ID = 0x41464C57
+_HEADER = b"SQLite format 3\x00"
+_BUSY_TIMEOUT = 2.0  # with the writer's lock wait, bounds a flush at flow end
+# Bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER: 999 before SQLite 3.32).
+_MAX_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+
+# A latest state that is not the creation Pending or the first Running (those are implicit).
+_EXPLICIT_LATEST = (
+    "NOT (state_type = 'PENDING' AND state_name = 'Pending' AND state_message IS NULL) "
+    "AND state_seq IS NOT start_seq"
+)
+
+# Schema versions: the statements that take the previous version to each.
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        """CREATE TABLE processes (
+            pk INTEGER PRIMARY KEY,      -- a recording session: one process, one registry
+            id TEXT NOT NULL,            -- the process (it has several after reset_registry)
+            id_prefix TEXT NOT NULL,     -- what the ids of the session's runs start with
+            pid INTEGER NOT NULL,
+            hostname TEXT NOT NULL,
+            started REAL NOT NULL,
+            heartbeat REAL NOT NULL,
+            reaped REAL                  -- when its runs left open were marked Crashed
+        )""",
+        "CREATE INDEX processes_id ON processes (id)",
+        "CREATE INDEX processes_unreaped ON processes (pk) WHERE reaped IS NULL",
+        "CREATE INDEX processes_id_prefix ON processes (id_prefix)",
+        """CREATE TABLE runs (
+            pk INTEGER PRIMARY KEY,      -- session << 32 | registry row
+            kind TEXT NOT NULL,          -- 'flow' | 'task'
+            name TEXT NOT NULL,
+            spec_name TEXT NOT NULL,     -- the flow's or task's name
+            parent_pk INTEGER,           -- the parent flow run
+            parent_task_pk INTEGER,      -- a subflow run's task run in its parent
+            parameters TEXT,             -- JSON
+            created REAL NOT NULL,       -- its creation Pending
+            start_time REAL,             -- its first Running...
+            start_seq INTEGER,           -- ...and that state's seq
+            state_type TEXT NOT NULL,    -- the latest state
+            state_name TEXT NOT NULL,
+            state_message TEXT,
+            state_ts REAL NOT NULL,
+            state_seq INTEGER NOT NULL,
+            run_count INTEGER NOT NULL
+        )""",
+        "CREATE INDEX runs_parent ON runs (parent_pk) WHERE parent_pk IS NOT NULL",
+        "CREATE INDEX runs_parent_task ON runs (parent_task_pk) WHERE parent_task_pk IS NOT NULL",
+        "CREATE INDEX runs_flows ON runs (created) WHERE kind = 'flow'",
+        "CREATE INDEX runs_flow_names ON runs (spec_name, created) WHERE kind = 'flow'",
+        """CREATE TABLE transition_log (  -- the states runs rows do not hold (see the view)
+            run_pk INTEGER NOT NULL,
+            seq INTEGER NOT NULL,        -- order within the run
+            type TEXT NOT NULL,
+            name TEXT NOT NULL,
+            message TEXT,
+            ts REAL NOT NULL,
+            PRIMARY KEY (run_pk, seq)
+        ) WITHOUT ROWID""",
+        # Every state of every run, one row each, seq numbered 0, 1, ... per run.
+        f"""CREATE VIEW transitions AS
+        SELECT run_pk, row_number() OVER (PARTITION BY run_pk ORDER BY seq) - 1 AS seq,
+               type, name, message, ts
+        FROM (SELECT pk AS run_pk, -1 AS seq, 'PENDING' AS type, 'Pending' AS name,
+                     NULL AS message, created AS ts FROM runs
+              UNION ALL
+              SELECT pk, start_seq, 'RUNNING', 'Running', NULL, start_time FROM runs
+              WHERE start_seq IS NOT NULL
+              UNION ALL
+              SELECT run_pk, seq, type, name, message, ts FROM transition_log
+              UNION ALL
+              SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs
+              WHERE {_EXPLICIT_LATEST})""",
+    ],
+}
+assert max(MIGRATIONS) == SCHEMA_VERSION
+
+_TEMP_CHANGED = """CREATE TEMP TABLE IF NOT EXISTS changed (
+    pk INTEGER PRIMARY KEY, start_time REAL, start_seq INTEGER, state_type TEXT,
+    state_name TEXT, state_message TEXT, state_ts REAL, state_seq INTEGER,
+    run_count_delta INTEGER)"""
+
+
+def _values(rows: int, width: int) -> str:
+    return ",".join(["(" + ",".join(["?"] * width) + ")"] * rows)
+
+
+# Multi-row inserts. The leading `?`s (in the SELECT list, numbered before the VALUES) take
+# the session's base key, which is added to registry rows to make keys.
+def _plain_sql(code: int) -> Callable[[int], str]:
+    """The insert for plain runs whose latest state has type code `code` (as a literal: a
+    CASE per row costs more than the insert itself)."""
+    state = StateType(_TYPE_VALUES[code])
+
+    def sql(rows: int) -> str:
+        # leading parameters: base, base, transition_start, transition_start
+        return f"""
+INSERT INTO runs (pk, kind, name, spec_name, parent_pk, created, start_time, start_seq,
+                  state_type, state_name, state_ts, state_seq, run_count)
+SELECT ? + column1, 'task', column2 || '-' || column3, column2,
+       CASE WHEN column4 >= 0 THEN ? + column4 END, column5, column6, ? + column7,
+       '{state.value}', '{_DEFAULT_NAMES[state]}', column8, ? + column9, 1
+FROM (VALUES {_values(rows, 9)})"""
+
+    return sql
+
+
+_PLAIN_SQL = [_plain_sql(code) for code in range(len(_TYPE_VALUES))]
+
+
+def _insert_other_sql(rows: int) -> str:
+    sql = f"""
+INSERT OR REPLACE INTO runs (pk, kind, name, spec_name, parent_pk, parent_task_pk,
+                             parameters, created, start_time, start_seq, state_type,
+                             state_name, state_message, state_ts, state_seq, run_count)
+SELECT ? + column1, column2, coalesce(column5, column3 || '-' || column4), column3,
+       CASE WHEN column6 >= 0 THEN ? + column6 END, ? + column7, column8, column9,
+       column10, column11, column12, coalesce(column13, {default_name_sql("column12")}),
+       column14, column15, column16, column17
+FROM (VALUES {_values(rows, 17)})"""
+    return sql
+
+
+def _insert_log_sql(rows: int) -> str:
+    sql = f"""
+INSERT OR IGNORE INTO transition_log (run_pk, seq, type, name, message, ts)
+SELECT ? + column1, column2, column3,
+       CASE column4 WHEN '' THEN {default_name_sql("column3")} ELSE column4 END, column5, column6
+FROM (VALUES {_values(rows, 6)})"""
+    return sql
+
+
+def _insert_changed_sql(rows: int) -> str:
+    sql = f"""
+INSERT INTO temp.changed
+SELECT ? + column1, CASE WHEN column3 >= 0 THEN column2 END,
+       CASE WHEN column3 >= 0 THEN column3 END, column4,
+       CASE column5 WHEN '' THEN {default_name_sql("column4")} ELSE column5 END,
+       column6, column7, column8, column9
+FROM (VALUES {_values(rows, 9)})"""
+    return sql
+
+
+# Runs of earlier batches with new states: the latest state they had moves to the log first.
+# A run crash detection marked Crashed keeps that final state; the states its process (which
+# was presumed dead but was not) sends later go to the log, so they are not lost either.
+_APPLY_CHANGED = [
+    f"""INSERT OR IGNORE INTO transition_log (run_pk, seq, type, name, message, ts)
+    SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs
+    WHERE pk IN (SELECT pk FROM temp.changed) AND {_EXPLICIT_LATEST}""",
+    f"""INSERT OR IGNORE INTO transition_log (run_pk, seq, type, name, message, ts)
+    SELECT c.pk, c.state_seq, c.state_type, c.state_name, c.state_message, c.state_ts
+    FROM temp.changed c JOIN runs r ON r.pk = c.pk WHERE r.state_seq = {CRASH_SEQ}""",
+    f"""UPDATE runs SET (start_time, start_seq, state_type, state_name, state_message,
+                        state_ts, state_seq, run_count) =
+        (SELECT coalesce(runs.start_time, c.start_time), coalesce(runs.start_seq, c.start_seq),
+                c.state_type, c.state_name, c.state_message, c.state_ts, c.state_seq,
+                runs.run_count + c.run_count_delta
+         FROM temp.changed c WHERE c.pk = runs.pk)
+    WHERE pk IN (SELECT pk FROM temp.changed) AND state_seq != {CRASH_SEQ}""",
+    "DELETE FROM temp.changed",
+]
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL (it stays so). The switch needs the file to itself and does not
+    wait for other connections: retry while another process opens it at the same moment."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT
+    while conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError("database is locked (switching it to WAL mode)")
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            time.sleep(0.01)
+
+
+def _chunks(total: int, width: int) -> Iterator[tuple[int, int]]:
+    """(start, length) chunks covering `total` rows of `width` parameters each.
+
+    Full chunks, then halving sizes: few distinct statement texts, so they stay prepared in
+    the connection's statement cache.
+    """
+    most = max(1, _MAX_PARAMS // width)
+    biggest = 1 << (most.bit_length() - 1)
+    start = 0
+    size = biggest
+    while start < total:
+        while size > total - start:
+            size >>= 1
+        yield start, size
+        start += size
+
+
+class SQLiteStore:
+    """A run store in one SQLite file. Thread-safe: one connection behind a lock."""
+
+    def __init__(self, path: str | os.PathLike[str], *, detect_crashes: bool = True) -> None:
+        self.path = Path(path).expanduser()
+        self.url = f"sqlite://{self.path}"
+        self._lock = threading.RLock()
+        self._beat = 0.0  # when write() last marked the process alive
+        self._conn = self._open()
+        if detect_crashes:
+            try:
+                self.mark_crashed_runs()
+            except BaseException:
+                self._conn.close()
+                raise
+
+    # -- opening ------------------------------------------------------------------------------
+    def _error(self, what: str, exc: BaseException | None = None) -> StoreError:
+        detail = f" ({exc})" if exc is not None else ""
+        return StoreError(f"Run history database {self.path}: {what}{detail}")
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        try:
+            if path.is_dir():
+                raise self._error("is a directory, not a database file")
+            if path.exists() and path.stat().st_size > 0:
+                with open(path, "rb") as f:
+                    if f.read(len(_HEADER)) != _HEADER:
+                        raise self._error("is not an SQLite database (left untouched)")
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._error("cannot be read", exc) from None
+        try:
+            conn = sqlite3.connect(
+                path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
+            )
+        except sqlite3.Error as exc:
+            raise self._error("cannot be opened", exc) from None
+        try:
+            self._check_and_migrate(conn)
+            # WAL: readers and the writer do not block each other. NORMAL: a commit survives a
+            # killed process (it is in the OS cache); only a power cut can undo the last ones.
+            _use_wal(conn)
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute(_TEMP_CHANGED)
+        except StoreError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise self._error("is locked by another process", exc) from None
+            raise self._error(
+                "is corrupt or not an asyncflow run history (left untouched)", exc
+            ) from None
+        return conn
+
+    def _check_and_migrate(self, conn: sqlite3.Connection) -> None:
+        """Refuse foreign, corrupt or newer databases before writing anything; then migrate."""
+        if self._version(conn) == SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")  # one process migrates; the others wait, then re-check
+        try:
+            version = self._version(conn)
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _version(self, conn: sqlite3.Connection) -> int:
+        own = not conn.in_transaction
+        if own:  # the three reads must see one state, not a migration half way
+            conn.execute("BEGIN")
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        finally:
+            if own and conn.in_transaction:
+                conn.execute("COMMIT")
+        if app_id != APPLICATION_ID:
+            if tables:
+                raise self._error(
+                    "is an SQLite database of another program, not an asyncflow run history "
+                    "(left untouched)"
+                )
+            return 0
+        if version > SCHEMA_VERSION:
+            raise self._error(
+                f"has schema version {version}, from a newer asyncflow; this one knows up to "
+                f"version {SCHEMA_VERSION}. Upgrade asyncflow, or set ASYNCFLOW_HOME or "
+                "ASYNCFLOW_STORE to use another database"
+            )
+        return int(version)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; sqlite3 errors become StoreError naming the file."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._wrap(exc) from None
+
+    def _wrap(self, exc: sqlite3.Error) -> StoreError:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            return self._error("is locked by another process for too long", exc)
+        return self._error("cannot be used", exc)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # -- writing (the writer thread) ------------------------------------------------------------
+    def register_process(self, process_id: str, id_prefix: str) -> int:
+        now = time.time()
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO processes (id, id_prefix, pid, hostname, started, heartbeat) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (process_id, id_prefix, os.getpid(), socket.gethostname(), now, now),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def write(self, batch: WriteBatch, session: int) -> None:
+        base = session << 32
+        statements: list[tuple[str, Sequence[Any]]] = []
+        plain = batch.plain_runs
+        if plain and plain[0]:
+            t0 = batch.transition_start
+            spec = list(map(batch.spec_names.__getitem__, plain[2]))
+            # without kind (tasks: a flow run has parameters, so it is never plain) and the
+            # state code (a literal of the statement: one statement family per code)
+            columns = [plain[0], spec, *plain[3:8], plain[9], plain[10]]
+            codes = bytes(plain[8])
+            for code in set(codes):
+                part = columns
+                if codes.count(code) != len(codes):
+                    mask = codes.translate(bytes(int(c == code) for c in range(256)))
+                    part = [list(compress(column, mask)) for column in columns]
+                statements += _inserts(_PLAIN_SQL[code], (base, base, t0, t0), part)
+        if batch.other_runs:
+            statements += _inserts(_insert_other_sql, (base,) * 3, _transpose(batch.other_runs))
+        if batch.transitions:
+            statements += _inserts(_insert_log_sql, (base,), _transpose(batch.transitions))
+        if batch.changed_runs:
+            statements += _inserts(_insert_changed_sql, (base,), _transpose(batch.changed_runs))
+            statements += [(sql, ()) for sql in _APPLY_CHANGED]
+        now = time.time()
+        if now - self._beat > HEARTBEAT_SECONDS / 2:  # not every batch: it costs a statement
+            statements.append(("UPDATE processes SET heartbeat = ? WHERE pk = ?", (now, session)))
+            self._beat = now
+        if len(statements) == 1:  # one statement is one transaction already (the usual flush
+            sql, params = statements[0]  # at the end of a small flow): spare BEGIN and COMMIT
+            self._query(lambda conn: conn.execute(sql, params))
+            return
+        with self._transaction() as conn:
+            for sql, params in statements:
+                conn.execute(sql, params)
+
+    def heartbeat(self, process_id: str) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE processes SET heartbeat = ? WHERE id = ?", (time.time(), process_id)
+            )
+
+    def mark_crashed_runs(self) -> int:
+        """Mark Crashed the open runs of every recording process that died; returns how many.
+
+        Each dead process's runs are looked at once: its sessions are then marked reaped.
+        """
+        here, now = socket.gethostname(), time.time()
+        sessions = self._query(
+            lambda c: c.execute(
+                "SELECT pk, pid, hostname, started, heartbeat FROM processes WHERE reaped IS NULL"
+            ).fetchall()
+        )
+        dead = [
+            (pk, reason)
+            for pk, pid, host, started, beat in sessions
+            if (reason := crash_reason(pid, host, started, beat, here, now)) is not None
+        ]
+        if not dead:
+            return 0
+        try:
+            return self._crash_sessions(dead, now)
+        except StoreError as exc:
+            # a reader without write access, or a busy database: a later opening does it
+            if "readonly" in str(exc) or "locked" in str(exc):
+                return 0
+            raise
+
+    def end_process(self, process_id: str, reason: str) -> int:
+        """This process is exiting: mark Crashed the runs it leaves open (they will not end)."""
+        sessions = self._query(
+            lambda c: c.execute(
+                "SELECT pk FROM processes WHERE id = ? AND reaped IS NULL", (process_id,)
+            ).fetchall()
+        )
+        return self._crash_sessions([(pk, reason) for (pk,) in sessions], time.time())
+
+    def _crash_sessions(self, sessions: list[tuple[int, str]], now: float) -> int:
+        crashed = 0
+        with self._transaction() as conn:
+            for pk, reason in sessions:
+                params = {"lo": pk << 32, "hi": (pk + 1) << 32, "msg": reason, "now": now}
+                open_runs = f"pk >= :lo AND pk < :hi AND state_type NOT IN {TERMINAL_SQL}"
+                conn.execute(  # the latest state, if explicit, moves to the log first
+                    "INSERT OR IGNORE INTO transition_log "
+                    "(run_pk, seq, type, name, message, ts) "
+                    "SELECT pk, state_seq, state_type, state_name, state_message, state_ts "
+                    f"FROM runs WHERE {open_runs} AND {_EXPLICIT_LATEST}",
+                    params,
+                )
+                cur = conn.execute(
+                    "UPDATE runs SET state_type = 'CRASHED', state_name = 'Crashed', "
+                    f"state_message = :msg, state_ts = :now, state_seq = {CRASH_SEQ} "
+                    f"WHERE {open_runs}",
+                    params,
+                )
+                crashed += max(cur.rowcount, 0)
+                conn.execute("UPDATE processes SET reaped = ? WHERE pk = ?", (now, pk))
+        return crashed
+
+    # -- reading --------------------------------------------------------------------------------
+    def _query(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            try:
+                return fn(self._conn)
+            except sqlite3.Error as exc:
+                raise self._wrap(exc) from None
+
+    def list_runs_sync(
+        self,
+        *,
+        kind: Literal["flow", "task"] | None = "flow",
+        spec_name: str | None = None,
+        state: StateType | None = None,
+        since: datetime.datetime | None = None,
+        limit: int = 50,
+    ) -> list[StoredRun]:
+        where: list[str] = ["1"]
+        params: list[Any] = []
+        if kind is not None:
+            where.append("r.kind = ?")
+            params.append(kind)
+        if spec_name is not None:
+            where.append("r.spec_name = ?")
+            params.append(spec_name)
+        if state is not None:
+            where.append("r.state_type = ?")
+            params.append(StateType(state).value)
+        if since is not None:
+            where.append("r.created >= ?")
+            params.append(since.timestamp())
+        sql = (
+            f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE {' AND '.join(where)} "
+            "ORDER BY r.created DESC, r.pk DESC LIMIT ?"
+        )
+        rows = self._query(lambda c: c.execute(sql, (*params, max(0, limit))).fetchall())
+        return [row_to_run(row) for row in rows]
+
+    async def list_runs(
+        self,
+        *,
+        kind: Literal["flow", "task"] | None = "flow",
+        spec_name: str | None = None,
+        state: StateType | None = None,
+        since: datetime.datetime | None = None,
+        limit: int = 50,
+    ) -> list[StoredRun]:
+        return await anyio.to_thread.run_sync(
+            lambda: self.list_runs_sync(
+                kind=kind, spec_name=spec_name, state=state, since=since, limit=limit
+            )
+        )
+
+    def _pk_of(self, conn: sqlite3.Connection, run: UUID | str) -> int:
+        plan = id_lookup(run)
+        found = conn.execute(
+            "SELECT r.pk, p.id_prefix FROM processes p JOIN runs r "
+            "ON r.pk BETWEEN (p.pk << 32) + ? AND (p.pk << 32) + ? "
+            "WHERE p.id_prefix >= ? AND p.id_prefix < ? ORDER BY r.pk LIMIT 3",
+            (plan.row_low, plan.row_high, plan.prefix_low, plan.prefix_high),
+        ).fetchall()
+        if not found:
+            raise unknown_run(run, self.url)
+        if len(found) > 1:
+            raise ambiguous_run(run, [str(run_id(prefix, pk)) for pk, prefix in found])
+        return int(found[0][0])
+
+    def read_run_sync(self, run: UUID | str) -> StoredRun:
+        """`read_run` without the thread hop."""
+
+        def read(conn: sqlite3.Connection) -> StoredRun:
+            conn.execute("BEGIN")  # one snapshot for the run and its history
+            try:
+                pk = self._pk_of(conn, run)
+                row = conn.execute(
+                    f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE r.pk = ?", (pk,)
+                ).fetchone()
+                log = conn.execute(
+                    "SELECT seq, type, name, message, ts FROM transition_log WHERE run_pk = ?",
+                    (pk,),
+                ).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            return row_to_run(row, log)
+
+        return self._query(read)
+
+    async def read_run(self, run_id: UUID | str) -> StoredRun:
+        return await anyio.to_thread.run_sync(self.read_run_sync, run_id)
+
+    def children_sync(self, run: UUID | str) -> list[StoredRun]:
+        """`children` without the thread hop."""
+
+        def read(conn: sqlite3.Connection) -> list[StoredRun]:
+            pk = self._pk_of(conn, run)
+            rows = conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE r.parent_pk = ? "
+                "ORDER BY r.created, r.pk",
+                (pk,),
+            ).fetchall()
+            return [row_to_run(row) for row in rows]
+
+        return self._query(read)
+
+    async def children(self, run_id: UUID | str) -> list[StoredRun]:
+        return await anyio.to_thread.run_sync(self.children_sync, run_id)
+
+
+_SqlFor = Callable[[int], str]
+
+
+def _transpose(rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
+    return list(zip(*rows, strict=True))
+
+
+def _inserts(
+    sql_for: _SqlFor, lead: tuple[Any, ...], columns: Sequence[Sequence[Any]]
+) -> list[tuple[str, list[Any]]]:
+    """Multi-row inserts of `columns`: one GIL release per statement, not per row (a writer
+    thread that steps row by row waits for the flows' thread at every row).
+
+    `lead` fills each statement's leading parameters (the session's base key...).
+    """
+    width, skip = len(columns), len(lead)
+    statements = []
+    for start, size in _chunks(len(columns[0]), width):
+        params: list[Any] = [None] * (skip + size * width)
+        params[:skip] = lead
+        for j, column in enumerate(columns):  # slice assignment: no tuple per row
+            params[skip + j :: width] = column[start : start + size]
+        statements.append((_sql(sql_for, size), params))
+    return statements
+
+
+_sql_texts: dict[tuple[_SqlFor, int], str] = {}
+
+
+def _sql(sql_for: _SqlFor, size: int) -> str:
+    key = (sql_for, size)
+    text = _sql_texts.get(key)
+    if text is None:
+        text = _sql_texts[key] = sql_for(size)
+    return text
+
+
+__all__ = ["APPLICATION_ID", "MIGRATIONS", "SQLiteStore"]
