@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +28,17 @@ def test_mypy_strict_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_hello_example_runs() -> None:
-    """The README's example runs and prints the seed's lines plus its recorded history."""
+def test_hello_example_runs(tmp_path: Path) -> None:
+    """The README's command: the example prints the seed's lines and its recorded history,
+    then `asyncflow runs ls` lists its runs from the SQLite store."""
+    env = {**os.environ, "ASYNCFLOW_HOME": str(tmp_path), "ASYNCFLOW_STORE": "sqlite"}
     result = subprocess.run(
-        [sys.executable, "examples/hello.py"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "examples/hello.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "Hello Marvin!" in result.stdout
@@ -39,3 +47,16 @@ def test_hello_example_runs() -> None:
     assert "Created subflow run" in result.stderr
     assert result.stderr.count("Finished in state Completed()") == 3
     assert "Pending" in result.stdout and "Completed" in result.stdout
+
+    script = Path(sys.executable).with_name("asyncflow")  # the console script pip installs
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "asyncflow.cli"]
+    ls = subprocess.run(
+        [*command, "runs", "ls"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert ls.returncode == 0, ls.stderr
+    lines = ls.stdout.splitlines()
+    assert lines[0].split() == ["ID", "NAME", "FLOW", "STATE", "START", "DURATION"]
+    rows = lines[1:]  # the flow run and its subflow run, both Completed
+    assert len(rows) == 2, ls.stdout
+    assert any(" Hello Flow " in row and " Completed " in row for row in rows), ls.stdout
+    assert any(" Nestedflow " in row and " Completed " in row for row in rows), ls.stdout

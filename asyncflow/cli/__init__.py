@@ -1,0 +1,166 @@
+"""The `asyncflow` command: browse the run history and run flows from files.
+
+    asyncflow runs ls [--flow NAME] [--state STATE] [--kind flow|task|all] [--limit N] [--json]
+    asyncflow runs inspect RUN [--json]
+    asyncflow runs tree RUN [--json]
+    asyncflow run path/to/file.py:flow_name [--param k=v ...] [--json]
+
+`--store URL` (before or after the subcommand) picks the store; by default it comes from
+ASYNCFLOW_STORE / ASYNCFLOW_HOME. Errors are one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from asyncflow.cli._errors import CLIError
+from asyncflow.cli._format import one_line
+from asyncflow.exceptions import StoreError
+
+__all__ = ["CLIError", "main"]
+
+PROG = "asyncflow"
+
+
+def _store_option(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=default,
+        help="run store: a SQLite file path, sqlite:///path, postgresql://..., or 'memory' "
+        "(default: ASYNCFLOW_STORE, else the SQLite file under ASYNCFLOW_HOME)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from asyncflow import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Browse asyncflow's run history and run flows from files."
+    )
+    parser.add_argument("--version", action="version", version=f"asyncflow {__version__}")
+    _store_option(parser, None)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    runs = commands.add_parser("runs", help="list and inspect recorded runs")
+    runs_commands = runs.add_subparsers(dest="runs_command", metavar="COMMAND", required=True)
+
+    ls = runs_commands.add_parser("ls", help="list runs, newest first")
+    ls.add_argument("--flow", metavar="NAME", help="only runs of this flow (or task) name")
+    ls.add_argument("--state", help="only runs whose state type is this (e.g. failed, completed)")
+    ls.add_argument("--kind", choices=("flow", "task", "all"), default="flow", help="default: flow")
+    ls.add_argument("--since", metavar="WHEN", help="only runs created since: 30m, 2h, 1d, a date")
+    ls.add_argument("--limit", type=int, default=20, metavar="N", help="default: 20")
+
+    inspect = runs_commands.add_parser(
+        "inspect", help="a run's details: states, parameters, parent and children"
+    )
+    inspect.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
+
+    tree = runs_commands.add_parser("tree", help="a run with every run nested under it")
+    tree.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
+
+    run = commands.add_parser("run", help="run a flow from a Python file")
+    run.add_argument("target", metavar="FILE[:FLOW]", help="e.g. path/to/file.py:my_flow")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a flow parameter (repeatable); VALUE is read as JSON if it parses, else a string",
+    )
+    run.add_argument(
+        "--backend", choices=("asyncio", "trio"), default="asyncio", help="for async flows"
+    )
+
+    for sub in (ls, inspect, tree, run):
+        sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
+        _store_option(sub, argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 1 a flow run did not complete, 2 error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        if args.command == "run":
+            return _run_command(args)
+        return _runs_command(args)
+    except (CLIError, StoreError) as exc:
+        print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `asyncflow runs ls | head -1`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _runs_command(args: argparse.Namespace) -> int:
+    import anyio
+
+    from asyncflow.cli import _runs
+    from asyncflow.store import open_store
+
+    commands: dict[str, Callable[[Any, argparse.Namespace], Coroutine[Any, Any, int]]] = {
+        "ls": _runs.ls,
+        "inspect": _runs.inspect,
+        "tree": _runs.tree,
+    }
+    command = commands[args.runs_command]
+    missing = _missing_sqlite_file(args.store)
+    if missing is not None:  # reading must not create a database (a mistyped --store, say)
+        if args.runs_command != "ls":
+            raise CLIError(f"no run {args.run!r}: no run history at {missing} (no such file)")
+        print("[]" if args.json else f"No runs recorded yet: {missing} does not exist.")
+        return 0
+    store = open_store(args.store)
+    try:
+        return anyio.run(command, store, args)
+    finally:
+        store.close()
+
+
+def _missing_sqlite_file(store: str | None) -> Path | None:
+    """The SQLite file a store setting names, when that file does not exist."""
+    from asyncflow.store import store_url
+
+    url = store_url(store)
+    if url is None or not url.startswith("sqlite://"):
+        return None
+    path = Path(url[len("sqlite://") :])
+    return None if path.exists() else path
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from asyncflow.cli import _run
+    from asyncflow.settings import reload_settings
+    from asyncflow.store import open_store, store_url
+
+    saved = os.environ.get("ASYNCFLOW_STORE")
+    if args.store is not None:  # the in-process writer records to the store the settings name
+        os.environ["ASYNCFLOW_STORE"] = args.store
+        reload_settings()
+    try:
+        if store_url() is not None:
+            # The writer would only log a store it cannot open: say so before running anything.
+            open_store().close()
+        return _run.run(args)
+    finally:
+        if args.store is not None:
+            if saved is None:
+                os.environ.pop("ASYNCFLOW_STORE", None)
+            else:
+                os.environ["ASYNCFLOW_STORE"] = saved
+            reload_settings()
