@@ -140,7 +140,7 @@ def parent_flow(n: int = 2) -> int:
 
 def test_completed_runs_are_recorded_with_their_states_and_links(store: Any) -> None:
     """A completed flow with tasks and a subflow: every run, state, parameter and link is in the
-    store as soon as the flow call returns (the flow's end flushed it)."""
+    store as soon as the flow call returns (a read in this process writes what is pending)."""
     assert parent_flow(3) == 2 * (0 + 1 + 2) + 20
     runs = all_runs(store)
     assert len(runs) == 1 + 3 + 1 + 1 + 1  # flow, 3 tasks, subflow's task run, subflow, its task
@@ -622,7 +622,9 @@ def sqlite_path(url: str) -> Path:
 
 
 def test_database_is_wal_and_versioned(store: Any, recording: str) -> None:
+    """The file is in WAL mode, carries the schema version, and has every state as a row."""
     parent_flow(1)
+    assert writer.flush()  # read below with a plain connection, not through the store
     conn = sqlite3.connect(sqlite_path(recording))
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -721,6 +723,7 @@ def test_directory_in_the_way(tmp_path: Path) -> None:
 def test_reader_sees_commits_while_a_writer_holds_the_file(store: Any, recording: str) -> None:
     """WAL: a reader is not blocked by an open write transaction, and sees the last commit."""
     parent_flow(1)
+    assert writer.flush()  # committed before the other writer takes the lock
     conn = sqlite3.connect(sqlite_path(recording), isolation_level=None)
     conn.execute("BEGIN IMMEDIATE")  # another process writing
     try:
@@ -739,16 +742,17 @@ def test_reader_sees_commits_while_a_writer_holds_the_file(store: Any, recording
         conn.close()
 
 
-def test_flush_waits_are_bounded_when_the_database_is_locked(recording: str, store: Any) -> None:
-    """Another process holding the write lock delays the flush at flow end by at most the
-    flush bound; the runs are written once the lock is released."""
-    parent_flow(1)  # creates the file and starts the writer
+def test_a_locked_database_does_not_delay_flow_runs(recording: str, store: Any) -> None:
+    """Another process holding the write lock does not hold up flow runs (they never wait
+    for the disk); the runs are written once the lock is released."""
+    parent_flow(1)  # starts the writer
+    assert writer.flush()  # creates the file
     conn = sqlite3.connect(sqlite_path(recording), isolation_level=None, timeout=0)
     conn.execute("BEGIN IMMEDIATE")
     try:
         started = time.monotonic()
         parent_flow(1)
-        assert time.monotonic() - started < writer.FLUSH_TIMEOUT + 3
+        assert time.monotonic() - started < 1.0
     finally:
         conn.execute("ROLLBACK")
         conn.close()

@@ -449,8 +449,6 @@ class FlowRunEngine(RunEngine):
         cancellation.untrack(self.registry, self.row)
         if self.parent_task is not None:
             self.parent_task.finish(state.copy(_details=None, _ts=time.time()))
-        elif self.parent is None:
-            self.registry.top_level_flow_ended(self.row)
         return state
 
     # -- task-run bookkeeping -----------------------------------------------------------------

@@ -76,6 +76,11 @@ def open_store(url: str | None = None) -> RecordingStore:
             "The run store is 'memory' (ASYNCFLOW_STORE=memory): no run history is kept "
             "between processes. Set ASYNCFLOW_STORE=sqlite (the default) to record it."
         )
+    return connect(canonical)
+
+
+def connect(canonical: str) -> RecordingStore:
+    """Open the store at a canonical URL (from `store_url`), without flushing the writer."""
     if canonical.startswith("sqlite://"):
         from asyncflow.store.sqlite import SQLiteStore
 

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -150,7 +150,6 @@ class MemoryRegistry:
         self._t_ts = array("d")
         self._t_prev = array("q")
         self._t_text: dict[int, tuple[str | None, str | None]] = {}
-        self._flow_end_listeners: list[Callable[[int], None]] = []
 
     # -- writing (hot path) -----------------------------------------------------------------
     def _key_of(self, spec_name: str) -> int:
@@ -287,14 +286,6 @@ class MemoryRegistry:
                 t_text=_tail(self._t_text, transition_start),
             )
         return batch
-
-    def add_flow_end_listener(self, listener: Callable[[int], None]) -> None:
-        """Call `listener(row)` whenever a top-level flow run reaches its final state."""
-        self._flow_end_listeners.append(listener)
-
-    def top_level_flow_ended(self, row: int) -> None:
-        for listener in self._flow_end_listeners:
-            listener(row)
 
     # -- reading ----------------------------------------------------------------------------
     def uuid(self, row: int) -> UUID:

@@ -24,6 +24,7 @@ import anyio.to_thread
 
 from asyncflow.exceptions import StoreError
 from asyncflow.states import StateType
+from asyncflow.store import writer
 from asyncflow.store.base import (
     CRASH_SEQ,
     HEARTBEAT_SECONDS,
@@ -206,6 +207,7 @@ class PostgresStore:
 
     def __init__(self, url: str, *, detect_crashes: bool = True) -> None:
         self.url = redact(url)
+        self.source_url = url  # as the writer names it (with the password)
         self._lock = threading.RLock()
         self._beat = 0.0  # when write() last marked the process alive
         try:
@@ -228,7 +230,7 @@ class PostgresStore:
             self._migrate()
             self._conn.execute(_TEMP_CHANGED)
             # Like SQLite's synchronous=NORMAL: a commit does not wait for the server's disk
-            # flush (the flush at each flow end would cost a disk sync). A killed client loses
+            # flush (each writer pass would cost a disk sync). A killed client loses
             # nothing it committed; only a server crash can drop the last fraction of a second.
             self._conn.execute("SET synchronous_commit = off")
             if detect_crashes:
@@ -422,6 +424,7 @@ class PostgresStore:
         limit: int = 50,
     ) -> list[StoredRun]:
         """`list_runs` without the thread hop."""
+        writer.catch_up(self.source_url)  # this process's own runs, written first
         where: list[str] = ["TRUE"]
         params: list[Any] = []
         if kind is not None:
@@ -474,6 +477,7 @@ class PostgresStore:
 
     def read_run_sync(self, run: UUID | str) -> StoredRun:
         """`read_run` without the thread hop."""
+        writer.catch_up(self.source_url)  # this process's own runs, written first
 
         def read(conn: psycopg.Connection[Any]) -> StoredRun:
             with conn.transaction():  # one snapshot for the run and its history
@@ -496,6 +500,7 @@ class PostgresStore:
 
     def children_sync(self, run: UUID | str) -> list[StoredRun]:
         """`children` without the thread hop."""
+        writer.catch_up(self.source_url)  # this process's own runs, written first
 
         def read(conn: psycopg.Connection[Any]) -> list[StoredRun]:
             pk = self._pk_of(conn, run)

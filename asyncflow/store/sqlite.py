@@ -26,6 +26,7 @@ import anyio.to_thread
 
 from asyncflow.exceptions import StoreError
 from asyncflow.states import _DEFAULT_NAMES, StateType
+from asyncflow.store import writer
 from asyncflow.store.base import (
     _TYPE_VALUES,
     CRASH_SEQ,
@@ -51,7 +52,7 @@ T = TypeVar("T")
 #: is refused rather than written into.
 APPLICATION_ID = 0x41464C57
 _HEADER = b"SQLite format 3\x00"
-_BUSY_TIMEOUT = 2.0  # with the writer's lock wait, bounds a flush at flow end
+_BUSY_TIMEOUT = 2.0  # with the writer's lock wait, bounds an explicit flush
 # Bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER: 999 before SQLite 3.32).
 _MAX_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
 
@@ -503,6 +504,7 @@ class SQLiteStore:
         since: datetime.datetime | None = None,
         limit: int = 50,
     ) -> list[StoredRun]:
+        writer.catch_up(self.url)  # this process's own runs, written first
         where: list[str] = ["1"]
         params: list[Any] = []
         if kind is not None:
@@ -555,6 +557,7 @@ class SQLiteStore:
 
     def read_run_sync(self, run: UUID | str) -> StoredRun:
         """`read_run` without the thread hop."""
+        writer.catch_up(self.url)  # this process's own runs, written first
 
         def read(conn: sqlite3.Connection) -> StoredRun:
             conn.execute("BEGIN")  # one snapshot for the run and its history
@@ -578,6 +581,7 @@ class SQLiteStore:
 
     def children_sync(self, run: UUID | str) -> list[StoredRun]:
         """`children` without the thread hop."""
+        writer.catch_up(self.url)  # this process's own runs, written first
 
         def read(conn: sqlite3.Connection) -> list[StoredRun]:
             pk = self._pk_of(conn, run)
