@@ -36,6 +36,19 @@ class RunFormatter(logging.Formatter):
         return super().format(record)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time of each record, not at setup, so a
+    redirected or replaced stderr (notebooks, test runners) keeps receiving the lines."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always the current sys.stderr
+
+
 _configured = False
 
 
@@ -51,7 +64,7 @@ def setup_logging() -> None:
     if settings.logging_setup and not any(
         isinstance(h.formatter, RunFormatter) for h in root.handlers
     ):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(RunFormatter())
         root.addHandler(handler)
         # Our handler prints the records; letting them reach the root too would print twice.

@@ -463,3 +463,25 @@ def test_reloaded_logging_level_applies(monkeypatch, restore_settings, logs):
     assert "error line" in logs.messages
     assert "info line" not in logs.messages
     assert not any(m.startswith("Finished in state Completed") for m in logs.messages)
+
+
+def test_console_lines_follow_a_replaced_stderr():
+    """The console handler writes to the current sys.stderr, so a stderr replaced after
+    logging was set up (notebooks, test runners) receives the run lines."""
+    import contextlib
+    import io
+
+    from asyncflow import flow
+    from asyncflow.logging import setup_logging
+
+    setup_logging()
+
+    @flow
+    def speaks() -> int:
+        return 1
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stderr(buffer):
+        speaks()
+    assert "for flow 'speaks'" in buffer.getvalue()
+    assert "Finished in state Completed()" in buffer.getvalue()

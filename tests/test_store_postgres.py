@@ -35,7 +35,7 @@ from test_store_sqlite import (  # the behavior tests, run here on PostgreSQL
 
 from asyncflow.exceptions import StoreError
 from asyncflow.states import StateType
-from asyncflow.store import open_store
+from asyncflow.store import open_store, writer
 from asyncflow.store.base import CRASH_SEQ, SCHEMA_VERSION
 
 __all__ = [
@@ -108,6 +108,7 @@ def test_schema_is_versioned_and_the_view_shows_every_state(store: Any, recordin
     from test_store_sqlite import parent_flow
 
     parent_flow(1)
+    assert writer.flush()  # read below with a plain connection, not through the store
     assert _execute(recording, "SELECT version FROM asyncflow_schema") == [(SCHEMA_VERSION,)]
     assert _execute(recording, "SELECT count(*) FROM transitions") == [(15,)]
 

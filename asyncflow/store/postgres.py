@@ -9,7 +9,6 @@ detectors never add two Crashed states to one run.
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 import socket
@@ -17,31 +16,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
-from uuid import UUID
-
-import anyio.to_thread
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from asyncflow.exceptions import StoreError
-from asyncflow.states import StateType
-from asyncflow.store import writer
+from asyncflow.store._sql_reader import SqlRunReader
 from asyncflow.store.base import (
     CRASH_SEQ,
     HEARTBEAT_SECONDS,
-    RUN_COLUMNS,
-    RUN_FROM,
     SCHEMA_VERSION,
     TERMINAL_SQL,
-    StoredRun,
     WriteBatch,
-    ambiguous_run,
     crash_reason,
     default_name_sql,
-    id_lookup,
-    row_to_run,
-    run_id,
     type_sql,
-    unknown_run,
 )
 
 if TYPE_CHECKING:
@@ -202,8 +189,10 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-class PostgresStore:
+class PostgresStore(SqlRunReader):
     """A run store in a PostgreSQL database. Thread-safe: one connection behind a lock."""
+
+    placeholder = "%s"
 
     def __init__(self, url: str, *, detect_crashes: bool = True) -> None:
         self.url = redact(url)
@@ -414,107 +403,11 @@ class PostgresStore:
             except self._psycopg.Error as exc:
                 raise self._error("cannot be read", exc) from None
 
-    def list_runs_sync(
-        self,
-        *,
-        kind: Literal["flow", "task"] | None = "flow",
-        spec_name: str | None = None,
-        state: StateType | None = None,
-        since: datetime.datetime | None = None,
-        limit: int = 50,
-    ) -> list[StoredRun]:
-        """`list_runs` without the thread hop."""
-        writer.catch_up(self.source_url)  # this process's own runs, written first
-        where: list[str] = ["TRUE"]
-        params: list[Any] = []
-        if kind is not None:
-            where.append("r.kind = %s")
-            params.append(kind)
-        if spec_name is not None:
-            where.append("r.spec_name = %s")
-            params.append(spec_name)
-        if state is not None:
-            where.append("r.state_type = %s")
-            params.append(StateType(state).value)
-        if since is not None:
-            where.append("r.created >= %s")
-            params.append(since.timestamp())
-        sql = (
-            f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE {' AND '.join(where)} "
-            "ORDER BY r.created DESC, r.pk DESC LIMIT %s"
-        )
-        rows = self._query(lambda c: c.execute(sql, (*params, max(0, limit))).fetchall())
-        return [row_to_run(row) for row in rows]
-
-    async def list_runs(
-        self,
-        *,
-        kind: Literal["flow", "task"] | None = "flow",
-        spec_name: str | None = None,
-        state: StateType | None = None,
-        since: datetime.datetime | None = None,
-        limit: int = 50,
-    ) -> list[StoredRun]:
-        return await anyio.to_thread.run_sync(
-            lambda: self.list_runs_sync(
-                kind=kind, spec_name=spec_name, state=state, since=since, limit=limit
-            )
-        )
-
-    def _pk_of(self, conn: psycopg.Connection[Any], run: UUID | str) -> int:
-        plan = id_lookup(run)
-        found = conn.execute(
-            "SELECT r.pk, p.id_prefix FROM processes p JOIN runs r "
-            "ON r.pk BETWEEN (p.pk << 32) + %s AND (p.pk << 32) + %s "
-            "WHERE p.id_prefix >= %s AND p.id_prefix < %s ORDER BY r.pk LIMIT 3",
-            (plan.row_low, plan.row_high, plan.prefix_low, plan.prefix_high),
-        ).fetchall()
-        if not found:
-            raise unknown_run(run, self.url)
-        if len(found) > 1:
-            raise ambiguous_run(run, [str(run_id(prefix, pk)) for pk, prefix in found])
-        return int(found[0][0])
-
-    def read_run_sync(self, run: UUID | str) -> StoredRun:
-        """`read_run` without the thread hop."""
-        writer.catch_up(self.source_url)  # this process's own runs, written first
-
-        def read(conn: psycopg.Connection[Any]) -> StoredRun:
-            with conn.transaction():  # one snapshot for the run and its history
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                pk = self._pk_of(conn, run)
-                row = conn.execute(
-                    f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE r.pk = %s", (pk,)
-                ).fetchone()
-                log = conn.execute(
-                    "SELECT seq, type, name, message, ts FROM transition_log WHERE run_pk = %s",
-                    (pk,),
-                ).fetchall()
-            assert row is not None
-            return row_to_run(row, log)
-
-        return self._query(read)
-
-    async def read_run(self, run_id: UUID | str) -> StoredRun:
-        return await anyio.to_thread.run_sync(self.read_run_sync, run_id)
-
-    def children_sync(self, run: UUID | str) -> list[StoredRun]:
-        """`children` without the thread hop."""
-        writer.catch_up(self.source_url)  # this process's own runs, written first
-
-        def read(conn: psycopg.Connection[Any]) -> list[StoredRun]:
-            pk = self._pk_of(conn, run)
-            rows = conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE r.parent_pk = %s "
-                "ORDER BY r.created, r.pk",
-                (pk,),
-            ).fetchall()
-            return [row_to_run(row) for row in rows]
-
-        return self._query(read)
-
-    async def children(self, run_id: UUID | str) -> list[StoredRun]:
-        return await anyio.to_thread.run_sync(self.children_sync, run_id)
+    @contextmanager
+    def _snapshot(self, conn: psycopg.Connection[Any]) -> Iterator[None]:
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield
 
 
 def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:

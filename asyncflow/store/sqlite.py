@@ -9,7 +9,6 @@ session's id prefix plus the row (see `asyncflow.store.base` for how states are 
 
 from __future__ import annotations
 
-import datetime
 import os
 import socket
 import sqlite3
@@ -19,31 +18,20 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import compress
 from pathlib import Path
-from typing import Any, Literal, TypeVar
-from uuid import UUID
-
-import anyio.to_thread
+from typing import Any, TypeVar
 
 from asyncflow.exceptions import StoreError
 from asyncflow.states import _DEFAULT_NAMES, StateType
-from asyncflow.store import writer
+from asyncflow.store._sql_reader import SqlRunReader
 from asyncflow.store.base import (
     _TYPE_VALUES,
     CRASH_SEQ,
     HEARTBEAT_SECONDS,
-    RUN_COLUMNS,
-    RUN_FROM,
     SCHEMA_VERSION,
     TERMINAL_SQL,
-    StoredRun,
     WriteBatch,
-    ambiguous_run,
     crash_reason,
     default_name_sql,
-    id_lookup,
-    row_to_run,
-    run_id,
-    unknown_run,
 )
 
 T = TypeVar("T")
@@ -246,12 +234,12 @@ def _chunks(total: int, width: int) -> Iterator[tuple[int, int]]:
         start += size
 
 
-class SQLiteStore:
+class SQLiteStore(SqlRunReader):
     """A run store in one SQLite file. Thread-safe: one connection behind a lock."""
 
     def __init__(self, path: str | os.PathLike[str], *, detect_crashes: bool = True) -> None:
         self.path = Path(path).expanduser()
-        self.url = f"sqlite://{self.path}"
+        self.url = self.source_url = f"sqlite://{self.path}"
         self._lock = threading.RLock()
         self._beat = 0.0  # when write() last marked the process alive
         self._conn = self._open()
@@ -495,107 +483,13 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise self._wrap(exc) from None
 
-    def list_runs_sync(
-        self,
-        *,
-        kind: Literal["flow", "task"] | None = "flow",
-        spec_name: str | None = None,
-        state: StateType | None = None,
-        since: datetime.datetime | None = None,
-        limit: int = 50,
-    ) -> list[StoredRun]:
-        writer.catch_up(self.url)  # this process's own runs, written first
-        where: list[str] = ["1"]
-        params: list[Any] = []
-        if kind is not None:
-            where.append("r.kind = ?")
-            params.append(kind)
-        if spec_name is not None:
-            where.append("r.spec_name = ?")
-            params.append(spec_name)
-        if state is not None:
-            where.append("r.state_type = ?")
-            params.append(StateType(state).value)
-        if since is not None:
-            where.append("r.created >= ?")
-            params.append(since.timestamp())
-        sql = (
-            f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE {' AND '.join(where)} "
-            "ORDER BY r.created DESC, r.pk DESC LIMIT ?"
-        )
-        rows = self._query(lambda c: c.execute(sql, (*params, max(0, limit))).fetchall())
-        return [row_to_run(row) for row in rows]
-
-    async def list_runs(
-        self,
-        *,
-        kind: Literal["flow", "task"] | None = "flow",
-        spec_name: str | None = None,
-        state: StateType | None = None,
-        since: datetime.datetime | None = None,
-        limit: int = 50,
-    ) -> list[StoredRun]:
-        return await anyio.to_thread.run_sync(
-            lambda: self.list_runs_sync(
-                kind=kind, spec_name=spec_name, state=state, since=since, limit=limit
-            )
-        )
-
-    def _pk_of(self, conn: sqlite3.Connection, run: UUID | str) -> int:
-        plan = id_lookup(run)
-        found = conn.execute(
-            "SELECT r.pk, p.id_prefix FROM processes p JOIN runs r "
-            "ON r.pk BETWEEN (p.pk << 32) + ? AND (p.pk << 32) + ? "
-            "WHERE p.id_prefix >= ? AND p.id_prefix < ? ORDER BY r.pk LIMIT 3",
-            (plan.row_low, plan.row_high, plan.prefix_low, plan.prefix_high),
-        ).fetchall()
-        if not found:
-            raise unknown_run(run, self.url)
-        if len(found) > 1:
-            raise ambiguous_run(run, [str(run_id(prefix, pk)) for pk, prefix in found])
-        return int(found[0][0])
-
-    def read_run_sync(self, run: UUID | str) -> StoredRun:
-        """`read_run` without the thread hop."""
-        writer.catch_up(self.url)  # this process's own runs, written first
-
-        def read(conn: sqlite3.Connection) -> StoredRun:
-            conn.execute("BEGIN")  # one snapshot for the run and its history
-            try:
-                pk = self._pk_of(conn, run)
-                row = conn.execute(
-                    f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE r.pk = ?", (pk,)
-                ).fetchone()
-                log = conn.execute(
-                    "SELECT seq, type, name, message, ts FROM transition_log WHERE run_pk = ?",
-                    (pk,),
-                ).fetchall()
-            finally:
-                conn.execute("COMMIT")
-            return row_to_run(row, log)
-
-        return self._query(read)
-
-    async def read_run(self, run_id: UUID | str) -> StoredRun:
-        return await anyio.to_thread.run_sync(self.read_run_sync, run_id)
-
-    def children_sync(self, run: UUID | str) -> list[StoredRun]:
-        """`children` without the thread hop."""
-        writer.catch_up(self.url)  # this process's own runs, written first
-
-        def read(conn: sqlite3.Connection) -> list[StoredRun]:
-            pk = self._pk_of(conn, run)
-            rows = conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE r.parent_pk = ? "
-                "ORDER BY r.created, r.pk",
-                (pk,),
-            ).fetchall()
-            return [row_to_run(row) for row in rows]
-
-        return self._query(read)
-
-    async def children(self, run_id: UUID | str) -> list[StoredRun]:
-        return await anyio.to_thread.run_sync(self.children_sync, run_id)
+    @contextmanager
+    def _snapshot(self, conn: sqlite3.Connection) -> Iterator[None]:
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
 
 
 _SqlFor = Callable[[int], str]

@@ -1,0 +1,163 @@
+"""The read side of `RunStore`, written once for the SQLite and PostgreSQL stores.
+
+Both stores share the schema, so the queries are the same text; they differ only in the
+driver's placeholder style, how a consistent snapshot is opened, and how driver errors are
+reported. A store supplies those three (`placeholder`, `_snapshot`, `_query`).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Literal, TypeVar
+from uuid import UUID
+
+import anyio.to_thread
+
+from asyncflow.states import StateType
+from asyncflow.store import writer
+from asyncflow.store.base import (
+    RUN_COLUMNS,
+    RUN_FROM,
+    StoredRun,
+    ambiguous_run,
+    id_lookup,
+    row_to_run,
+    run_id,
+    unknown_run,
+)
+
+T = TypeVar("T")
+
+
+class SqlRunReader:
+    """Queries over the shared schema; SQL is written with `?` and adapted per driver."""
+
+    #: the driver's parameter placeholder (`?` for sqlite3, `%s` for psycopg)
+    placeholder = "?"
+    #: how errors and messages name the store
+    url: str
+    #: how the process's writer names the store (PostgreSQL's `url` hides the password)
+    source_url: str
+
+    def _query(self, fn: Callable[[Any], T]) -> T:
+        """Run `fn(connection)` under the store's lock, turning driver errors into StoreError."""
+        raise NotImplementedError
+
+    def _snapshot(self, conn: Any) -> AbstractContextManager[object]:
+        """A read transaction: the statements inside see one consistent state."""
+        raise NotImplementedError
+
+    def _sql(self, text: str) -> str:
+        return text if self.placeholder == "?" else text.replace("?", self.placeholder)
+
+    def list_runs_sync(
+        self,
+        *,
+        kind: Literal["flow", "task"] | None = "flow",
+        spec_name: str | None = None,
+        state: StateType | None = None,
+        since: datetime.datetime | None = None,
+        limit: int = 50,
+    ) -> list[StoredRun]:
+        """`list_runs` without the thread hop."""
+        writer.catch_up(self.source_url)  # this process's own runs, written first
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        if kind is not None:
+            where.append("r.kind = ?")
+            params.append(kind)
+        if spec_name is not None:
+            where.append("r.spec_name = ?")
+            params.append(spec_name)
+        if state is not None:
+            where.append("r.state_type = ?")
+            params.append(StateType(state).value)
+        if since is not None:
+            where.append("r.created >= ?")
+            params.append(since.timestamp())
+        sql = self._sql(
+            f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE {' AND '.join(where)} "
+            "ORDER BY r.created DESC, r.pk DESC LIMIT ?"
+        )
+        rows = self._query(lambda c: c.execute(sql, (*params, max(0, limit))).fetchall())
+        return [row_to_run(row) for row in rows]
+
+    async def list_runs(
+        self,
+        *,
+        kind: Literal["flow", "task"] | None = "flow",
+        spec_name: str | None = None,
+        state: StateType | None = None,
+        since: datetime.datetime | None = None,
+        limit: int = 50,
+    ) -> list[StoredRun]:
+        """Runs newest first, filtered by kind, flow/task name, latest state type and time."""
+        return await anyio.to_thread.run_sync(
+            lambda: self.list_runs_sync(
+                kind=kind, spec_name=spec_name, state=state, since=since, limit=limit
+            )
+        )
+
+    def _pk_of(self, conn: Any, run: UUID | str) -> int:
+        plan = id_lookup(run)
+        found = conn.execute(
+            self._sql(
+                "SELECT r.pk, p.id_prefix FROM processes p JOIN runs r "
+                "ON r.pk BETWEEN (p.pk << 32) + ? AND (p.pk << 32) + ? "
+                "WHERE p.id_prefix >= ? AND p.id_prefix < ? ORDER BY r.pk LIMIT 3"
+            ),
+            (plan.row_low, plan.row_high, plan.prefix_low, plan.prefix_high),
+        ).fetchall()
+        if not found:
+            raise unknown_run(run, self.url)
+        if len(found) > 1:
+            raise ambiguous_run(run, [str(run_id(prefix, pk)) for pk, prefix in found])
+        return int(found[0][0])
+
+    def read_run_sync(self, run: UUID | str) -> StoredRun:
+        """`read_run` without the thread hop."""
+        writer.catch_up(self.source_url)  # this process's own runs, written first
+
+        def read(conn: Any) -> StoredRun:
+            with self._snapshot(conn):  # the run and its history from one state
+                pk = self._pk_of(conn, run)
+                row = conn.execute(
+                    self._sql(f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE r.pk = ?"), (pk,)
+                ).fetchone()
+                log = conn.execute(
+                    self._sql(
+                        "SELECT seq, type, name, message, ts FROM transition_log WHERE run_pk = ?"
+                    ),
+                    (pk,),
+                ).fetchall()
+            assert row is not None
+            return row_to_run(row, log)
+
+        return self._query(read)
+
+    async def read_run(self, run_id: UUID | str) -> StoredRun:
+        """One run with its full state history; KeyError when unknown."""
+        return await anyio.to_thread.run_sync(self.read_run_sync, run_id)
+
+    def children_sync(self, run: UUID | str) -> list[StoredRun]:
+        """`children` without the thread hop."""
+        writer.catch_up(self.source_url)  # this process's own runs, written first
+
+        def read(conn: Any) -> list[StoredRun]:
+            pk = self._pk_of(conn, run)
+            rows = conn.execute(
+                self._sql(
+                    f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE r.parent_pk = ? "
+                    "ORDER BY r.created, r.pk"
+                ),
+                (pk,),
+            ).fetchall()
+            return [row_to_run(row) for row in rows]
+
+        return self._query(read)
+
+    async def children(self, run_id: UUID | str) -> list[StoredRun]:
+        """Direct children of a flow run: its task runs and subflow runs, oldest first."""
+        return await anyio.to_thread.run_sync(self.children_sync, run_id)
