@@ -140,6 +140,39 @@ async def test_children_of_a_timed_out_flow_are_cancelled(registry):
     assert {r.state.type for r in children} == {StateType.CANCELLED}
 
 
+@task
+async def quick_task() -> None:
+    await anyio.lowlevel.checkpoint()
+
+
+async def blocks_past_the_deadline_then_calls_a_task() -> None:
+    time.sleep(0.15)  # noqa: ASYNC251  (holds the loop past the deadline, unseen by any checkpoint)
+    await quick_task()  # the task call is where the deadline is noticed
+
+
+@flow(timeout_seconds=0.05)
+async def times_out_inside_a_task_group() -> None:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(blocks_past_the_deadline_then_calls_a_task)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("outer_cancel", [False, True])
+async def test_timeout_noticed_inside_a_users_task_group_is_a_timeout(registry, outer_cancel):
+    """The deadline reaching the body wrapped in an ExceptionGroup still ends it TimedOut.
+
+    Found by the property test on a loaded machine: the group used to end the run Failed, or
+    with a cancellation beside it, leak the run's own timeout error past the caller's scope.
+    """
+    with anyio.CancelScope() as outer:
+        if outer_cancel:
+            outer.cancel()
+        state = await times_out_inside_a_task_group(return_state=True)
+    assert state.name == "TimedOut", state
+    (run,) = registry.runs(kind="flow")
+    assert run.state_names == ["Pending", "Running", "TimedOut"]
+
+
 @flow(timeout_seconds=0.2)
 def sync_sleeps_too_long() -> str:
     time.sleep(10)

@@ -8,6 +8,7 @@ lives in `asyncflow.engine.run`; here is only *how* to call, wait and sleep.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import Any
@@ -17,8 +18,12 @@ import anyio
 from asyncflow.engine import interrupts
 from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.engine.run import FlowRunEngine, RunEngine
+from asyncflow.futures import _threadsafe_caller
 from asyncflow.states import State, StateType
 from asyncflow.store.memory import KIND_FLOW
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 _CRASHED = StateType.CRASHED
 
@@ -68,6 +73,37 @@ def drive_sync(engine: RunEngine, call: Callable[[], Any]) -> State[Any]:
 def _passes_through(engine: RunEngine, exc: BaseException) -> bool:
     target = getattr(exc, "run", None)
     return target is not None and target is not engine
+
+
+def _ungrouped(engine: RunEngine, exc: BaseException, timed_out: bool) -> BaseException:
+    """What an exception group from the user's own task group means for this run.
+
+    When the run is stopped (its timeout, `cancel_run`, an outer cancel scope) while its
+    body waits in a task group, the stop signal reaches the body wrapped in a group, maybe
+    beside cancellations. A group made only of such signals is that stop: return its first
+    cancellation (an outer cancel must reach its scope), or the signal aimed at this run
+    when there is none or the run's own deadline fired (`timed_out`). Any other group is the
+    user's and stays as it is.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    cancelled = anyio.get_cancelled_exc_class()
+    own: BaseException | None = None
+    cancellation: BaseException | None = None
+    stack: list[BaseException] = [exc]
+    while stack:
+        leaf = stack.pop()
+        if isinstance(leaf, BaseExceptionGroup):
+            stack.extend(reversed(leaf.exceptions))
+        elif getattr(leaf, "run", None) is engine:
+            own = own or leaf
+        elif isinstance(leaf, cancelled):
+            cancellation = cancellation or leaf
+        else:
+            return exc
+    if own is not None and (timed_out or cancellation is None):
+        return own
+    return cancellation if cancellation is not None else exc
 
 
 def _sleep_sync(engine: RunEngine, delay: float) -> None:
@@ -156,10 +192,13 @@ async def drive_async(engine: RunEngine, call: Callable[[], Awaitable[Any]]) -> 
                         value = await call()
                 else:
                     value = await call()
-            except BaseException as exc:
+            except BaseException as raised:
+                exc = _ungrouped(engine, raised, scope is not None and scope.cancel_called)
                 if isinstance(exc, anyio.get_cancelled_exc_class()):
                     engine.finish(engine.cancelled())
-                    raise
+                    if exc is raised:
+                        raise
+                    raise exc from None
                 state = engine.outcome_of_error(exc)
                 if state.type is _CRASHED or _passes_through(engine, exc):
                     engine.finish(state)
@@ -204,8 +243,6 @@ async def in_task_group(engine: FlowRunEngine, body: Callable[[], Awaitable[Any]
     A nested flow on its parent's loop borrows the root flow's group (`HostedGroup`)
     instead of opening one: on trio a group per run cost more than the rest of the run.
     """
-    from asyncflow.futures import _threadsafe_caller
-
     engine.call_soon = _threadsafe_caller()
     parent = engine.parent
     host = parent.task_group if parent is not None else None
