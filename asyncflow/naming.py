@@ -18,11 +18,17 @@ def slugify(name: str) -> str:
     return slug or name
 
 
+_generate_slug: Callable[[int], str] | None = None
+
+
 def generate_run_name() -> str:
     """An adjective-animal name such as ``sage-mongoose``."""
-    from coolname import generate_slug  # imported on first use: keeps `import asyncflow` fast
+    global _generate_slug
+    if _generate_slug is None:  # imported on first use: keeps `import asyncflow` fast
+        from coolname import generate_slug
 
-    return str(generate_slug(2))
+        _generate_slug = generate_slug
+    return _generate_slug(2)
 
 
 RunName = str | Callable[[], str] | None

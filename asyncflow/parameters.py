@@ -154,13 +154,19 @@ class Signature:
         return adapter
 
 
+_to_json: Callable[..., bytes] | None = None
+
+
 def check_size(parameters: dict[str, Any], limit: int, what: str) -> None:
     """Raise ParameterSizeError when the JSON form of `parameters` exceeds `limit` bytes."""
     if not parameters:
         return
-    from pydantic_core import to_json
+    global _to_json
+    if _to_json is None:  # pydantic is imported on first use: keeps `import asyncflow` fast
+        from pydantic_core import to_json
 
-    size = len(to_json(parameters, serialize_unknown=True))
+        _to_json = to_json
+    size = len(_to_json(parameters, serialize_unknown=True))
     if size > limit:
         raise ParameterSizeError(
             f"{what} parameters are {size / 1024:.1f} KB when serialized; the limit is "

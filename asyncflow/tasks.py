@@ -31,7 +31,7 @@ from asyncflow.exceptions import (
     MappingMissingIterable,
     UpstreamTaskError,
 )
-from asyncflow.futures import FutureList, TaskRunFuture
+from asyncflow.futures import FutureList, TaskRunFuture, _threadsafe_caller
 from asyncflow.naming import RunName, check_template
 from asyncflow.states import State, StateType
 
@@ -448,8 +448,6 @@ def _submit_async(
         nonlocal scope, call_soon
         state = None
         if scope is None:
-            from asyncflow.futures import _threadsafe_caller
-
             call_soon = _threadsafe_caller()
             loop_thread[0] = threading.get_ident()
             scope = anyio.CancelScope()  # set last: `cancel` reads it first
@@ -486,14 +484,16 @@ _default_runner: Any = None
 def _runner_for(parent: FlowRunEngine | None) -> Any:
     """The flow run's own task runner (created on first submit), or a process-wide one."""
     global _default_runner
-    from asyncflow.task_runners import ThreadPoolTaskRunner
-
     if parent is None:
         if _default_runner is None:
+            from asyncflow.task_runners import ThreadPoolTaskRunner
+
             _default_runner = ThreadPoolTaskRunner()
         return _default_runner
     runner = parent.task_runner
     if runner is None:
+        from asyncflow.task_runners import ThreadPoolTaskRunner
+
         template = parent.spec.task_runner
         runner = template.duplicate() if template is not None else ThreadPoolTaskRunner()
         runner.start()

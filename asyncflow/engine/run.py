@@ -18,6 +18,8 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
+from asyncflow.engine import cancellation
+from asyncflow.engine.context import flow_run_var
 from asyncflow.exceptions import (
     FlowRunTimeoutError,
     ParameterSizeError,
@@ -34,6 +36,8 @@ from asyncflow.logging import (
     setup_logging,
     task_run_logger,
 )
+from asyncflow.naming import generate_run_name, render_run_name
+from asyncflow.parameters import check_size
 from asyncflow.settings import get_settings
 from asyncflow.states import (
     _DEFAULT_NAMES,
@@ -385,8 +389,6 @@ class FlowRunEngine(RunEngine):
                 error = exc
         if error is None:
             try:
-                from asyncflow.parameters import check_size
-
                 check_size(self.parameters, get_settings().max_parameters_bytes, "Flow run")
             except ParameterSizeError as exc:
                 error = exc
@@ -408,8 +410,6 @@ class FlowRunEngine(RunEngine):
                 engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
         else:
             parent._log(logging.INFO, f"Created subflow run '{self.name}' for flow '{flow.name}'")
-        from asyncflow.engine import cancellation
-
         cancellation.track(self.registry, self.row, cancellation.flow_canceller(self))
         if error is not None:
             return self.finish(State(_FAILED, message=str(error), data=error))
@@ -417,17 +417,9 @@ class FlowRunEngine(RunEngine):
 
     def _render_name(self, parameters_valid: bool) -> str:
         template = self.spec.flow_run_name
-        if template is None:
-            from asyncflow.naming import generate_run_name
-
+        # A template over invalid values would only add noise.
+        if template is None or not parameters_valid:
             return generate_run_name()
-        if not parameters_valid:  # a template over invalid values would only add noise
-            from asyncflow.naming import generate_run_name
-
-            return generate_run_name()
-        from asyncflow.engine.context import flow_run_var
-        from asyncflow.naming import render_run_name
-
         token = flow_run_var.set(self)  # a callable may read asyncflow.runtime.flow_run
         try:
             fields = self.spec.signature.name_fields(self.parameters)
@@ -444,8 +436,6 @@ class FlowRunEngine(RunEngine):
         if self.tasks_started > self.log_threshold:
             self._maybe_progress(force=True)  # the summary's last word, before the final line
         state = super().finish(state)
-        from asyncflow.engine import cancellation
-
         cancellation.untrack(self.registry, self.row)
         if self.parent_task is not None:
             self.parent_task.finish(state.copy(_details=None, _ts=time.time()))
@@ -523,8 +513,6 @@ class TaskRunEngine(RunEngine):
             parent_row = _NO_ROW
         name = None
         if task.task_run_name is not None:
-            from asyncflow.naming import render_run_name
-
             fields = task.signature.name_fields(self.parameters)
             name = render_run_name(task.task_run_name, fields, "task_run_name")
         self.name = name or f"{task.name}-{index}"
