@@ -55,7 +55,7 @@ class Signature:
         """(parameter name -> value with defaults filled in, names the caller passed)."""
         plain = self._plain
         if plain is not None and len(args) <= len(plain):
-            given = dict(zip(plain, args))
+            given = dict(zip(plain, args, strict=False))  # fewer args than parameters is fine
             if kwargs:
                 keys = kwargs.keys()
                 if keys - self.names or keys & given.keys():
@@ -66,8 +66,8 @@ class Signature:
                     return (given if not kwargs else {n: given[n] for n in plain}), frozenset(given)
                 defaults = self._defaults
                 if all(n in given or n in defaults for n in plain):
-                    bound = {n: given[n] if n in given else defaults[n] for n in plain}
-                    return bound, frozenset(given)
+                    filled = {n: given[n] if n in given else defaults[n] for n in plain}
+                    return filled, frozenset(given)
         # Anything unusual, errors included, takes inspect's path (and its messages).
         try:
             bound = self.sig.bind(*args, **kwargs)
