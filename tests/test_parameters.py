@@ -103,6 +103,44 @@ def test_unexpected_argument_is_a_bind_error(registry):
     assert issubclass(ParameterBindError, TypeError)
 
 
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        ((1,), {}),
+        ((1, 5), {}),
+        ((), {"a": 1}),
+        ((1,), {"c": 9}),
+        ((), {"c": 9, "a": 1}),
+        ((1, 2, 3), {}),
+        ((1,), {"c": 5, "b": 4}),
+        ((), {}),
+        ((1, 2, 3, 4), {}),
+        ((1,), {"a": 2}),
+        ((1,), {"zz": 1}),
+    ],
+)
+def test_fast_binding_agrees_with_inspect(args, kwargs):
+    """Plain signatures bind without inspect: same values, order, explicit names and errors."""
+    import inspect
+
+    from asyncflow.parameters import Signature
+
+    def fn(a, b=2, c=3):
+        pass
+
+    try:
+        expected = inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as exc:
+        with pytest.raises(ParameterBindError, match=re.escape(str(exc))):
+            Signature(fn).bind(args, kwargs)
+        return
+    explicit = frozenset(expected.arguments)
+    expected.apply_defaults()
+    parameters, got_explicit = Signature(fn).bind(args, kwargs)
+    assert list(parameters.items()) == list(expected.arguments.items())
+    assert got_explicit == explicit
+
+
 # -- coercion ---------------------------------------------------------------------------------
 
 
