@@ -41,7 +41,7 @@ class Signature:
         self.has_var_positional = any(p.kind is _P.VAR_POSITIONAL for p in self.params.values())
         self._adapter: Any = None
         # Parameters that take a value by position or keyword, in order, when that is all
-        # there is: `bind` then skips inspect's general (and ~5x slower) binding.
+        # there is: `bind` then skips inspect's general (2-3x slower) binding.
         plain = all(p.kind is _P.POSITIONAL_OR_KEYWORD for p in self.params.values())
         self._plain: tuple[str, ...] | None = tuple(self.params) if plain else None
         self._defaults = {
