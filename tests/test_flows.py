@@ -1236,3 +1236,35 @@ def test_invalid_option_values_are_rejected():
 def test_invalid_definition_error_is_a_type_error():
     """Definition errors can also be caught as TypeError."""
     assert issubclass(InvalidDefinitionError, TypeError)
+
+
+def test_generated_run_names_are_coolnames():
+    """Run names are coolname's two-word names: adjective-animal, first 4 letters differ."""
+    import coolname
+
+    from asyncflow.naming import generate_run_name
+
+    names = [generate_run_name() for _ in range(2000)]
+    assert all(re.fullmatch(RUN_NAME, name) for name in names)
+    assert len(set(names)) > 1900  # 368k possible names: repeats are rare
+    # Every name is one coolname itself can produce: its words come from coolname's lists.
+    adjectives, animals = set(), set()
+    for _ in range(20000):
+        first, second = coolname.generate(2)
+        adjectives.add(first)
+        animals.add(second)
+    for name in names[:200]:
+        first, second = name.split("-", 1)
+        assert first[:4] != second[:4]
+        assert first in adjectives and second in animals
+
+
+def test_run_names_fall_back_to_coolname_when_its_lists_look_different(monkeypatch):
+    """Should coolname's internals change, names still come from its public generate_slug."""
+    import coolname
+
+    from asyncflow import naming
+
+    monkeypatch.setattr(coolname, "_default", object())
+    monkeypatch.setattr(coolname, "generate_slug", lambda pattern: f"fallback-{pattern}")
+    assert naming._name_generator()() == "fallback-2"
