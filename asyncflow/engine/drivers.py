@@ -243,12 +243,13 @@ async def in_task_group(engine: FlowRunEngine, body: Callable[[], Awaitable[Any]
     A nested flow on its parent's loop borrows the root flow's group (`HostedGroup`)
     instead of opening one: on trio a group per run cost more than the rest of the run.
     """
-    engine.call_soon = _threadsafe_caller()
     parent = engine.parent
     host = parent.task_group if parent is not None else None
     if host is not None and parent is not None and parent.thread_id == engine.thread_id:
+        engine.call_soon = parent.call_soon  # the same loop
         value, error = await _run_body(engine, body, HostedGroup(getattr(host, "host", host)))
     else:
+        engine.call_soon = _threadsafe_caller()
         value, error = None, None  # stay so when cancel_run's cancellation ends the group
         async with anyio.create_task_group() as tg:
             value, error = await _run_body(engine, body, tg)
