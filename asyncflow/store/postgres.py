@@ -19,14 +19,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from asyncflow.exceptions import StoreError
-from asyncflow.store._sql_reader import SqlRunReader
+from asyncflow.store._sql_store import SqlStore
 from asyncflow.store.base import (
     CRASH_SEQ,
-    HEARTBEAT_SECONDS,
     SCHEMA_VERSION,
     TERMINAL_SQL,
     WriteBatch,
-    crash_reason,
     default_name_sql,
     type_sql,
 )
@@ -189,7 +187,7 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-class PostgresStore(SqlRunReader):
+class PostgresStore(SqlStore):
     """A run store in a PostgreSQL database. Thread-safe: one connection behind a lock."""
 
     placeholder = "%s"
@@ -198,7 +196,6 @@ class PostgresStore(SqlRunReader):
         self.url = redact(url)
         self.source_url = url  # as the writer names it (with the password)
         self._lock = threading.RLock()
-        self._beat = 0.0  # when write() last marked the process alive
         try:
             import psycopg
         except ImportError:
@@ -315,50 +312,15 @@ class PostgresStore(SqlRunReader):
             changed = _params(_columns(batch.changed_runs), base=base)
             statements.append((_INSERT_CHANGED, changed))
             statements += [(sql, None) for sql in _APPLY_CHANGED]
-        now = time.time()
-        if now - self._beat > HEARTBEAT_SECONDS / 2:  # not every batch: it costs a statement
-            statements.append(("UPDATE processes SET heartbeat = %s WHERE pk = %s", (now, session)))
-            self._beat = now
-        if len(statements) == 1:  # one statement is one transaction already: spare 2 round trips
-            sql, params = statements[0]
-            self._query(lambda conn: conn.execute(sql, params))
-            return
-        with self._transaction() as conn:
-            for sql, params in statements:
-                conn.execute(sql, params)
-
-    def heartbeat(self, process_id: str) -> None:
-        with self._transaction() as conn:
-            conn.execute(
-                "UPDATE processes SET heartbeat = %s WHERE id = %s", (time.time(), process_id)
-            )
+        self._execute_batch(statements, session)
 
     def mark_crashed_runs(self) -> int:
         """Mark Crashed the open runs of every recording process that died; returns how many.
 
         Each dead process's runs are looked at once: its sessions are then marked reaped.
         """
-        here, now = socket.gethostname(), time.time()
-        sessions = self._query(
-            lambda c: c.execute(
-                "SELECT pk, pid, hostname, started, heartbeat FROM processes WHERE reaped IS NULL"
-            ).fetchall()
-        )
-        dead = [
-            (pk, reason)
-            for pk, pid, host, started, beat in sessions
-            if (reason := crash_reason(pid, host, started, beat, here, now)) is not None
-        ]
+        dead, now = self._dead_sessions()
         return self._crash_sessions(dead, now) if dead else 0
-
-    def end_process(self, process_id: str, reason: str) -> int:
-        """This process is exiting: mark Crashed the runs it leaves open (they will not end)."""
-        sessions = self._query(
-            lambda c: c.execute(
-                "SELECT pk FROM processes WHERE id = %s AND reaped IS NULL", (process_id,)
-            ).fetchall()
-        )
-        return self._crash_sessions([(pk, reason) for (pk,) in sessions], time.time())
 
     def _crash_sessions(self, sessions: list[tuple[int, str]], now: float) -> int:
         crashed = 0

@@ -22,15 +22,13 @@ from typing import Any, TypeVar
 
 from asyncflow.exceptions import StoreError
 from asyncflow.states import _DEFAULT_NAMES, StateType
-from asyncflow.store._sql_reader import SqlRunReader
+from asyncflow.store._sql_store import SqlStore
 from asyncflow.store.base import (
     _TYPE_VALUES,
     CRASH_SEQ,
-    HEARTBEAT_SECONDS,
     SCHEMA_VERSION,
     TERMINAL_SQL,
     WriteBatch,
-    crash_reason,
     default_name_sql,
 )
 
@@ -234,14 +232,13 @@ def _chunks(total: int, width: int) -> Iterator[tuple[int, int]]:
         start += size
 
 
-class SQLiteStore(SqlRunReader):
+class SQLiteStore(SqlStore):
     """A run store in one SQLite file. Thread-safe: one connection behind a lock."""
 
     def __init__(self, path: str | os.PathLike[str], *, detect_crashes: bool = True) -> None:
         self.path = Path(path).expanduser()
         self.url = self.source_url = f"sqlite://{self.path}"
         self._lock = threading.RLock()
-        self._beat = 0.0  # when write() last marked the process alive
         self._conn = self._open()
         if detect_crashes:
             try:
@@ -399,40 +396,14 @@ class SQLiteStore(SqlRunReader):
         if batch.changed_runs:
             statements += _inserts(_insert_changed_sql, (base,), _transpose(batch.changed_runs))
             statements += [(sql, ()) for sql in _APPLY_CHANGED]
-        now = time.time()
-        if now - self._beat > HEARTBEAT_SECONDS / 2:  # not every batch: it costs a statement
-            statements.append(("UPDATE processes SET heartbeat = ? WHERE pk = ?", (now, session)))
-            self._beat = now
-        if len(statements) == 1:  # one statement is one transaction already (the usual flush
-            sql, params = statements[0]  # at the end of a small flow): spare BEGIN and COMMIT
-            self._query(lambda conn: conn.execute(sql, params))
-            return
-        with self._transaction() as conn:
-            for sql, params in statements:
-                conn.execute(sql, params)
-
-    def heartbeat(self, process_id: str) -> None:
-        with self._transaction() as conn:
-            conn.execute(
-                "UPDATE processes SET heartbeat = ? WHERE id = ?", (time.time(), process_id)
-            )
+        self._execute_batch(statements, session)
 
     def mark_crashed_runs(self) -> int:
         """Mark Crashed the open runs of every recording process that died; returns how many.
 
         Each dead process's runs are looked at once: its sessions are then marked reaped.
         """
-        here, now = socket.gethostname(), time.time()
-        sessions = self._query(
-            lambda c: c.execute(
-                "SELECT pk, pid, hostname, started, heartbeat FROM processes WHERE reaped IS NULL"
-            ).fetchall()
-        )
-        dead = [
-            (pk, reason)
-            for pk, pid, host, started, beat in sessions
-            if (reason := crash_reason(pid, host, started, beat, here, now)) is not None
-        ]
+        dead, now = self._dead_sessions()
         if not dead:
             return 0
         try:
@@ -442,15 +413,6 @@ class SQLiteStore(SqlRunReader):
             if "readonly" in str(exc) or "locked" in str(exc):
                 return 0
             raise
-
-    def end_process(self, process_id: str, reason: str) -> int:
-        """This process is exiting: mark Crashed the runs it leaves open (they will not end)."""
-        sessions = self._query(
-            lambda c: c.execute(
-                "SELECT pk FROM processes WHERE id = ? AND reaped IS NULL", (process_id,)
-            ).fetchall()
-        )
-        return self._crash_sessions([(pk, reason) for (pk,) in sessions], time.time())
 
     def _crash_sessions(self, sessions: list[tuple[int, str]], now: float) -> int:
         crashed = 0

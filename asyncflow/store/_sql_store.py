@@ -1,13 +1,17 @@
-"""The read side of `RunStore`, written once for the SQLite and PostgreSQL stores.
+"""What the SQLite and PostgreSQL stores share, written once: the read side of `RunStore`,
+the end of a write batch, heartbeats and crash detection.
 
-Both stores share the schema, so the queries are the same text; they differ only in the
-driver's placeholder style, how a consistent snapshot is opened, and how driver errors are
-reported. A store supplies those three (`placeholder`, `_snapshot`, `_query`).
+Both stores share the schema, so the statements are the same text; they differ only in the
+driver's placeholder style, how transactions and consistent snapshots are opened, and how
+driver errors are reported. A store supplies those (`placeholder`, `_transaction`,
+`_snapshot`, `_query`), its batch inserts, and `_crash_sessions`.
 """
 
 from __future__ import annotations
 
 import datetime
+import socket
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Literal, TypeVar
@@ -18,10 +22,12 @@ import anyio.to_thread
 from asyncflow.states import StateType
 from asyncflow.store import writer
 from asyncflow.store.base import (
+    HEARTBEAT_SECONDS,
     RUN_COLUMNS,
     RUN_FROM,
     StoredRun,
     ambiguous_run,
+    crash_reason,
     id_lookup,
     row_to_run,
     run_id,
@@ -31,8 +37,8 @@ from asyncflow.store.base import (
 T = TypeVar("T")
 
 
-class SqlRunReader:
-    """Queries over the shared schema; SQL is written with `?` and adapted per driver."""
+class SqlStore:
+    """Statements over the shared schema; SQL is written with `?` and adapted per driver."""
 
     #: the driver's parameter placeholder (`?` for sqlite3, `%s` for psycopg)
     placeholder = "?"
@@ -49,8 +55,63 @@ class SqlRunReader:
         """A read transaction: the statements inside see one consistent state."""
         raise NotImplementedError
 
+    def _transaction(self) -> AbstractContextManager[Any]:
+        """A write transaction on the store's connection."""
+        raise NotImplementedError
+
+    def _crash_sessions(self, sessions: list[tuple[int, str]], now: float) -> int:
+        """Mark Crashed the open runs of these (session, reason) pairs; returns how many."""
+        raise NotImplementedError
+
     def _sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
+
+    # -- writing ------------------------------------------------------------------------------
+    _beat = 0.0  # when a write batch last marked the process alive
+
+    def _execute_batch(self, statements: list[tuple[str, Any]], session: int) -> None:
+        """Run a write batch's statements in one transaction, with a heartbeat now and then."""
+        now = time.time()
+        if now - self._beat > HEARTBEAT_SECONDS / 2:  # not every batch: it costs a statement
+            beat = self._sql("UPDATE processes SET heartbeat = ? WHERE pk = ?")
+            statements.append((beat, (now, session)))
+            self._beat = now
+        if len(statements) == 1:  # one statement is one transaction already (the usual flush
+            sql, params = statements[0]  # at the end of a small flow): spare BEGIN and COMMIT
+            self._query(lambda conn: conn.execute(sql, params))
+            return
+        with self._transaction() as conn:
+            for sql, params in statements:
+                conn.execute(sql, params)
+
+    def heartbeat(self, process_id: str) -> None:
+        sql = self._sql("UPDATE processes SET heartbeat = ? WHERE id = ?")
+        with self._transaction() as conn:
+            conn.execute(sql, (time.time(), process_id))
+
+    # -- crash detection ----------------------------------------------------------------------
+    def _dead_sessions(self) -> tuple[list[tuple[int, str]], float]:
+        """(session, reason) for each recording process that died and is not reaped yet."""
+        here, now = socket.gethostname(), time.time()
+        sessions = self._query(
+            lambda c: c.execute(
+                "SELECT pk, pid, hostname, started, heartbeat FROM processes WHERE reaped IS NULL"
+            ).fetchall()
+        )
+        dead = [
+            (pk, reason)
+            for pk, pid, host, started, beat in sessions
+            if (reason := crash_reason(pid, host, started, beat, here, now)) is not None
+        ]
+        return dead, now
+
+    def end_process(self, process_id: str, reason: str) -> int:
+        """This process is exiting: mark Crashed the runs it leaves open (they will not end)."""
+        sql = self._sql("SELECT pk FROM processes WHERE id = ? AND reaped IS NULL")
+        sessions = self._query(lambda c: c.execute(sql, (process_id,)).fetchall())
+        return self._crash_sessions([(pk, reason) for (pk,) in sessions], time.time())
+
+    # -- reading ------------------------------------------------------------------------------
 
     def list_runs_sync(
         self,
