@@ -22,8 +22,6 @@ from asyncflow.states import State, StateType
 
 R = TypeVar("R")
 
-_lock = threading.Lock()  # guards every future's state/callback hand-over; held for nanoseconds
-
 
 class TaskRunFuture(Generic[R]):
     """The eventual final state and result of a submitted task run."""
@@ -32,6 +30,7 @@ class TaskRunFuture(Generic[R]):
         "__weakref__",
         "_callbacks",
         "_canceller",
+        "_lock",
         "_loop_thread",
         "_registry",
         "_row",
@@ -41,6 +40,9 @@ class TaskRunFuture(Generic[R]):
     def __init__(self, registry: Any, row: int, loop_thread: int | None = None) -> None:
         self._registry = registry
         self._row = row
+        # Guards the state/callback hand-over. One per future, not one for all: under the
+        # GIL, a lock that worker threads contend for turns into a convoy.
+        self._lock = threading.Lock()
         self._state: State[R] | None = None
         self._callbacks: list[Callable[[TaskRunFuture[R]], None]] | None = None
         # Set for futures whose run lives on an event loop: blocking that loop's thread on
@@ -78,7 +80,7 @@ class TaskRunFuture(Generic[R]):
 
     # -- completion ---------------------------------------------------------------------------
     def _set_state(self, state: State[R]) -> None:
-        with _lock:
+        with self._lock:
             if self._state is not None:
                 return
             self._state = state
@@ -89,7 +91,7 @@ class TaskRunFuture(Generic[R]):
 
     def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], None]) -> None:
         """Call `fn(future)` once the run is final (at once if it already is)."""
-        with _lock:
+        with self._lock:
             if self._state is None:
                 if self._callbacks is None:
                     self._callbacks = []

@@ -314,8 +314,10 @@ class _SyncWork:
 
     def __call__(self) -> None:
         engine = self.engine
-        with _claim_lock:
-            if self.future._state is not None:  # cancelled while queued
+        # Who gets the work, its worker or a canceller, is decided under the run's own lock
+        # (its future's): one lock shared by all runs would make the workers queue up on it.
+        with self.future._lock:
+            if self.started:  # a canceller claimed it while it was queued
                 return
             self.started = True
         try:
@@ -339,31 +341,33 @@ class _SyncWork:
     def request_cancel(self) -> None:
         """Cancel from any thread: drop the work if queued, interrupt it if running."""
         engine = self.engine
-        with _claim_lock:
+        with self.future._lock:
             engine.cancel_requested = True
-            if not self.started:
-                self.started = True
-                queued = True
-            else:
-                queued = False
-                target = engine.interrupt_target
+            queued = not self.started
+            self.started = True
+            target = engine.interrupt_target
         if queued:
-            self.cancel()
+            self._never_started()
         elif target is not None:
             interrupts.interrupt(target, engine.interrupt_error(timeout=False))
 
     def cancel(self) -> None:
-        """The work never starts (dropped by the runner, or cancelled while queued)."""
+        """The runner dropped the work before it started (unless someone else claimed it)."""
+        with self.future._lock:
+            if self.started:
+                return
+            self.started = True
+        self._never_started()
+
+    def _never_started(self) -> None:
         self._resolve(self.engine.finish(self.engine.cancelled("Cancelled before it started.")))
 
     def _resolve(self, state: State[Any]) -> None:
+        self.future._canceller = None  # a final run cannot be cancelled; breaks the cycle
         self.future._set_state(state)
         cancellation.untrack(self.engine.registry, self.engine.row)
         if self.pending is not None:
             self.pending.discard(self.future)
-
-
-_claim_lock = threading.Lock()  # who gets a queued work item: its worker or a canceller
 
 
 def _submit_sync(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import threading
 import time
@@ -10,7 +11,7 @@ from typing import ClassVar
 import pytest
 from _process_tasks import cpu_bound, echo, fail_in_worker
 
-from asyncflow import flow, task
+from asyncflow import StateType, flow, task
 from asyncflow.engine import kernel
 from asyncflow.exceptions import InvalidDefinitionError, SerializationError
 from asyncflow.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
@@ -352,3 +353,97 @@ def test_process_pool_runs_a_task_defined_inside_a_function():
     value, pid = f()
     assert value == 49
     assert pid != os.getpid()
+
+
+# -- many threads writing at once ---------------------------------------------------------------
+def test_a_transition_never_waits_for_the_registry_lock(registry):
+    """A writer that finds the lock taken leaves its transition in the inbox and returns;
+    the next holder (here a read) records it. Blocking there made worker pools convoy."""
+    row = registry.add_run(1, "t", -1)
+    with registry._lock:  # as if another thread were mid-write
+        _run_in_thread(lambda: registry.add_transition(row, StateType.RUNNING, 1.0), 5)
+        assert registry.transition_count == 2  # counted, though not yet in place
+    assert [s.type for s in registry.history(row)] == [StateType.PENDING, StateType.RUNNING]
+
+
+def test_concurrent_writers_record_every_transition_in_order(registry):
+    rows = [registry.add_run(1, "t", -1) for _ in range(8)]
+    types = [StateType.RUNNING, StateType.FAILED, StateType.RUNNING, StateType.COMPLETED]
+
+    def write(row: int) -> None:
+        for _ in range(500):
+            for type_ in types:
+                registry.add_transition(row, type_, time.time())
+
+    threads = [threading.Thread(target=write, args=(row,)) for row in rows]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert registry.transition_count == 8 * (1 + 500 * 4)
+    for row in rows:
+        assert [s.type for s in registry.history(row)] == [StateType.PENDING] + types * 500
+
+
+def _cyclic_garbage(fn) -> list[object]:
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        fn()
+        gc.collect()
+        return list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+
+
+def test_finished_submissions_and_subflows_leave_no_reference_cycles(registry):
+    """Each finished run is freed by reference counting alone: garbage cycles per run made
+    the cyclic GC a third of `.submit()`'s cost."""
+
+    @flow
+    def child(x: int) -> int:
+        return x
+
+    @flow
+    def parent(n: int) -> int:
+        futures = [inc.submit(i) for i in range(n)]
+        return sum(f.result() for f in futures) + sum(child(i) for i in range(n))
+
+    parent(5)
+    assert _cyclic_garbage(lambda: parent(200)) == []
+
+
+class _Holding(TaskRunner):
+    """Keeps submitted work until the test runs or drops it."""
+
+    held: ClassVar[list] = []
+
+    def duplicate(self):
+        return self
+
+    def submit(self, work):
+        self.held.append(work)
+
+    def shutdown(self, wait=True):
+        pass
+
+
+def test_queued_work_is_claimed_once_by_cancel_drop_or_worker(registry):
+    """`future.cancel()`, the runner dropping queued work, and a worker picking it up all
+    race for a queued run: exactly one of them gets it, and it finishes once."""
+    _Holding.held.clear()
+
+    @flow(task_runner=_Holding())
+    def racing():
+        future = inc.submit(1)
+        (work,) = _Holding.held
+        assert future.cancel()
+        work.cancel()  # the runner drops it too
+        work()  # and a worker picks it up
+        return future.task_run_id, future.state.name
+
+    run_id, name = racing()
+    assert name == "Cancelled"
+    history = registry.history(registry.row_of(run_id))
+    assert [s.type for s in history] == [StateType.PENDING, StateType.CANCELLED]

@@ -31,11 +31,14 @@ _counter = itertools.count()
 class _Target:
     """One guarded stretch of sync code in one thread (the context manager `guard` returns)."""
 
-    __slots__ = ("active", "exc", "in_main", "thread_id")
+    __slots__ = ("active", "exc", "in_main", "lock", "thread_id")
 
     def __init__(self) -> None:
         self.thread_id = threading.get_ident()
         self.in_main = self.thread_id == _MAIN_ID
+        # Main-thread targets share `_lock` with the SIGALRM handler. A worker thread's
+        # target has its own: a lock every worker takes per task run would make a convoy.
+        self.lock = _lock if self.in_main else threading.Lock()
         self.active = True
         self.exc: BaseException | None = None  # set when an interrupt was sent
 
@@ -48,7 +51,7 @@ class _Target:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        with _lock:
+        with self.lock:
             self.active = False
             if self.exc is not None and not self.in_main:
                 _set_async_exc(self.thread_id, None)  # withdraw an undelivered interrupt
@@ -95,7 +98,7 @@ def guard() -> _Target:
 
 def interrupt(target: _Target, exc: BaseException) -> bool:
     """Raise `exc` in the guarded thread, if it is still inside its guard."""
-    with _lock:
+    with target.lock:
         if not target.active or target.exc is not None:
             return False
         if target.in_main:

@@ -319,7 +319,6 @@ class FlowRunEngine(RunEngine):
     """A flow run: parameters, its task-run bookkeeping, its task runner and task group."""
 
     __slots__ = (
-        "_progress_lock",
         "async_runner",
         "call_soon",
         "counts",
@@ -365,9 +364,10 @@ class FlowRunEngine(RunEngine):
         self.parent_task: TaskRunEngine | None = None
         self.tasks_started = 0
         self.log_threshold = get_settings().task_log_threshold
-        self.counts: dict[StateType, int] = {}
+        # Finished task runs by state, one dict per thread that finished some: a shared
+        # counter would need a lock, and a contended lock under the GIL makes a convoy.
+        self.counts: dict[int, dict[StateType, int]] = {}
         self.last_progress = 0.0
-        self._progress_lock = threading.Lock()
         self.name = ""
         self.row = _NO_ROW
 
@@ -449,8 +449,11 @@ class FlowRunEngine(RunEngine):
         return next(counter)
 
     def task_finished(self, type_: StateType) -> None:
-        with self._progress_lock:
-            self.counts[type_] = self.counts.get(type_, 0) + 1
+        ident = threading.get_ident()
+        counts = self.counts.get(ident)
+        if counts is None:
+            counts = self.counts.setdefault(ident, {})
+        counts[type_] = counts.get(type_, 0) + 1
         if self.tasks_started > self.log_threshold:
             self._maybe_progress()
 
@@ -460,8 +463,12 @@ class FlowRunEngine(RunEngine):
             return
         self.last_progress = now
         elapsed = max(time.time() - (self.start_time or time.time()), 1e-9)
-        done = sum(self.counts.values())
-        by_state = ", ".join(f"{n:,} {t.value.lower()}" for t, n in sorted(self.counts.items()))
+        totals: dict[StateType, int] = {}
+        for counts in list(self.counts.values()):
+            for type_, n in list(counts.items()):
+                totals[type_] = totals.get(type_, 0) + n
+        done = sum(totals.values())
+        by_state = ", ".join(f"{n:,} {t.value.lower()}" for t, n in sorted(totals.items()))
         self._log(
             logging.INFO,
             f"Progress: {self.tasks_started:,} task runs started, {done:,} finished "
@@ -482,7 +489,7 @@ class FlowRunEngine(RunEngine):
 class TaskRunEngine(RunEngine):
     """A task run: the call's arguments and a link to its flow run."""
 
-    __slots__ = ("args", "child_flow", "kwargs", "quiet")
+    __slots__ = ("args", "kwargs", "quiet")
     kind = KIND_TASK
     label_word = "Task"
     base_logger = task_run_logger
@@ -501,7 +508,6 @@ class TaskRunEngine(RunEngine):
         self._init_common(task, parent)
         self.args = args
         self.kwargs = kwargs
-        self.child_flow: FlowRunEngine | None = None
         if parent is not None:
             index = parent.next_task_index(task.name)
             parent.tasks_started += 1
@@ -528,9 +534,9 @@ class TaskRunEngine(RunEngine):
         """The task run in the parent flow run that stands for a nested flow run."""
         from asyncflow.tasks import subflow_task
 
-        engine = cls(subflow_task(child.spec), child.parent, (), {}, quiet=True)
-        engine.child_flow = child
-        return engine
+        # No link back to `child` (the registry records it): a reference cycle per subflow
+        # would leave it to the cyclic GC.
+        return cls(subflow_task(child.spec), child.parent, (), {}, quiet=True)
 
     @property
     def parameters(self) -> dict[str, Any]:

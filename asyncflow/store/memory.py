@@ -3,7 +3,13 @@
 Columnar on purpose: a finished task run costs a few dozen bytes here (a row in a handful of
 `array`s, three transitions of 17 bytes), not a graph of Python objects, so a million task
 runs fit in tens of megabytes. Run ids are `prefix | sequence number`, so finding a run's
-row is arithmetic, not a dictionary lookup. Appends take one lock and are O(1).
+row is arithmetic, not a dictionary lookup. Appends are O(1).
+
+Writers never wait for each other. Under the GIL, a thread that blocks on a contended lock
+hands the GIL over and then holds the lock while it waits for the GIL back, so a worker
+pool writing transitions fell into a lock convoy: a context switch per write, 2-3x the
+wall time of `.submit()`. A transition whose writer finds the lock taken goes to an inbox
+instead, and whoever holds the lock next (a writer, or any reader) moves it into place.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import os
 import threading
 import time
 from array import array
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -150,6 +157,8 @@ class MemoryRegistry:
         self._t_ts = array("d")
         self._t_prev = array("q")
         self._t_text: dict[int, tuple[str | None, str | None]] = {}
+        # transitions whose writer found the lock taken: (row, type code, ts, name, message)
+        self._inbox: deque[tuple[int, int, float, str | None, str | None]] = deque()
 
     # -- writing (hot path) -----------------------------------------------------------------
     def _key_of(self, spec_name: str) -> int:
@@ -176,6 +185,8 @@ class MemoryRegistry:
         run that stands for it in the parent flow run.
         """
         with self._lock:
+            if self._inbox:
+                self._drain()
             row = len(self._kind)
             t = len(self._t_type)
             self._kind.append(kind)
@@ -204,15 +215,34 @@ class MemoryRegistry:
         name: str | None = None,
         message: str | None = None,
     ) -> None:
-        with self._lock:
-            t = len(self._t_type)
-            self._t_run.append(row)
-            self._t_type.append(_TYPE_CODE[type_])
-            self._t_ts.append(ts)
-            self._t_prev.append(self._last[row])
-            self._last[row] = t
-            if name is not None or message is not None:
-                self._t_text[t] = (name, message)
+        if not self._lock.acquire(blocking=False):
+            self._inbox.append((row, _TYPE_CODE[type_], ts, name, message))
+            return  # the lock's holder, or the next one, records it
+        try:
+            if self._inbox:
+                self._drain()
+            self._record(row, _TYPE_CODE[type_], ts, name, message)
+        finally:
+            self._lock.release()
+
+    def _record(
+        self, row: int, code: int, ts: float, name: str | None, message: str | None
+    ) -> None:
+        """Append one transition (lock held)."""
+        t = len(self._t_type)
+        self._t_run.append(row)
+        self._t_type.append(code)
+        self._t_ts.append(ts)
+        self._t_prev.append(self._last[row])
+        self._last[row] = t
+        if name is not None or message is not None:
+            self._t_text[t] = (name, message)
+
+    def _drain(self) -> None:
+        """Record the inbox's transitions, oldest first (lock held)."""
+        inbox = self._inbox
+        while inbox:
+            self._record(*inbox.popleft())
 
     def set_name(self, row: int, name: str) -> None:
         self._names[row] = name
@@ -226,6 +256,7 @@ class MemoryRegistry:
         exported: a run's identity and links are written together with its row.
         """
         with self._lock:
+            self._drain()
             run_end = len(self._kind)
             transition_end = len(self._t_type)
             runs = [
@@ -261,6 +292,7 @@ class MemoryRegistry:
         where building tuples costs ~16 µs, and it holds the lock only for the copies.
         """
         with self._lock:
+            self._drain()
             run_end = len(self._kind)
             transition_end = len(self._t_type)
             batch = ColumnExport(
@@ -303,7 +335,8 @@ class MemoryRegistry:
 
     @property
     def transition_count(self) -> int:
-        return len(self._t_type)
+        """Transitions recorded, counting those still in the inbox."""
+        return len(self._t_type) + len(self._inbox)
 
     def name_of(self, row: int) -> str:
         name = self._names.get(row)
@@ -313,6 +346,7 @@ class MemoryRegistry:
 
     def history(self, row: int) -> list[State[Any]]:
         with self._lock:
+            self._drain()
             rows: list[int] = []
             t = self._last[row]
             while t != _NO_ROW:
