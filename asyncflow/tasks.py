@@ -505,17 +505,6 @@ def _runner_for(parent: FlowRunEngine | None) -> Any:
     return runner
 
 
-_subflow_tasks: dict[int, Task[Any, Any]] = {}
-
-
-def subflow_task(flow: Any) -> Task[Any, Any]:
-    """The task standing for `flow` in its parent flow run (one per flow object)."""
-    task = _subflow_tasks.get(id(flow))
-    if task is None:
-        task = _subflow_tasks[id(flow)] = Task(flow.fn, name=flow.name)
-    return task
-
-
 def _load_task(module: str, qualname: str) -> Any:
     obj: Any = importlib.import_module(module)
     for part in qualname.split("."):

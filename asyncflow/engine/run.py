@@ -327,7 +327,7 @@ class FlowRunEngine(RunEngine):
         "last_progress",
         "log_threshold",
         "parameters",
-        "parent_task",
+        "parent_task_row",
         "pending",
         "task_counters",
         "task_group",
@@ -361,7 +361,7 @@ class FlowRunEngine(RunEngine):
         self.async_runner: Any = None
         self.call_soon: Any = None  # thread-safe scheduling onto an async flow's loop
         self.task_group: Any = None
-        self.parent_task: TaskRunEngine | None = None
+        self.parent_task_row = _NO_ROW  # the task run standing for this one in its parent
         self.tasks_started = 0
         self.log_threshold = get_settings().task_log_threshold
         # Finished task runs by state, one dict per thread that finished some: a shared
@@ -394,16 +394,17 @@ class FlowRunEngine(RunEngine):
                 error = exc
         self.name = self._render_name(error is None)
         parent = self.parent
-        if parent is not None:
-            self.parent_task = TaskRunEngine.for_subflow(self)
-        self.row = self.registry.add_run(
-            KIND_FLOW,
-            flow.name,
-            parent.row if parent is not None else _NO_ROW,
-            name=self.name,
-            parameters=self.parameters,
-            parent_task_row=self.parent_task.row if self.parent_task is not None else None,
-        )
+        if parent is None:
+            self.row = self.registry.add_run(
+                KIND_FLOW, flow.name, _NO_ROW, name=self.name, parameters=self.parameters
+            )
+        else:
+            # The stand-in task run lives and ends with this run: a registry row, no engine.
+            index = parent.next_task_index(flow.name)
+            parent.tasks_started += 1
+            self.parent_task_row, self.row = self.registry.add_subflow(
+                flow.name, parent.row, index, self.name, self.parameters
+            )
         if parent is None:
             store_writer.top_level_flow_started(self.registry)
             if engine_logger.isEnabledFor(logging.INFO):
@@ -429,16 +430,20 @@ class FlowRunEngine(RunEngine):
 
     def begin_attempt(self) -> None:
         super().begin_attempt()
-        if self.parent_task is not None and self.run_count == 1:
-            self.parent_task.begin_attempt()
+        if self.parent_task_row != _NO_ROW and self.run_count == 1:
+            self.registry.add_transition(self.parent_task_row, _RUNNING, self.start_time or 0.0)
 
     def finish(self, state: State[Any]) -> State[Any]:
         if self.tasks_started > self.log_threshold:
             self._maybe_progress(force=True)  # the summary's last word, before the final line
         state = super().finish(state)
         cancellation.untrack(self.registry, self.row)
-        if self.parent_task is not None:
-            self.parent_task.finish(state.copy(_details=None, _ts=time.time()))
+        parent = self.parent
+        if parent is not None:
+            self.registry.add_transition(
+                self.parent_task_row, state.type, state._ts, _custom_name(state), state.message
+            )
+            parent.task_finished(state.type)
         return state
 
     # -- task-run bookkeeping -----------------------------------------------------------------
@@ -528,15 +533,6 @@ class TaskRunEngine(RunEngine):
                 self._lifecycle_level(logging.INFO),
                 f"Created task run '{self.name}' for task '{task.name}'",
             )
-
-    @classmethod
-    def for_subflow(cls, child: FlowRunEngine) -> TaskRunEngine:
-        """The task run in the parent flow run that stands for a nested flow run."""
-        from asyncflow.tasks import subflow_task
-
-        # No link back to `child` (the registry records it): a reference cycle per subflow
-        # would leave it to the cyclic GC.
-        return cls(subflow_task(child.spec), child.parent, (), {}, quiet=True)
 
     @property
     def parameters(self) -> dict[str, Any]:

@@ -53,7 +53,9 @@ _GETTERS: dict[str, Any] = {
     "parameters": lambda r: dict(r.parameters),
     "run_count": lambda r: r.run_count,
     "parent_flow_run_id": lambda r: r.parent.id if r.parent is not None else None,
-    "parent_task_run_id": lambda r: r.parent_task.id if r.parent_task is not None else None,
+    "parent_task_run_id": lambda r: (
+        r.registry.uuid(r.parent_task_row) if r.parent_task_row >= 0 else None
+    ),
     "root_flow_run_id": _root,
     "scheduled_start_time": _start,
     "tags": lambda r: [],

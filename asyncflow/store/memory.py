@@ -177,34 +177,65 @@ class MemoryRegistry:
         name: str | None = None,
         parameters: dict[str, Any] | None = None,
         ts: float | None = None,
-        parent_task_row: int | None = None,
     ) -> int:
         """Register a run in Pending (at `ts`, default now) and return its row.
 
-        The run's id is `self.uuid(row)`. `parent_task_row` links a subflow run to the task
-        run that stands for it in the parent flow run.
+        The run's id is `self.uuid(row)`.
         """
         with self._lock:
             if self._inbox:
                 self._drain()
-            row = len(self._kind)
-            t = len(self._t_type)
-            self._kind.append(kind)
-            self._key.append(self._key_of(spec_name))
-            self._counter.append(counter)
-            self._parent.append(parent_row)
-            self._last.append(t)
-            self._t_run.append(row)
-            self._t_type.append(_PENDING)
-            self._t_ts.append(time.time() if ts is None else ts)
-            self._t_prev.append(_NO_ROW)
-            if name is not None:
-                self._names[row] = name
-            if parameters is not None:
-                self._params[row] = parameters
-            if parent_task_row is not None:
-                self._child_flow[parent_task_row] = row
-                self._parent_task[row] = parent_task_row
+            ts = time.time() if ts is None else ts
+            return self._append_run(kind, spec_name, parent_row, counter, name, parameters, ts)
+
+    def add_subflow(
+        self,
+        spec_name: str,
+        parent_row: int,
+        counter: int,
+        name: str,
+        parameters: dict[str, Any],
+    ) -> tuple[int, int]:
+        """Register a nested flow run and the task run standing for it in its parent flow run.
+
+        Returns (task row, flow row), both in Pending and linked to each other.
+        """
+        ts = time.time()
+        with self._lock:
+            if self._inbox:
+                self._drain()
+            task_row = self._append_run(KIND_TASK, spec_name, parent_row, counter, None, None, ts)
+            row = self._append_run(KIND_FLOW, spec_name, parent_row, 0, name, parameters, ts)
+            self._child_flow[task_row] = row
+            self._parent_task[row] = task_row
+        return task_row, row
+
+    def _append_run(
+        self,
+        kind: int,
+        spec_name: str,
+        parent_row: int,
+        counter: int,
+        name: str | None,
+        parameters: dict[str, Any] | None,
+        ts: float,
+    ) -> int:
+        """Append one run with its Pending transition (lock held)."""
+        row = len(self._kind)
+        t = len(self._t_type)
+        self._kind.append(kind)
+        self._key.append(self._key_of(spec_name))
+        self._counter.append(counter)
+        self._parent.append(parent_row)
+        self._last.append(t)
+        self._t_run.append(row)
+        self._t_type.append(_PENDING)
+        self._t_ts.append(ts)
+        self._t_prev.append(_NO_ROW)
+        if name is not None:
+            self._names[row] = name
+        if parameters is not None:
+            self._params[row] = parameters
         return row
 
     def add_transition(
