@@ -172,23 +172,25 @@ def _prepare(
     return engine, engine.start()
 
 
-def _body_call(flow: Flow[Any, Any], engine: FlowRunEngine) -> Callable[[], Any]:
-    call_args, call_kwargs = flow.signature.to_call(engine.parameters)
-    return functools.partial(flow.fn, *call_args, **call_kwargs)
+def _call_fn(engine: FlowRunEngine) -> Any:
+    """The flow's function called with the run's (validated) parameters."""
+    args, kwargs = engine.spec.signature.to_call(engine.parameters)
+    return engine.spec.fn(*args, **kwargs)
+
+
+# A returned generator is consumed into a list inside the run (so its errors fail the run).
+def _sync_body(engine: FlowRunEngine) -> Any:
+    value = _call_fn(engine)
+    return list(value) if isinstance(value, types.GeneratorType) else value
+
+
+async def _async_body(engine: FlowRunEngine) -> Any:
+    value = await _call_fn(engine)
+    return list(value) if isinstance(value, types.GeneratorType) else value
 
 
 def _finish(state: State[Any], return_state: bool) -> Any:
     return state if return_state else state.result()
-
-
-def _consuming(call: Callable[[], Any]) -> Callable[[], Any]:
-    """A returned generator is consumed into a list inside the run (its errors fail it)."""
-
-    def consume() -> Any:
-        value = call()
-        return list(value) if isinstance(value, types.GeneratorType) else value
-
-    return consume
 
 
 def run_flow_sync(
@@ -201,8 +203,7 @@ def run_flow_sync(
     engine, failed = _prepare(flow, args, kwargs, parent, is_async=False)
     if failed is not None:
         return _finish(failed, return_state)
-    body = _consuming(_body_call(flow, engine))
-    return _finish(drivers.drive_sync(engine, body), return_state)
+    return _finish(drivers.drive_sync(engine, _sync_body, (engine,)), return_state)
 
 
 async def run_flow_async(
@@ -215,13 +216,7 @@ async def run_flow_async(
     engine, failed = _prepare(flow, args, kwargs, parent, is_async=True)
     if failed is not None:
         return _finish(failed, return_state)
-    call = _body_call(flow, engine)
-
-    async def body() -> Any:
-        value = await call()
-        return list(value) if isinstance(value, types.GeneratorType) else value
-
-    state = await drivers.drive_async(engine, lambda: drivers.in_task_group(engine, body))
+    state = await drivers.drive_async(engine, drivers.in_task_group, (engine, _async_body))
     return _finish(state, return_state)
 
 
@@ -234,7 +229,7 @@ def run_flow_generator(
     engine, failed = _prepare(flow, args, kwargs, parent, is_async=False)
     if failed is not None:
         return failed.result()
-    return drivers.drive_sync_generator(engine, _body_call(flow, engine)())
+    return drivers.drive_sync_generator(engine, _call_fn(engine))
 
 
 def run_flow_async_generator(
@@ -246,7 +241,7 @@ def run_flow_async_generator(
     engine, failed = _prepare(flow, args, kwargs, parent, is_async=True)
     if failed is not None:
         return failed.result()
-    return drivers.drive_async_generator(engine, _body_call(flow, engine)())
+    return drivers.drive_async_generator(engine, _call_fn(engine))
 
 
 @overload

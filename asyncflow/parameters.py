@@ -23,6 +23,7 @@ class Signature:
     __slots__ = (
         "_adapter",
         "_defaults",
+        "_exact",
         "_plain",
         "fn",
         "has_var_keyword",
@@ -40,6 +41,7 @@ class Signature:
         self.has_var_keyword = any(p.kind is _P.VAR_KEYWORD for p in self.params.values())
         self.has_var_positional = any(p.kind is _P.VAR_POSITIONAL for p in self.params.values())
         self._adapter: Any = None
+        self._exact: dict[str, type] = {}  # parameters annotated with a plain scalar type
         # Parameters that take a value by position or keyword, in order, when that is all
         # there is: `bind` then skips inspect's general (2-3x slower) binding.
         plain = all(p.kind is _P.POSITIONAL_OR_KEYWORD for p in self.params.values())
@@ -125,6 +127,14 @@ class Signature:
     ) -> dict[str, Any]:
         """Coerce the passed values to their annotations (defaults are taken as they are)."""
         adapter = self._adapter or self._build_adapter()
+        # A value whose type is exactly its annotation's scalar type is valid as it is and
+        # pydantic would return it unchanged: skipping the call saves ~1 µs per run.
+        exact = self._exact
+        for name in explicit:
+            if exact.get(name) is not type(parameters[name]):
+                break
+        else:
+            return parameters
         given = {k: v for k, v in parameters.items() if k in explicit}
         try:
             validated = adapter.validate_python(given)
@@ -159,6 +169,8 @@ class Signature:
             elif p.kind is _P.VAR_KEYWORD:
                 ann = dict[str, ann]  # type: ignore[valid-type]
             fields[name] = ann
+            if isinstance(ann, type) and ann in _SCALARS:
+                self._exact[name] = ann
         config = ConfigDict(arbitrary_types_allowed=True)
 
         def adapter_for(fields: dict[str, Any]) -> Any:
@@ -180,6 +192,8 @@ class Signature:
         self._adapter = adapter
         return adapter
 
+
+_SCALARS = (int, float, str, bytes, bool)
 
 _to_json: Callable[..., bytes] | None = None
 

@@ -141,8 +141,7 @@ class Task(Spec, Generic[P, R]):
         except UpstreamTaskError as exc:
             state = engine.finish(_not_ready(exc))
         else:
-            fn = self.fn
-            state = drivers.drive_sync(engine, lambda: fn(*args, **kwargs))
+            state = drivers.drive_sync(engine, self.fn, args, kwargs)
         return state if return_state else state.result()
 
     # -- submission -----------------------------------------------------------------------------
@@ -264,7 +263,7 @@ async def run_task_async(
         fn = engine.spec.fn
         if engine.spec.kind == "async_generator":
             return drivers.drive_async_generator(engine, fn(*args, **kwargs))
-        state = await drivers.drive_async(engine, lambda: fn(*args, **kwargs))
+        state = await drivers.drive_async(engine, fn, args, kwargs)
     return state if return_state else state.result()
 
 
@@ -327,11 +326,9 @@ class _SyncWork:
                     raise engine.interrupt_error(timeout=False)
                 args, kwargs = _inputs(self.args, self.kwargs, self.wait_for)
                 fn = engine.spec.fn
-                if self.runner.in_thread:
-                    body = lambda: fn(*args, **kwargs)  # noqa: E731
-                else:
-                    body = self.runner.body(engine.spec, fn, args, kwargs)
-                state = self.context.run(drivers.drive_sync, engine, body)
+                if not self.runner.in_thread:
+                    fn, args, kwargs = self.runner.body(engine.spec, fn, args, kwargs), (), {}
+                state = self.context.run(drivers.drive_sync, engine, fn, args, kwargs)
         except UpstreamTaskError as exc:
             state = engine.finish(_not_ready(exc))
         except BaseException as exc:  # recorded by the driver, or not started: record it here

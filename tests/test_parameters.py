@@ -192,6 +192,35 @@ def test_int_from_string(registry):
     assert next(registry.runs(kind="flow")).parameters == {"x": 5}
 
 
+def test_values_of_exactly_the_annotated_scalar_type_skip_pydantic(monkeypatch):
+    """The fast path takes only exact scalar types; everything else is still coerced/checked."""
+    import enum
+
+    class Color(str, enum.Enum):
+        RED = "red"
+
+    @flow
+    def scalars(i: int, f: float, s: str, b: bool):
+        return i, f, s, b
+
+    assert scalars(1, 2.5, "x", True) == (1, 2.5, "x", True)  # builds the validator
+    calls = []
+    adapter = scalars.signature._adapter
+    real = adapter.validate_python
+    monkeypatch.setattr(adapter, "validate_python", lambda v: calls.append(v) or real(v))
+
+    assert scalars(1, 2.5, "x", True) == (1, 2.5, "x", True)
+    assert calls == []  # every value already has its annotated type
+    result = scalars(1, 2, Color.RED, True)
+    assert result == (1, 2.0, "red", True)
+    assert type(result[1]) is float and type(result[2]) is str  # pydantic coerced these
+    assert len(calls) == 1
+    with pytest.raises(ParameterTypeError):
+        scalars(1.5, 2.5, "x", True)  # a float for an int: pydantic refuses it
+    with pytest.raises(ParameterTypeError):
+        scalars(1, 2.5, "x", "maybe")
+
+
 def test_unannotated_parameters_are_untouched():
     """Parameters without type hints are passed through as given."""
 

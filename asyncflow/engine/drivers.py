@@ -26,14 +26,20 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 _CRASHED = StateType.CRASHED
+_NO_KWARGS: dict[str, Any] = {}  # a default for `**kwargs` calls, never mutated
 
 
 def _var(engine: RunEngine) -> Any:
     return flow_run_var if engine.kind == KIND_FLOW else task_run_var
 
 
-def drive_sync(engine: RunEngine, call: Callable[[], Any]) -> State[Any]:
-    """Run `call` in this thread under `engine`'s lifecycle; return the final state.
+def drive_sync(
+    engine: RunEngine,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] = _NO_KWARGS,
+) -> State[Any]:
+    """Run `fn(*args, **kwargs)` in this thread under `engine`'s lifecycle; return the final state.
 
     Re-raises, after recording, BaseExceptions that crash the run (KeyboardInterrupt,
     SystemExit) and interrupts aimed at an ancestor run (its timeout or cancellation must
@@ -46,7 +52,7 @@ def drive_sync(engine: RunEngine, call: Callable[[], Any]) -> State[Any]:
         while True:
             engine.begin_attempt()
             try:
-                value = call() if plain else _call_guarded(engine, call)
+                value = fn(*args, **kwargs) if plain else _call_guarded(engine, fn, args, kwargs)
                 state = engine.outcome_of_value(value)
             except BaseException as exc:
                 state = engine.outcome_of_error(exc)
@@ -121,7 +127,9 @@ def _sleep_sync(engine: RunEngine, delay: float) -> None:
             engine.interrupt_target = None
 
 
-def _call_guarded(engine: RunEngine, call: Callable[[], Any]) -> Any:
+def _call_guarded(
+    engine: RunEngine, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """A flow body, or a task with a timeout: interruptible, and children are waited for.
 
     When the body raises (or is stopped), what it submitted is cancelled: structured
@@ -138,22 +146,16 @@ def _call_guarded(engine: RunEngine, call: Callable[[], Any]) -> Any:
                     interrupts.at_deadline(
                         engine.deadline, target, lambda: engine.interrupt_error(timeout=True)
                     )
-                return call()
+                return fn(*args, **kwargs)
             except BaseException:
                 if flow_engine is not None:
-                    cancel_children(flow_engine)
+                    flow_engine.cancel_children()
                 raise
             finally:
                 engine.interrupt_target = None
     finally:
         if flow_engine is not None:
             wait_for_children(flow_engine)
-
-
-def cancel_children(engine: FlowRunEngine) -> None:
-    """Cancel every task run the flow run submitted that is not final yet."""
-    for future in list(engine.pending):
-        future.cancel()
 
 
 def wait_for_children(engine: FlowRunEngine) -> None:
@@ -171,8 +173,13 @@ def close_runners(engine: FlowRunEngine) -> None:
         runner.shutdown()
 
 
-async def drive_async(engine: RunEngine, call: Callable[[], Awaitable[Any]]) -> State[Any]:
-    """Await `call` under `engine`'s lifecycle on the running loop (asyncio or trio).
+async def drive_async(
+    engine: RunEngine,
+    fn: Callable[..., Awaitable[Any]],
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] = _NO_KWARGS,
+) -> State[Any]:
+    """Await `fn(*args, **kwargs)` under `engine`'s lifecycle on the running loop.
 
     The timeout is a cancel scope around each attempt; cancellation from outside records
     Cancelled and propagates as the backend's native cancellation.
@@ -189,9 +196,9 @@ async def drive_async(engine: RunEngine, call: Callable[[], Awaitable[Any]]) -> 
                 if engine.deadline is not None:
                     timeout = engine.spec.timeout_seconds or 0.0
                     with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-                        value = await call()
+                        value = await fn(*args, **kwargs)
                 else:
-                    value = await call()
+                    value = await fn(*args, **kwargs)
             except BaseException as raised:
                 exc = _ungrouped(engine, raised, scope is not None and scope.cancel_called)
                 if isinstance(exc, anyio.get_cancelled_exc_class()):
@@ -211,7 +218,8 @@ async def drive_async(engine: RunEngine, call: Callable[[], Awaitable[Any]]) -> 
             delay = engine.retry_delay(state)
             if delay is None:
                 engine.finish(state)
-                await _await_hooks(engine)
+                if engine.awaiting_hooks:
+                    await _await_hooks(engine)
                 return state
             try:
                 await anyio.sleep(delay)
@@ -233,8 +241,10 @@ async def _await_hooks(engine: RunEngine) -> None:
             engine.hook_failed(hook, exc)
 
 
-async def in_task_group(engine: FlowRunEngine, body: Callable[[], Awaitable[Any]]) -> Any:
-    """Run an async flow body inside the flow's own task group.
+async def in_task_group(
+    engine: FlowRunEngine, body: Callable[[FlowRunEngine], Awaitable[Any]]
+) -> Any:
+    """Run an async flow body, `body(engine)`, inside the flow's own task group.
 
     Submitted async tasks and concurrently awaited children live in the group, so the flow
     cannot finish while they run. A failing or cancelled body cancels them; its exception is
@@ -273,7 +283,7 @@ class HostedGroup:
 
     def __init__(self, host: Any) -> None:
         self.host = host
-        self.scopes: set[anyio.CancelScope] = set()
+        self.scopes: set[anyio.CancelScope] | None = None  # made on first use: most have none
         self.cancelled = False
         self.body_scope: anyio.CancelScope | None = None
 
@@ -285,14 +295,17 @@ class HostedGroup:
         scope = anyio.CancelScope()
         if self.cancelled:
             scope.cancel()
-        self.scopes.add(scope)
+        scopes = self.scopes
+        if scopes is None:
+            scopes = self.scopes = set()
+        scopes.add(scope)
 
         async def run() -> None:
             try:
                 with scope:
                     await fn()
             finally:
-                self.scopes.discard(scope)
+                scopes.discard(scope)
 
         self.host.start_soon(run)
 
@@ -300,12 +313,12 @@ class HostedGroup:
         self.cancelled = True
         if self.body_scope is not None:
             self.body_scope.cancel()
-        for scope in list(self.scopes):
+        for scope in list(self.scopes or ()):
             scope.cancel()
 
 
 async def _run_body(
-    engine: FlowRunEngine, body: Callable[[], Awaitable[Any]], group: Any
+    engine: FlowRunEngine, body: Callable[[FlowRunEngine], Awaitable[Any]], group: Any
 ) -> tuple[Any, BaseException | None]:
     """(value, exception) of the body; native cancellation propagates as it is."""
     error: BaseException | None = None
@@ -318,13 +331,13 @@ async def _run_body(
         if engine.cancel_requested:
             group.cancel_scope.cancel()
         try:
-            value = await body()
+            value = await body(engine)
             while engine.pending:  # task runs in a thread/process pool, or in a host group
                 for future in list(engine.pending):
                     await future.wait_async()
                     engine.pending.discard(future)
         except BaseException as exc:
-            cancel_children(engine)
+            engine.cancel_children()
             group.cancel_scope.cancel()
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 await _settle_children(engine)

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
-from asyncflow.engine import cancellation
+from asyncflow.engine import cancellation, interrupts
 from asyncflow.engine.context import flow_run_var
 from asyncflow.exceptions import (
     FlowRunTimeoutError,
@@ -411,7 +411,7 @@ class FlowRunEngine(RunEngine):
                 engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
         else:
             parent._log(logging.INFO, f"Created subflow run '{self.name}' for flow '{flow.name}'")
-        cancellation.track(self.registry, self.row, cancellation.flow_canceller(self))
+        cancellation.track(self.registry, self.row, self.request_cancel)
         if error is not None:
             return self.finish(State(_FAILED, message=str(error), data=error))
         return None
@@ -445,6 +445,28 @@ class FlowRunEngine(RunEngine):
             )
             parent.task_finished(state.type)
         return state
+
+    def request_cancel(self) -> None:
+        """Cancel this run and its subtree, from any thread (what `cancel_run` calls)."""
+        self.cancel_requested = True
+        if self.is_async:
+            group = self.task_group
+            if group is None:
+                return  # not in its body yet: the flag stops it on entry
+            if self.thread_id == threading.get_ident() or self.call_soon is None:
+                group.cancel_scope.cancel()
+            else:
+                self.call_soon(group.cancel_scope.cancel)
+            return
+        target = self.interrupt_target
+        if target is not None:
+            interrupts.interrupt(target, self.interrupt_error(timeout=False))
+        self.cancel_children()
+
+    def cancel_children(self) -> None:
+        """Cancel every task run this flow run submitted that is not final yet."""
+        for future in list(self.pending):
+            future.cancel()
 
     # -- task-run bookkeeping -----------------------------------------------------------------
     def next_task_index(self, task_name: str) -> int:

@@ -246,13 +246,22 @@ class MemoryRegistry:
         name: str | None = None,
         message: str | None = None,
     ) -> None:
-        if not self._lock.acquire(blocking=False):
+        if not self._lock.acquire(False):
             self._inbox.append((row, _TYPE_CODE[type_], ts, name, message))
             return  # the lock's holder, or the next one, records it
         try:
             if self._inbox:
                 self._drain()
-            self._record(row, _TYPE_CODE[type_], ts, name, message)
+            # `_record`, inlined: this is the hottest call in the engine.
+            t = len(self._t_type)
+            self._t_run.append(row)
+            self._t_type.append(_TYPE_CODE[type_])
+            self._t_ts.append(ts)
+            last = self._last
+            self._t_prev.append(last[row])
+            last[row] = t
+            if name is not None or message is not None:
+                self._t_text[t] = (name, message)
         finally:
             self._lock.release()
 
