@@ -174,8 +174,11 @@ def _prepare(
 
 def _call_fn(engine: FlowRunEngine) -> Any:
     """The flow's function called with the run's (validated) parameters."""
-    args, kwargs = engine.spec.signature.to_call(engine.parameters)
-    return engine.spec.fn(*args, **kwargs)
+    flow = engine.spec
+    if flow.signature.plain:  # every parameter can be passed by keyword
+        return flow.fn(**engine.parameters)
+    args, kwargs = flow.signature.to_call(engine.parameters)
+    return flow.fn(*args, **kwargs)
 
 
 # A returned generator is consumed into a list inside the run (so its errors fail the run).

@@ -174,6 +174,16 @@ def _threadsafe_caller() -> Callable[[Callable[[], object]], object]:
     return asyncio.get_running_loop().call_soon_threadsafe
 
 
+def _cancel_scope_type() -> Callable[[], Any]:
+    """The cheapest cancel scope for the current loop: trio's own under trio, where anyio's
+    wrapper around it adds half again to its cost; anyio's under asyncio."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.CancelScope
+    return anyio.CancelScope
+
+
 class FutureList(list[TaskRunFuture[R]]):
     """What `Task.map` returns: a list of futures with list-wide `wait` and `result`."""
 

@@ -30,6 +30,7 @@ class Signature:
         "has_var_positional",
         "names",
         "params",
+        "plain",
         "sig",
     )
 
@@ -46,6 +47,7 @@ class Signature:
         # there is: `bind` then skips inspect's general (2-3x slower) binding.
         plain = all(p.kind is _P.POSITIONAL_OR_KEYWORD for p in self.params.values())
         self._plain: tuple[str, ...] | None = tuple(self.params) if plain else None
+        self.plain = plain  # so a call can pass every value by keyword
         self._defaults = {
             name: p.default for name, p in self.params.items() if p.default is not _P.empty
         }
@@ -65,10 +67,9 @@ class Signature:
                 given.update(kwargs)
             if plain is not None:
                 if len(given) == len(plain):
-                    return (given if not kwargs else {n: given[n] for n in plain}), frozenset(given)
-                defaults = self._defaults
-                if all(n in given or n in defaults for n in plain):
-                    filled = {n: given[n] if n in given else defaults[n] for n in plain}
+                    return (given if not kwargs else _ordered(given, plain)), frozenset(given)
+                filled = _with_defaults(given, plain, self._defaults)
+                if filled is not None:
                     return filled, frozenset(given)
         # Anything unusual, errors included, takes inspect's path (and its messages).
         try:
@@ -132,26 +133,8 @@ class Signature:
         exact = self._exact
         for name in explicit:
             if exact.get(name) is not type(parameters[name]):
-                break
-        else:
-            return parameters
-        given = {k: v for k, v in parameters.items() if k in explicit}
-        try:
-            validated = adapter.validate_python(given)
-        except Exception as exc:
-            from pydantic import ValidationError
-
-            if not isinstance(exc, ValidationError):
-                raise
-            errors = exc.errors(include_url=False)
-            lines = "\n".join(
-                f" - {'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in errors
-            )
-            raise ParameterTypeError(
-                f"{what} received invalid parameters:\n{lines}",
-                [dict(e) for e in errors],
-            ) from None
-        return {**parameters, **validated}
+                return _validated(adapter, parameters, explicit, what)
+        return parameters
 
     def _build_adapter(self) -> Any:
         from pydantic import ConfigDict, TypeAdapter
@@ -191,6 +174,44 @@ class Signature:
             adapter = adapter_for(fields)
         self._adapter = adapter
         return adapter
+
+
+def _validated(
+    adapter: Any, parameters: dict[str, Any], explicit: frozenset[str], what: str
+) -> dict[str, Any]:
+    """`parameters` with the passed values (`explicit`) validated by pydantic."""
+    given = {k: v for k, v in parameters.items() if k in explicit}
+    try:
+        validated = adapter.validate_python(given)
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        if not isinstance(exc, ValidationError):
+            raise
+        errors = exc.errors(include_url=False)
+        lines = "\n".join(
+            f" - {'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in errors
+        )
+        raise ParameterTypeError(
+            f"{what} received invalid parameters:\n{lines}",
+            [dict(e) for e in errors],
+        ) from None
+    return {**parameters, **validated}
+
+
+# Comprehensions live in these helpers, not in `bind`, `validate`: one in a function makes
+# closure cells of the names it reads on every call, even when it does not run.
+def _ordered(given: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+    return {n: given[n] for n in names}
+
+
+def _with_defaults(
+    given: dict[str, Any], names: tuple[str, ...], defaults: dict[str, Any]
+) -> dict[str, Any] | None:
+    """`given` completed from `defaults` in signature order, or None if a value is missing."""
+    if not all(n in given or n in defaults for n in names):
+        return None
+    return {n: given[n] if n in given else defaults[n] for n in names}
 
 
 _SCALARS = (int, float, str, bytes, bool)

@@ -429,7 +429,7 @@ def _submit_async(
 
     # On the kernel loop the scope can only be made once `work` runs there; until then a
     # cancel request is a flag that `work` checks when it starts.
-    scope: anyio.CancelScope | None = anyio.CancelScope() if on_flow_loop else None
+    scope: Any = parent.scope_type() if on_flow_loop and parent is not None else None
     call_soon = parent.call_soon if on_flow_loop and parent is not None else None
     loop_thread: list[int | None] = [future._loop_thread]
 

@@ -18,7 +18,7 @@ import anyio
 from asyncflow.engine import interrupts
 from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.engine.run import FlowRunEngine, RunEngine
-from asyncflow.futures import _threadsafe_caller
+from asyncflow.futures import _cancel_scope_type, _threadsafe_caller
 from asyncflow.states import State, StateType
 from asyncflow.store.memory import KIND_FLOW
 
@@ -256,10 +256,11 @@ async def in_task_group(
     parent = engine.parent
     host = parent.task_group if parent is not None else None
     if host is not None and parent is not None and parent.thread_id == engine.thread_id:
-        engine.call_soon = parent.call_soon  # the same loop
-        value, error = await _run_body(engine, body, HostedGroup(getattr(host, "host", host)))
+        engine.call_soon, engine.scope_type = parent.call_soon, parent.scope_type  # same loop
+        group = HostedGroup(getattr(host, "host", host), engine.scope_type)
+        value, error = await _run_body(engine, body, group)
     else:
-        engine.call_soon = _threadsafe_caller()
+        engine.call_soon, engine.scope_type = _threadsafe_caller(), _cancel_scope_type()
         value, error = None, None  # stay so when cancel_run's cancellation ends the group
         async with anyio.create_task_group() as tg:
             value, error = await _run_body(engine, body, tg)
@@ -279,20 +280,21 @@ class HostedGroup:
     fails or is cancelled, so the structured-concurrency rules are those of a real group.
     """
 
-    __slots__ = ("body_scope", "cancelled", "host", "scopes")
+    __slots__ = ("body_scope", "cancelled", "host", "scope_type", "scopes")
 
-    def __init__(self, host: Any) -> None:
+    def __init__(self, host: Any, scope_type: Callable[[], Any]) -> None:
         self.host = host
-        self.scopes: set[anyio.CancelScope] | None = None  # made on first use: most have none
+        self.scope_type = scope_type
+        self.scopes: set[Any] | None = None  # cancel scopes, made on first use: most have none
         self.cancelled = False
-        self.body_scope: anyio.CancelScope | None = None
+        self.body_scope: Any = None
 
     @property
     def cancel_scope(self) -> HostedGroup:
         return self  # `.cancel_scope.cancel()`, as on a real task group
 
     def start_soon(self, fn: Callable[[], Awaitable[Any]]) -> None:
-        scope = anyio.CancelScope()
+        scope = self.scope_type()
         if self.cancelled:
             scope.cancel()
         scopes = self.scopes
@@ -325,7 +327,7 @@ async def _run_body(
     value: Any = None
     hosted = isinstance(group, HostedGroup)
     engine.task_group = group
-    with anyio.CancelScope() if hosted else _NO_SCOPE as scope:
+    with group.scope_type() if hosted else _NO_SCOPE as scope:
         if hosted:
             group.body_scope = scope
         if engine.cancel_requested:

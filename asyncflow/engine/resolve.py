@@ -19,7 +19,7 @@ def needs_resolving(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     for value in args:
         if not isinstance(value, _ATOMIC):
             return True
-    return any(not isinstance(value, _ATOMIC) for value in kwargs.values())
+    return bool(kwargs) and any(not isinstance(value, _ATOMIC) for value in kwargs.values())
 
 
 def upstreams(value: Any) -> Iterator[TaskRunFuture[Any]]:

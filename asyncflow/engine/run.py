@@ -329,6 +329,7 @@ class FlowRunEngine(RunEngine):
         "parameters",
         "parent_task_row",
         "pending",
+        "scope_type",
         "task_counters",
         "task_group",
         "task_runner",
@@ -360,6 +361,7 @@ class FlowRunEngine(RunEngine):
         self.task_runner: TaskRunner | None = None
         self.async_runner: Any = None
         self.call_soon: Any = None  # thread-safe scheduling onto an async flow's loop
+        self.scope_type: Any = None  # the cancel scope class for that loop
         self.task_group: Any = None
         self.parent_task_row = _NO_ROW  # the task run standing for this one in its parent
         self.tasks_started = 0
