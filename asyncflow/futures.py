@@ -175,13 +175,17 @@ def _threadsafe_caller() -> Callable[[Callable[[], object]], object]:
 
 
 def _cancel_scope_type() -> Callable[[], Any]:
-    """The cheapest cancel scope for the current loop: trio's own under trio, where anyio's
-    wrapper around it adds half again to its cost; anyio's under asyncio."""
+    """The cheapest cancel scope class for the current loop.
+
+    Under trio, trio's own: anyio's wrapper around it adds half again to its cost. Under
+    asyncio, the class of anyio's scope for this backend: `anyio.CancelScope()` finds the
+    backend on every call and then initializes the new scope twice.
+    """
     if sniffio.current_async_library() == "trio":
         import trio
 
         return trio.CancelScope
-    return anyio.CancelScope
+    return type(anyio.CancelScope())
 
 
 class FutureList(list[TaskRunFuture[R]]):
