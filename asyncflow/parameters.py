@@ -22,6 +22,7 @@ class Signature:
 
     __slots__ = (
         "_adapter",
+        "_all_names",
         "_defaults",
         "_exact",
         "_plain",
@@ -48,6 +49,7 @@ class Signature:
         plain = all(p.kind is _P.POSITIONAL_OR_KEYWORD for p in self.params.values())
         self._plain: tuple[str, ...] | None = tuple(self.params) if plain else None
         self.plain = plain  # so a call can pass every value by keyword
+        self._all_names = frozenset(self.params)
         self._defaults = {
             name: p.default for name, p in self.params.items() if p.default is not _P.empty
         }
@@ -58,6 +60,10 @@ class Signature:
     ) -> tuple[dict[str, Any], frozenset[str]]:
         """(parameter name -> value with defaults filled in, names the caller passed)."""
         plain = self._plain
+        if plain is not None and not kwargs and len(args) == len(plain):
+            # The common call, every parameter by position: `zip`'s `strict` keyword alone
+            # would cost more than the rest, and the lengths are checked here.
+            return dict(zip(plain, args)), self._all_names  # noqa: B905
         if plain is not None and len(args) <= len(plain):
             given = dict(zip(plain, args, strict=False))  # fewer args than parameters is fine
             if kwargs:

@@ -400,6 +400,9 @@ class FlowRunEngine(RunEngine):
             self.row = self.registry.add_run(
                 KIND_FLOW, flow.name, _NO_ROW, name=self.name, parameters=self.parameters
             )
+            store_writer.top_level_flow_started(self.registry)
+            if engine_logger.isEnabledFor(logging.INFO):
+                engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
         else:
             # The stand-in task run lives and ends with this run: a registry row, no engine.
             index = parent.next_task_index(flow.name)
@@ -407,12 +410,10 @@ class FlowRunEngine(RunEngine):
             self.parent_task_row, self.row = self.registry.add_subflow(
                 flow.name, parent.row, index, self.name, self.parameters
             )
-        if parent is None:
-            store_writer.top_level_flow_started(self.registry)
-            if engine_logger.isEnabledFor(logging.INFO):
-                engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
-        else:
-            parent._log(logging.INFO, f"Created subflow run '{self.name}' for flow '{flow.name}'")
+            if flow_run_logger.isEnabledFor(logging.INFO):
+                parent._log(
+                    logging.INFO, f"Created subflow run '{self.name}' for flow '{flow.name}'"
+                )
         cancellation.track(self.registry, self.row, self.request_cancel)
         if error is not None:
             return self.finish(State(_FAILED, message=str(error), data=error))
