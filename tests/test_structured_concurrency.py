@@ -51,6 +51,43 @@ def test_nested_flow_links_and_future_resolution(registry):
     assert stand_in.state_names == ["Pending", "Running", "Completed"]
 
 
+@pytest.mark.anyio
+async def test_stand_in_task_run_follows_a_retried_and_failed_subflow(registry):
+    """The stand-in enters Running once, however often its flow retries, and ends in the
+    flow's final state with its message; its name counts per flow name in the parent."""
+    seen: list[object] = []
+
+    @flow(name="Flaky", retries=1, retry_delay_seconds=0)
+    async def flaky() -> None:
+        seen.append(flow_run.parent_task_run_id)
+        raise ValueError("still broken")
+
+    @flow(name="Checked")
+    async def checked(x: int) -> int:
+        return x
+
+    @flow
+    async def outer() -> list[str]:
+        states = [await flaky(return_state=True), await checked("nope", return_state=True)]
+        return [s.type.value for s in states]
+
+    assert await outer() == ["FAILED", "FAILED"]
+    by_name = {r.name: r for r in registry.runs(kind="task")}
+    assert set(by_name) == {"Flaky-0", "Checked-0"}
+    flaky_stand_in, checked_stand_in = by_name["Flaky-0"], by_name["Checked-0"]
+    flaky_run = registry.get(flaky_stand_in.child_flow_run_id)
+    assert flaky_run.state_names == [
+        "Pending", "Running", "Failed", "AwaitingRetry", "Retrying", "Failed"
+    ]  # fmt: skip
+    assert flaky_stand_in.state_names == ["Pending", "Running", "Failed"]
+    assert flaky_stand_in.state.message == flaky_run.state.message
+    assert "still broken" in flaky_stand_in.state.message
+    assert seen == [flaky_stand_in.id, flaky_stand_in.id]  # flow_run.parent_task_run_id
+    # Invalid parameters: neither run enters Running.
+    assert checked_stand_in.state_names == ["Pending", "Failed"]
+    assert registry.get(checked_stand_in.child_flow_run_id).state_names == ["Pending", "Failed"]
+
+
 def test_nested_flow_logs_subflow_creation(logs):
     """The parent logs "Created subflow run '...' for flow 'Nestedflow'"."""
     parent_passing_future()
