@@ -8,6 +8,7 @@ lives in `asyncflow.engine.run`; here is only *how* to call, wait and sleep.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
@@ -143,9 +144,9 @@ def _call_guarded(
                 if engine.cancel_requested:
                     raise engine.interrupt_error(timeout=False)
                 if engine.deadline is not None:
-                    interrupts.at_deadline(
-                        engine.deadline, target, lambda: engine.interrupt_error(timeout=True)
-                    )
+                    # A partial, not a lambda: a lambda would make a cell on every call.
+                    make_exc = functools.partial(engine.interrupt_error, True)
+                    interrupts.at_deadline(engine.deadline, target, make_exc)
                 return fn(*args, **kwargs)
             except BaseException:
                 if flow_engine is not None:

@@ -533,7 +533,6 @@ class TaskRunEngine(RunEngine):
         parent: FlowRunEngine | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        quiet: bool = False,
     ) -> None:
         self._init_common(task, parent)
         self.args = args
@@ -541,11 +540,11 @@ class TaskRunEngine(RunEngine):
         if parent is not None:
             index = parent.next_task_index(task.name)
             parent.tasks_started += 1
-            self.quiet = quiet or parent.tasks_started > parent.log_threshold
+            self.quiet = parent.tasks_started > parent.log_threshold
             parent_row = parent.row
         else:
             index = next(_orphan_counter)
-            self.quiet = quiet
+            self.quiet = False
             parent_row = _NO_ROW
         name = None
         if task.task_run_name is not None:
