@@ -175,7 +175,7 @@ def _prepare(
 def _call_fn(engine: FlowRunEngine) -> Any:
     """The flow's function called with the run's (validated) parameters."""
     flow = engine.spec
-    if flow.signature.plain:  # every parameter can be passed by keyword
+    if flow.signature.plain is not None:  # every parameter can be passed by keyword
         return flow.fn(**engine.parameters)
     args, kwargs = flow.signature.to_call(engine.parameters)
     return flow.fn(*args, **kwargs)

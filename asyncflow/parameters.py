@@ -25,7 +25,6 @@ class Signature:
         "_all_names",
         "_defaults",
         "_exact",
-        "_plain",
         "fn",
         "has_var_keyword",
         "has_var_positional",
@@ -45,10 +44,10 @@ class Signature:
         self._adapter: Any = None
         self._exact: dict[str, type] = {}  # parameters annotated with a plain scalar type
         # Parameters that take a value by position or keyword, in order, when that is all
-        # there is: `bind` then skips inspect's general (2-3x slower) binding.
+        # there is: `bind` then skips inspect's general (2-3x slower) binding, and a call
+        # can pass every value by keyword.
         plain = all(p.kind is _P.POSITIONAL_OR_KEYWORD for p in self.params.values())
-        self._plain: tuple[str, ...] | None = tuple(self.params) if plain else None
-        self.plain = plain  # so a call can pass every value by keyword
+        self.plain: tuple[str, ...] | None = tuple(self.params) if plain else None
         self._all_names = frozenset(self.params)
         self._defaults = {
             name: p.default for name, p in self.params.items() if p.default is not _P.empty
@@ -59,7 +58,7 @@ class Signature:
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[dict[str, Any], frozenset[str]]:
         """(parameter name -> value with defaults filled in, names the caller passed)."""
-        plain = self._plain
+        plain = self.plain
         if plain is not None and not kwargs and len(args) == len(plain):
             # The common call, every parameter by position: `zip`'s `strict` keyword alone
             # would cost more than the rest, and the lengths are checked here.
