@@ -7,7 +7,10 @@ from asyncflow.flows import Flow, flow
 from asyncflow.futures import FutureList, PrefectFuture, TaskRunFuture, as_completed, wait
 from asyncflow.logging import get_run_logger
 from asyncflow.states import State, StateType
+from asyncflow.store import writer as _writer
 from asyncflow.tasks import Task, task
+
+_writer.install()  # run history goes to the configured store (ASYNCFLOW_STORE)
 
 __version__ = "0.1.0"
 

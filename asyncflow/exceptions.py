@@ -84,8 +84,47 @@ class FutureUsageError(AsyncflowException, RuntimeError):
 class StoreError(AsyncflowException, RuntimeError):
     """The run-history store cannot be opened or used (unreadable, corrupt, newer schema...).
 
-    The message names the database (file path or URL) and what is wrong with it.
+    The message names the database (file path or URL) and what is wrong with it. The
+    subclasses below say which; a plain StoreError is anything else (a server that cannot be
+    reached, a driver error). `permanent` says whether retrying can help without someone
+    fixing something (the writer then stops waiting for it at exit).
     """
+
+    permanent: bool = False
+
+
+class StoreNotFoundError(StoreError):
+    """The database does not exist (reading never creates one)."""
+
+
+class StoreReadOnlyError(StoreError):
+    """The database (or its directory) cannot be written by this user."""
+
+    permanent = True
+
+
+class StoreFullError(StoreError):
+    """The disk (or the database's size limit) is full."""
+
+
+class StoreCorruptError(StoreError):
+    """The file is not an SQLite database, is damaged, or is another program's database."""
+
+    permanent = True
+
+
+class StoreVersionError(StoreError):
+    """The database was made by a newer asyncflow (a higher schema version)."""
+
+    permanent = True
+
+
+class StoreLockedError(StoreError):
+    """Another process held the database's write lock for longer than the busy timeout."""
+
+
+class StoreReplacedError(StoreError):
+    """The database file was deleted or replaced while this process was recording to it."""
 
 
 class RunInterrupted(BaseException):

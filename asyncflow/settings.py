@@ -6,12 +6,30 @@ Read once, on first use; ``reload_settings()`` re-reads them (tests, long-lived 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+N = TypeVar("N", int, float)
 
 
 def _bool(value: str) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _number(env: Mapping[str, str], name: str, default: N, kind: Callable[[str], N]) -> N:
+    """A non-negative number setting; a bad value is a ValueError that names the variable."""
+    raw = env.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or not value >= 0 or value == float("inf"):
+        raise ValueError(f"{name}={raw!r}: expected a finite number >= 0 (default {default}).")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +41,8 @@ class Settings:
     max_parameters_bytes: int
     task_log_threshold: int
     progress_interval_seconds: float
+    store_exit_timeout: float
+    store_backlog: int
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -35,6 +55,8 @@ class Settings:
             max_parameters_bytes=int(env.get("ASYNCFLOW_MAX_PARAMETERS_BYTES", str(512 * 1024))),
             task_log_threshold=int(env.get("ASYNCFLOW_TASK_LOG_THRESHOLD", "1000")),
             progress_interval_seconds=float(env.get("ASYNCFLOW_PROGRESS_INTERVAL", "5")),
+            store_exit_timeout=_number(env, "ASYNCFLOW_STORE_EXIT_TIMEOUT", 5.0, float),
+            store_backlog=_number(env, "ASYNCFLOW_STORE_BACKLOG", 1_000_000, int),
         )
 
 

@@ -141,7 +141,7 @@ def test_concurrent_crash_detectors_add_one_crashed_state(store_url: str) -> Non
     runs once: one Crashed state each."""
     writer_store: Any = open_store(store_url)
     try:
-        session = writer_store.register_process("dead-process", "00000000-0000-4000-0000-")
+        session = writer_store.session_for("dead-process", "00000000-0000-4000-0000-")
     finally:
         writer_store.close()
     base = session << 32

@@ -303,12 +303,10 @@ def run(args: argparse.Namespace) -> int:
 def _run_name(run_id: Any) -> str | None:
     if run_id is None:
         return None
-    from asyncflow.store.memory import get_registry
+    from asyncflow.store.memory import locate
 
-    try:
-        return get_registry().get(run_id).name
-    except KeyError:
-        return None
+    found = locate(run_id)
+    return None if found is None else found[0].name_of(found[1])
 
 
 __all__ = ["coerce_params", "find_flow", "load_file", "parse_params", "run", "split_target"]

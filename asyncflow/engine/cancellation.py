@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from uuid import UUID
 
-from asyncflow.store.memory import get_registry
+from asyncflow.store.memory import locate
 
 # (registry id, row) -> how to cancel that run. Flow runs from start to finish; submitted task
 # runs until they are final. Inline task calls are cancelled with the flow run they are in.
@@ -27,10 +27,10 @@ def cancel_run(run_id: UUID | str) -> bool:
     Cancelled; an awaited or called flow then raises CancelledRun. Returns False when the
     run is unknown to this process or already final.
     """
-    registry = get_registry()
-    row = registry.row_of(run_id)
-    if row is None:
+    found = locate(run_id)
+    if found is None:
         return False
+    registry, row = found
     cancel = _cancellers.get((id(registry), row))
     if cancel is None:
         return False

@@ -46,8 +46,7 @@ from asyncflow.states import (
     StateType,
     state_from_return_value,
 )
-from asyncflow.store import writer as store_writer
-from asyncflow.store.memory import KIND_FLOW, KIND_TASK, MemoryRegistry, get_registry
+from asyncflow.store.memory import KIND_FLOW, KIND_TASK, MemoryRegistry, registry_for_new_tree
 
 if TYPE_CHECKING:
     from asyncflow.flows import Flow
@@ -95,7 +94,7 @@ class RunEngine:
     def _init_common(self, spec: Any, parent: FlowRunEngine | None) -> None:
         self.spec = spec
         self.parent = parent
-        self.registry = parent.registry if parent is not None else get_registry()
+        self.registry = parent.registry if parent is not None else registry_for_new_tree()
         self.run_count = 0
         self.state: State[Any] | None = None
         self.start_time: float | None = None
@@ -270,6 +269,8 @@ class RunEngine:
             self.logger.log(level, f"Finished in state {state}")
         if self.spec.has_hooks:
             self._run_hooks(state)
+        if self.parent is None:
+            self.registry.tree_finished()
         return state
 
     def _run_hooks(self, state: State[Any]) -> None:
@@ -400,7 +401,6 @@ class FlowRunEngine(RunEngine):
             self.row = self.registry.add_run(
                 KIND_FLOW, flow.name, _NO_ROW, name=self.name, parameters=self.parameters
             )
-            store_writer.top_level_flow_started(self.registry)
             if engine_logger.isEnabledFor(logging.INFO):
                 engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
         else:

@@ -10,6 +10,8 @@ driver errors are reported. A store supplies those (`placeholder`, `_transaction
 from __future__ import annotations
 
 import datetime
+import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -19,8 +21,9 @@ from uuid import UUID
 
 import anyio.to_thread
 
+from asyncflow.exceptions import StoreError
 from asyncflow.states import StateType
-from asyncflow.store import writer
+from asyncflow.store import spill, writer
 from asyncflow.store.base import (
     HEARTBEAT_SECONDS,
     RUN_COLUMNS,
@@ -35,6 +38,8 @@ from asyncflow.store.base import (
 )
 
 T = TypeVar("T")
+
+logger = logging.getLogger("asyncflow.store")
 
 
 class SqlStore:
@@ -62,6 +67,27 @@ class SqlStore:
     def _crash_sessions(self, sessions: list[tuple[int, str]], now: float) -> int:
         """Mark Crashed the open runs of these (session, reason) pairs; returns how many."""
         raise NotImplementedError
+
+    def _insert_process(self, conn: Any, values: tuple[Any, ...]) -> int:
+        """Insert a processes row (id, id_prefix, pid, hostname, started, heartbeat)."""
+        raise NotImplementedError
+
+    def mark_crashed_runs(self) -> int:
+        raise NotImplementedError
+
+    def write(self, batch: Any, session: int) -> None:
+        raise NotImplementedError
+
+    def _settle(self) -> None:
+        """At opening: write the spill files of processes that are gone, then mark Crashed
+        the open runs of dead processes (in this order: a spilled run may have finished)."""
+        if spill.has_files(self.source_url):
+            try:
+                spill.replay(self, self.source_url)
+            except StoreError as exc:
+                logger.warning("Run history: spill files not written yet (%s); later.", exc)
+                return  # crash detection waits too: it would crash runs the files finish
+        self.mark_crashed_runs()
 
     def _sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
@@ -105,10 +131,47 @@ class SqlStore:
         ]
         return dead, now
 
-    def end_process(self, process_id: str, reason: str) -> int:
-        """This process is exiting: mark Crashed the runs it leaves open (they will not end)."""
-        sql = self._sql("SELECT pk FROM processes WHERE id = ? AND reaped IS NULL")
+    def session_for(
+        self,
+        process_id: str,
+        id_prefix: str,
+        pid: int | None = None,
+        hostname: str | None = None,
+        started: float | None = None,
+    ) -> int:
+        """The recording session of (process, registry): found, or added. Idempotent, so a
+        retried or replayed registration never makes a second one."""
+        find = self._sql(
+            "SELECT pk FROM processes WHERE id = ? AND id_prefix = ? ORDER BY pk LIMIT 1"
+        )
+        now = time.time()
+        values = (
+            process_id,
+            id_prefix,
+            os.getpid() if pid is None else pid,
+            socket.gethostname() if hostname is None else hostname,
+            now if started is None else started,
+            now,
+        )
+        with self._transaction() as conn:
+            row = conn.execute(find, (process_id, id_prefix)).fetchone()
+            if row is not None:
+                return int(row[0])
+            return self._insert_process(conn, values)
+
+    def end_process(self, process_id: str, reason: str, *, force: bool = False) -> int:
+        """The process is done: mark Crashed the runs it leaves open (they will not end).
+
+        `force` also takes sessions crash detection already reaped (a replayed spill file can
+        add runs to them).
+        """
+        sql = "SELECT pk FROM processes WHERE id = ?"
+        sql = self._sql(sql if force else sql + " AND reaped IS NULL")
         sessions = self._query(lambda c: c.execute(sql, (process_id,)).fetchall())
+        if force and sessions:
+            unreap = self._sql("UPDATE processes SET reaped = NULL WHERE id = ?")
+            with self._transaction() as conn:
+                conn.execute(unreap, (process_id,))
         return self._crash_sessions([(pk, reason) for (pk,) in sessions], time.time())
 
     # -- reading ------------------------------------------------------------------------------

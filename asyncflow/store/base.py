@@ -139,20 +139,31 @@ class RunStore(Protocol):
 class RecordingStore(RunStore, Protocol):
     """What the background writer needs on top of reading (used from its thread only)."""
 
-    def register_process(self, process_id: str, id_prefix: str) -> int:
-        """Add a recording session: this process recording one registry (whose run ids
-        start with `id_prefix`). Its key numbers the runs it writes."""
+    def session_for(
+        self,
+        process_id: str,
+        id_prefix: str,
+        pid: int | None = None,
+        hostname: str | None = None,
+        started: float | None = None,
+    ) -> int:
+        """The recording session of one process recording one registry (whose run ids start
+        with `id_prefix`), added if new. Its key numbers the runs it writes."""
         ...
 
     def write(self, batch: WriteBatch, session: int) -> None:
-        """Persist one batch in a single transaction, and mark the process alive."""
+        """Persist one batch in a single transaction, and mark the process alive.
+
+        Idempotent: writing a batch again (after a failure whose commit did happen, or from
+        a spill file) leaves the store as one write did.
+        """
         ...
 
     def heartbeat(self, process_id: str) -> None:
         """Mark the writing process alive (its open runs are not crashed)."""
         ...
 
-    def end_process(self, process_id: str, reason: str) -> int:
+    def end_process(self, process_id: str, reason: str, *, force: bool = False) -> int:
         """The process is exiting: mark Crashed (with `reason`) the runs it leaves open."""
         ...
 
@@ -292,8 +303,8 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
     odd: set[int] = set(range(n))  # a few runs (a small flow's last flush): walk them all
     if n > _SMALL:
         li = list(map(off, last))
-        pi = list(map(off, _no_start(list(map(t_prev.__getitem__, li)), t0)))
-        ppi = list(map(off, _no_start(list(map(t_prev.__getitem__, pi)), t0)))
+        pi = list(map(off, _in_batch(list(map(t_prev.__getitem__, li)), t0)))
+        ppi = list(map(off, _in_batch(list(map(t_prev.__getitem__, pi)), t0)))
         codes = bytes(map(t_type.__getitem__, li))
         plain = (
             int.from_bytes(codes.translate(_LATEST_OK), "little")
@@ -373,17 +384,13 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
     )
 
 
-def _no_start(prev: list[int], t0: int) -> list[int]:
-    """Replace -1 (a creation Pending has no previous state) by t0, a harmless index: such
-    runs are not plain anyway. There are few: no pass over the list when there are none."""
-    if -1 in prev:
-        i = prev.index(-1)
-        while True:
-            prev[i] = t0
-            try:
-                i = prev.index(-1, i + 1)
-            except ValueError:
-                break
+def _in_batch(prev: list[int], t0: int) -> list[int]:
+    """Replace links that leave the batch (below t0: -1 for a creation Pending, or a state of
+    an older batch, reached from a run still Pending through the t0 stand-in) by t0, a
+    harmless index: such runs are not plain anyway. Usually there are none: one C-level
+    `min` decides."""
+    if prev and min(prev) < t0:
+        return [t0 if p < t0 else p for p in prev]
     return prev
 
 
@@ -443,10 +450,36 @@ def _odd_run(
     )
 
 
+#: What stands for a parameter value too large to store (a run refused for its parameter
+#: size, ASYNCFLOW_MAX_PARAMETERS_BYTES, is stored with its small values and these markers).
+TRUNCATED = "<truncated by asyncflow: {size:,} bytes as JSON>"
+
+
 def _params_json(parameters: dict[str, Any] | None) -> str | None:
-    """Parameters as JSON text; values JSON cannot hold become their pydantic form or repr."""
+    """Parameters as JSON text, at most ASYNCFLOW_MAX_PARAMETERS_BYTES: larger values
+    become a TRUNCATED marker. Values JSON cannot hold become their pydantic form or repr."""
     if parameters is None:
         return None
+    text = _json_text(parameters)
+    from asyncflow.settings import get_settings
+
+    limit = get_settings().max_parameters_bytes
+    if len(text) <= limit:
+        return text
+    values = {str(k): _json_text({"v": v}) for k, v in parameters.items()}
+    kept: dict[str, Any] = {}
+    budget = limit
+    for key, value in sorted(values.items(), key=lambda kv: len(kv[1])):  # smallest first
+        size = len(value) - 6  # without '{"v":' and '}'
+        if size + len(key) + 4 <= budget and size <= 1024:
+            kept[key] = json.loads(value)["v"]
+            budget -= size + len(key) + 4
+        else:
+            kept[key] = TRUNCATED.format(size=size)
+    return json.dumps({k: kept[k] for k in values}, separators=(",", ":"))
+
+
+def _json_text(parameters: dict[str, Any]) -> str:
     try:  # plain JSON values (the usual case) need no pydantic
         return json.dumps(parameters, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError):

@@ -10,6 +10,14 @@ hands the GIL over and then holds the lock while it waits for the GIL back, so a
 pool writing transitions fell into a lock convoy: a context switch per write, 2-3x the
 wall time of `.submit()`. A transition whose writer finds the lock taken goes to an inbox
 instead, and whoever holds the lock next (a writer, or any reader) moves it into place.
+
+Generations keep a long-lived process flat. New top-level runs (a flow or task run with no
+parent) open their tree in the *current* registry; once it holds `ROTATE_ROWS` rows, the
+next tree opens a new one, and the old one is *closed*: it only takes the rows of the trees
+already in it. A closed registry whose trees have all finished is *retired* (dropped from
+the process's live set) at once, or, when a store writer keeps it, once everything in it is
+written. Futures and states of its runs hold it by reference, so it lives exactly as long as
+the user keeps one of them.
 """
 
 from __future__ import annotations
@@ -139,6 +147,12 @@ class MemoryRegistry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._prefix = ((int.from_bytes(os.urandom(8), "big") >> 1) | 1) << 64
+        self.open_trees = 0  # top-level runs registered here and not finished yet
+        self.closed = False  # no new tree opens here (see the module docstring)
+        #: Who persists this registry (the store writer), once decided; None: nobody.
+        self.keeper: Any = None
+        self.decided = False  # whether the tree listener has seen this registry
+        self.marks: dict[str, Any] = {}  # how far each store (by URL) has it, for its keeper
         self._keys: list[str] = []  # distinct flow/task names
         self._key_index: dict[str, int] = {}
         # one row per run
@@ -186,7 +200,29 @@ class MemoryRegistry:
             if self._inbox:
                 self._drain()
             ts = time.time() if ts is None else ts
-            return self._append_run(kind, spec_name, parent_row, counter, name, parameters, ts)
+            row = self._append_run(kind, spec_name, parent_row, counter, name, parameters, ts)
+            if parent_row < 0:
+                self.open_trees += 1
+        if not self.decided and parent_row < 0 and _tree_listener is not None:
+            _tree_listener(self)  # outside the lock: the listener may export from here
+        return row
+
+    def tree_finished(self) -> None:
+        """A top-level run registered here reached its final state."""
+        with self._lock:
+            self.open_trees -= 1
+            retire = self.closed and self.open_trees <= 0 and self.keeper is None
+        if retire:
+            _retire(self)
+
+    @property
+    def retirable(self) -> bool:
+        """Closed, and every tree in it finished: nothing will be recorded here again."""
+        return self.closed and self.open_trees <= 0
+
+    @property
+    def prefix(self) -> int:
+        return self._prefix
 
     def add_subflow(
         self,
@@ -363,8 +399,9 @@ class MemoryRegistry:
     def uuid(self, row: int) -> UUID:
         return UUID(int=self._prefix | row)
 
-    def row_of(self, run_id: UUID | str) -> int | None:
-        value = UUID(str(run_id)).int
+    def row_of(self, run_id: UUID | str | int) -> int | None:
+        """The row of a run id (a UUID, its text, or its int) here, or None."""
+        value = run_id if isinstance(run_id, int) else UUID(str(run_id)).int
         row = value ^ self._prefix
         if row >> 64 or row >= len(self._kind):
             return None
@@ -454,16 +491,100 @@ class MemoryRegistry:
         return [self.get(r) for r in range(row + 1, len(self._parent)) if self._parent[r] == row]
 
 
+#: Rows a registry takes before new trees open in a fresh one (see the module docstring).
+#: Small enough that a retired generation is a few hundred KB, large enough that rotating
+#: (a new registry, a new session row in the store) is rare.
+ROTATE_ROWS = 8192
+
 _registry = MemoryRegistry()
+#: Registries not retired yet, by id prefix (a run id's upper 64 bits), oldest first.
+_live: dict[int, MemoryRegistry] = {_registry._prefix: _registry}
+_live_lock = threading.Lock()
+_tree_listener: Any = None  # called with a registry when it gets its first tree
+
+
+def set_tree_listener(listener: Any) -> None:
+    """Subscribe `listener(registry)` to a registry's first top-level run (the store writer
+    decides there whether and where to persist it); None unsubscribes."""
+    global _tree_listener
+    _tree_listener = listener
 
 
 def get_registry() -> MemoryRegistry:
-    """The process-wide registry every run is recorded in."""
+    """The current registry: where new top-level runs open their tree."""
     return _registry
+
+
+def registry_for_new_tree() -> MemoryRegistry:
+    """The registry a new top-level run goes to: the current one, rotated when full."""
+    registry = _registry
+    if len(registry._kind) < ROTATE_ROWS:
+        return registry
+    return _rotate(registry)
+
+
+def _rotate(expected: MemoryRegistry | None) -> MemoryRegistry:
+    global _registry
+    with _live_lock:
+        old = _registry
+        if expected is not None and old is not expected:
+            return old  # another thread rotated first
+        _registry = new = MemoryRegistry()
+        _live[new._prefix] = new
+    with old._lock:
+        old.closed = True
+        retire = old.open_trees <= 0 and old.keeper is None
+    if retire:
+        _retire(old)
+    return new
 
 
 def reset_registry() -> MemoryRegistry:
-    """Start a fresh registry (tests; long-lived processes that want to drop history)."""
-    global _registry
+    """Start a fresh current registry (tests; apps that want the in-memory history gone).
+
+    The old one is closed: the trees still running there finish there.
+    """
+    return _rotate(None)
+
+
+def _retire(registry: MemoryRegistry) -> None:
+    with _live_lock:
+        if _live.get(registry._prefix) is registry:
+            del _live[registry._prefix]
+
+
+def retire(registry: MemoryRegistry) -> None:
+    """Drop a retirable registry from the live set (its keeper wrote everything in it)."""
+    if registry.retirable:
+        _retire(registry)
+
+
+def live_registries() -> list[MemoryRegistry]:
+    """The registries not retired yet, oldest first."""
+    with _live_lock:
+        return list(_live.values())
+
+
+def locate(run_id: UUID | str) -> tuple[MemoryRegistry, int] | None:
+    """The live registry and row of a run id, or None (unknown here, or retired)."""
+    try:
+        value = UUID(str(run_id)).int
+    except ValueError:
+        return None
+    registry = _live.get(value >> 64 << 64)
+    if registry is None:
+        return None
+    row = registry.row_of(value)
+    return None if row is None else (registry, row)
+
+
+def _after_fork_in_child() -> None:
+    # The parent's registries are the parent's to persist: the child starts a fresh one.
+    global _registry, _live, _live_lock
     _registry = MemoryRegistry()
-    return _registry
+    _live = {_registry._prefix: _registry}
+    _live_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -9,16 +9,19 @@ detectors never add two Crashed states to one run.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from asyncflow.exceptions import StoreError
+from asyncflow.exceptions import (
+    StoreCorruptError,
+    StoreError,
+    StoreFullError,
+    StoreReadOnlyError,
+    StoreVersionError,
+)
 from asyncflow.store._sql_store import SqlStore
 from asyncflow.store.base import (
     CRASH_SEQ,
@@ -122,7 +125,12 @@ SELECT %(base)s + r, CASE k WHEN 0 THEN 'flow' ELSE 'task' END,
 FROM unnest(%(c0)s::bigint[], %(c1)s::int[], %(c2)s::int[], %(c3)s::bigint[],
             %(c4)s::bigint[], %(c5)s::float8[], %(c6)s::float8[], %(c7)s::bigint[],
             %(c8)s::int[], %(c9)s::float8[], %(c10)s::bigint[])
-     AS u(r, k, key, counter, parent, created, start_time, start_i, code, sts, state_i)"""
+     AS u(r, k, key, counter, parent, created, start_time, start_i, code, sts, state_i)
+ON CONFLICT (pk) DO UPDATE SET
+    start_time = EXCLUDED.start_time, start_seq = EXCLUDED.start_seq,
+    state_type = EXCLUDED.state_type, state_name = EXCLUDED.state_name,
+    state_message = NULL, state_ts = EXCLUDED.state_ts, state_seq = EXCLUDED.state_seq,
+    run_count = EXCLUDED.run_count"""
 _INSERT_OTHER = f"""
 INSERT INTO runs (pk, kind, name, spec_name, parent_pk, parent_task_pk, parameters, created,
                   start_time, start_seq, state_type, state_name, state_message, state_ts,
@@ -164,10 +172,14 @@ FROM unnest(%(c0)s::bigint[], %(c1)s::float8[], %(c2)s::bigint[], %(c3)s::text[]
             %(c4)s::text[], %(c5)s::text[], %(c6)s::float8[], %(c7)s::bigint[],
             %(c8)s::int[])
      AS u(r, start_time, start_seq, stype, sname, smsg, sts, sseq, delta)"""
+# Only a newer state replaces the latest one: writing a batch twice changes nothing.
 _APPLY_CHANGED = [
-    f"""INSERT INTO transition_log (run_pk, seq, type, name, message, ts)
-    SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs
-    WHERE pk IN (SELECT pk FROM changed) AND {_EXPLICIT_LATEST}
+    """INSERT INTO transition_log (run_pk, seq, type, name, message, ts)
+    SELECT r.pk, r.state_seq, r.state_type, r.state_name, r.state_message, r.state_ts
+    FROM runs r JOIN changed c ON c.pk = r.pk
+    WHERE NOT (r.state_type = 'PENDING' AND r.state_name = 'Pending'
+               AND r.state_message IS NULL)
+      AND r.state_seq IS DISTINCT FROM r.start_seq AND r.state_seq < c.state_seq
     ON CONFLICT DO NOTHING""",
     f"""INSERT INTO transition_log (run_pk, seq, type, name, message, ts)
     SELECT c.pk, c.state_seq, c.state_type, c.state_name, c.state_message, c.state_ts
@@ -178,7 +190,8 @@ _APPLY_CHANGED = [
                        state_type = c.state_type, state_name = c.state_name,
                        state_message = c.state_message, state_ts = c.state_ts,
                        state_seq = c.state_seq, run_count = runs.run_count + c.run_count_delta
-    FROM changed c WHERE c.pk = runs.pk AND runs.state_seq != {CRASH_SEQ}""",
+    FROM changed c WHERE c.pk = runs.pk AND runs.state_seq != {CRASH_SEQ}
+      AND runs.state_seq < c.state_seq""",
 ]
 
 
@@ -199,16 +212,23 @@ class PostgresStore(SqlStore):
         try:
             import psycopg
         except ImportError:
-            raise StoreError(
+            error = StoreError(
                 f"Run history database {self.url}: PostgreSQL needs psycopg; install "
                 "asyncflow[postgres] (pip install 'asyncflow[postgres]')."
-            ) from None
+            )
+            error.permanent = True
+            raise error from None
         self._psycopg = psycopg
         try:
             self._conn = psycopg.connect(
                 url.replace("postgresql+psycopg://", "postgresql://", 1),
                 autocommit=True,
                 connect_timeout=10,
+                # a dead server or network fails the connection instead of stalling the writer
+                keepalives=1,
+                keepalives_idle=10,
+                keepalives_interval=5,
+                keepalives_count=3,
             )
         except psycopg.Error as exc:
             raise self._error("cannot be reached", exc) from None
@@ -219,15 +239,21 @@ class PostgresStore(SqlStore):
             # flush (each writer pass would cost a disk sync). A killed client loses
             # nothing it committed; only a server crash can drop the last fraction of a second.
             self._conn.execute("SET synchronous_commit = off")
+            # A statement stuck behind a lock fails instead of stalling the writer for ever.
+            self._conn.execute("SET statement_timeout = 60000")
             if detect_crashes:
-                self.mark_crashed_runs()
+                self._settle()
         except BaseException:
             self._conn.close()
             raise
 
-    def _error(self, what: str, exc: BaseException | None = None) -> StoreError:
+    def _error(
+        self, what: str, exc: BaseException | None = None, kind: type[StoreError] | None = None
+    ) -> StoreError:
         detail = f" ({str(exc).strip()})" if exc is not None else ""
-        return StoreError(f"Run history database {self.url}: {what}{detail}")
+        if kind is None:
+            kind = _kind_of(exc) if exc is not None else StoreError
+        return kind(f"Run history database {self.url}: {what}{detail}")
 
     def _migrate(self) -> None:
         try:
@@ -259,7 +285,8 @@ class PostgresStore(SqlStore):
             runs = conn.execute("SELECT to_regclass('runs')").fetchone()
             if runs is not None and runs[0] is not None:
                 raise self._error(
-                    "has a 'runs' table that is not asyncflow's; use another database or schema"
+                    "has a 'runs' table that is not asyncflow's; use another database or schema",
+                    kind=StoreCorruptError,
                 )
             return 0
         row = conn.execute("SELECT max(version) FROM asyncflow_schema").fetchone()
@@ -267,7 +294,8 @@ class PostgresStore(SqlStore):
         if version > SCHEMA_VERSION:
             raise self._error(
                 f"has schema version {version}, from a newer asyncflow; this one knows up to "
-                f"version {SCHEMA_VERSION}. Upgrade asyncflow or use another database"
+                f"version {SCHEMA_VERSION}. Upgrade asyncflow or use another database",
+                kind=StoreVersionError,
             )
         return version
 
@@ -285,14 +313,12 @@ class PostgresStore(SqlStore):
             self._conn.close()
 
     # -- writing (the writer thread) ------------------------------------------------------------
-    def register_process(self, process_id: str, id_prefix: str) -> int:
-        now = time.time()
-        with self._transaction() as conn:
-            row = conn.execute(
-                "INSERT INTO processes (id, id_prefix, pid, hostname, started, heartbeat) "
-                "VALUES (%s, %s, %s, %s, %s, %s) RETURNING pk",
-                (process_id, id_prefix, os.getpid(), socket.gethostname(), now, now),
-            ).fetchone()
+    def _insert_process(self, conn: Any, values: tuple[Any, ...]) -> int:
+        row = conn.execute(
+            "INSERT INTO processes (id, id_prefix, pid, hostname, started, heartbeat) "
+            "VALUES (%s, %s, %s, %s, %s, %s) RETURNING pk",
+            values,
+        ).fetchone()
         assert row is not None
         return int(row[0])
 
@@ -370,6 +396,16 @@ class PostgresStore(SqlStore):
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             yield
+
+
+def _kind_of(exc: BaseException) -> type[StoreError]:
+    """Which StoreError a psycopg error is, by its SQLSTATE class."""
+    code = getattr(exc, "sqlstate", None) or ""
+    if code.startswith("53"):  # insufficient resources: disk full, out of memory
+        return StoreFullError
+    if code in ("25006", "42501"):  # read-only transaction, insufficient privilege
+        return StoreReadOnlyError
+    return StoreError
 
 
 def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:

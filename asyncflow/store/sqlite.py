@@ -9,8 +9,8 @@ session's id prefix plus the row (see `asyncflow.store.base` for how states are 
 
 from __future__ import annotations
 
+import errno
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -20,7 +20,15 @@ from itertools import compress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from asyncflow.exceptions import StoreError
+from asyncflow.exceptions import (
+    StoreCorruptError,
+    StoreError,
+    StoreFullError,
+    StoreLockedError,
+    StoreReadOnlyError,
+    StoreReplacedError,
+    StoreVersionError,
+)
 from asyncflow.states import _DEFAULT_NAMES, StateType
 from asyncflow.store._sql_store import SqlStore
 from asyncflow.store.base import (
@@ -133,8 +141,8 @@ def _plain_sql(code: int) -> Callable[[int], str]:
     def sql(rows: int) -> str:
         # leading parameters: base, base, transition_start, transition_start
         return f"""
-INSERT INTO runs (pk, kind, name, spec_name, parent_pk, created, start_time, start_seq,
-                  state_type, state_name, state_ts, state_seq, run_count)
+INSERT OR REPLACE INTO runs (pk, kind, name, spec_name, parent_pk, created, start_time,
+                             start_seq, state_type, state_name, state_ts, state_seq, run_count)
 SELECT ? + column1, 'task', column2 || '-' || column3, column2,
        CASE WHEN column4 >= 0 THEN ? + column4 END, column5, column6, ? + column7,
        '{state.value}', '{_DEFAULT_NAMES[state]}', column8, ? + column9, 1
@@ -182,10 +190,13 @@ FROM (VALUES {_values(rows, 9)})"""
 # Runs of earlier batches with new states: the latest state they had moves to the log first.
 # A run crash detection marked Crashed keeps that final state; the states its process (which
 # was presumed dead but was not) sends later go to the log, so they are not lost either.
+# Only a newer state replaces the latest one (`state_seq <`): a batch written twice (a retry
+# after a commit whose answer was lost, a spill file replayed again) changes nothing.
+_NEWER = "state_seq < (SELECT c.state_seq FROM temp.changed c WHERE c.pk = runs.pk)"
 _APPLY_CHANGED = [
     f"""INSERT OR IGNORE INTO transition_log (run_pk, seq, type, name, message, ts)
     SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs
-    WHERE pk IN (SELECT pk FROM temp.changed) AND {_EXPLICIT_LATEST}""",
+    WHERE pk IN (SELECT pk FROM temp.changed) AND {_EXPLICIT_LATEST} AND {_NEWER}""",
     f"""INSERT OR IGNORE INTO transition_log (run_pk, seq, type, name, message, ts)
     SELECT c.pk, c.state_seq, c.state_type, c.state_name, c.state_message, c.state_ts
     FROM temp.changed c JOIN runs r ON r.pk = c.pk WHERE r.state_seq = {CRASH_SEQ}""",
@@ -195,7 +206,7 @@ _APPLY_CHANGED = [
                 c.state_type, c.state_name, c.state_message, c.state_ts, c.state_seq,
                 runs.run_count + c.run_count_delta
          FROM temp.changed c WHERE c.pk = runs.pk)
-    WHERE pk IN (SELECT pk FROM temp.changed) AND state_seq != {CRASH_SEQ}""",
+    WHERE pk IN (SELECT pk FROM temp.changed) AND state_seq != {CRASH_SEQ} AND {_NEWER}""",
     "DELETE FROM temp.changed",
 ]
 
@@ -239,57 +250,142 @@ class SQLiteStore(SqlStore):
         self.path = Path(path).expanduser()
         self.url = self.source_url = f"sqlite://{self.path}"
         self._lock = threading.RLock()
+        self.read_only = False  # opened read-only: the file or its directory is not writable
+        self._file_id: tuple[int, int] | None = None  # (device, inode) of the file opened
         self._conn = self._open()
-        if detect_crashes:
+        if detect_crashes and not self.read_only:
             try:
-                self.mark_crashed_runs()
+                self._settle()
             except BaseException:
                 self._conn.close()
                 raise
 
     # -- opening ------------------------------------------------------------------------------
-    def _error(self, what: str, exc: BaseException | None = None) -> StoreError:
+    def _error(
+        self, what: str, exc: BaseException | None = None, kind: type[StoreError] = StoreError
+    ) -> StoreError:
         detail = f" ({exc})" if exc is not None else ""
-        return StoreError(f"Run history database {self.path}: {what}{detail}")
+        return kind(f"Run history database {self.path}: {what}{detail}")
 
     def _open(self) -> sqlite3.Connection:
         path = self.path
         try:
+            if path.is_symlink() and not path.exists():
+                raise self._error(
+                    f"is a symbolic link to {os.readlink(path)}, which does not exist; "
+                    "asyncflow does not create a database through a dangling link"
+                )
             if path.is_dir():
                 raise self._error("is a directory, not a database file")
             if path.exists() and path.stat().st_size > 0:
                 with open(path, "rb") as f:
                     if f.read(len(_HEADER)) != _HEADER:
-                        raise self._error("is not an SQLite database (left untouched)")
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                        raise self._error(
+                            "is not an SQLite database (left untouched)", kind=StoreCorruptError
+                        )
+            elif not path.exists():
+                # Private from the start: parameters can hold secrets. SQLite gives the -wal
+                # and -shm files the database file's permissions.
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass  # another process created it at the same moment
         except OSError as exc:
-            raise self._error("cannot be read", exc) from None
+            raise self._os_error(exc) from None
         try:
             conn = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT
             )
-        except sqlite3.Error as exc:
-            raise self._error("cannot be opened", exc) from None
-        try:
-            self._check_and_migrate(conn)
-            # WAL: readers and the writer do not block each other. NORMAL: a commit survives a
-            # killed process (it is in the OS cache); only a power cut can undo the last ones.
-            _use_wal(conn)
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA temp_store = MEMORY")
-            conn.execute(_TEMP_CHANGED)
+            try:
+                self._setup(conn)
+            except sqlite3.Error as exc:
+                conn.close()
+                kind = _kind_of(exc)
+                if kind is not StoreReadOnlyError and not self._unwritable():
+                    raise
+                conn = self._open_read_only(exc)
         except StoreError:
-            conn.close()
             raise
         except sqlite3.Error as exc:
-            conn.close()
-            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-                raise self._error("is locked by another process", exc) from None
+            kind = _kind_of(exc)
+            if kind is StoreLockedError:
+                raise self._error("is locked by another process", exc, kind) from None
+            if kind is StoreFullError:
+                raise self._error("cannot be set up: the disk is full", exc, kind) from None
+            if kind is StoreError and "unable to open" in str(exc):
+                raise self._error("cannot be opened", exc) from None
             raise self._error(
-                "is corrupt or not an asyncflow run history (left untouched)", exc
+                "is corrupt or not an asyncflow run history (left untouched)",
+                exc,
+                StoreCorruptError,
             ) from None
+        try:
+            st = os.stat(path)
+            self._file_id = (st.st_dev, st.st_ino)
+        except OSError:
+            self._file_id = None
         return conn
+
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        self._check_and_migrate(conn)
+        # WAL: readers and the writer do not block each other. NORMAL: a commit survives a
+        # killed process (it is in the OS cache); only a power cut can undo the last ones.
+        _use_wal(conn)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA temp_store = MEMORY")
+        conn.execute(_TEMP_CHANGED)
+
+    def _unwritable(self) -> bool:
+        """Whether this user cannot write the file or its directory (WAL needs both)."""
+        return not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK))
+
+    def _open_read_only(self, cause: sqlite3.Error) -> sqlite3.Connection:
+        """A database this user may read but not write: open it for reading only."""
+        if not os.access(self.path, os.R_OK) or self.path.stat().st_size == 0:
+            raise self._error(
+                "cannot be created or written: its directory or file is read-only",
+                cause,
+                StoreReadOnlyError,
+            )
+        uri = self.path.resolve().as_uri()
+        last: sqlite3.Error = cause
+        # mode=ro still needs the -shm file (the directory) for a WAL database; immutable=1
+        # does not, and a database nobody can write does not change under the reader.
+        for query in ("mode=ro", "mode=ro&immutable=1"):
+            conn = sqlite3.connect(
+                f"{uri}?{query}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=_BUSY_TIMEOUT,
+            )
+            try:
+                if self._version(conn) != SCHEMA_VERSION:
+                    raise self._error(
+                        "is read-only and has no current asyncflow schema", kind=StoreReadOnlyError
+                    )
+                conn.execute("PRAGMA temp_store = MEMORY")
+                conn.execute(_TEMP_CHANGED)
+                conn.execute("SELECT count(*) FROM processes").fetchone()
+            except sqlite3.Error as exc:
+                conn.close()
+                last = exc
+                continue
+            except BaseException:
+                conn.close()
+                raise
+            self.read_only = True
+            return conn
+        raise last
+
+    def _os_error(self, exc: OSError) -> StoreError:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return self._error(
+                "cannot be created: its directory is not writable", exc, StoreReadOnlyError
+            )
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return self._error("cannot be created: the disk is full", exc, StoreFullError)
+        return self._error("cannot be read", exc)
 
     def _check_and_migrate(self, conn: sqlite3.Connection) -> None:
         """Refuse foreign, corrupt or newer databases before writing anything; then migrate."""
@@ -323,14 +419,16 @@ class SQLiteStore(SqlStore):
             if tables:
                 raise self._error(
                     "is an SQLite database of another program, not an asyncflow run history "
-                    "(left untouched)"
+                    "(left untouched)",
+                    kind=StoreCorruptError,
                 )
             return 0
         if version > SCHEMA_VERSION:
             raise self._error(
                 f"has schema version {version}, from a newer asyncflow; this one knows up to "
                 f"version {SCHEMA_VERSION}. Upgrade asyncflow, or set ASYNCFLOW_HOME or "
-                "ASYNCFLOW_STORE to use another database"
+                "ASYNCFLOW_STORE to use another database",
+                kind=StoreVersionError,
             )
         return int(version)
 
@@ -352,27 +450,52 @@ class SQLiteStore(SqlStore):
                 raise self._wrap(exc) from None
 
     def _wrap(self, exc: sqlite3.Error) -> StoreError:
-        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-            return self._error("is locked by another process for too long", exc)
+        kind = _kind_of(exc)
+        if kind is StoreLockedError:
+            return self._error("is locked by another process for too long", exc, kind)
+        if kind is StoreFullError:
+            return self._error("cannot be written: the disk is full", exc, kind)
+        if kind is StoreReadOnlyError:
+            return self._error("cannot be written: it is read-only", exc, kind)
+        if kind is StoreCorruptError:
+            return self._error("is corrupt", exc, kind)
         return self._error("cannot be used", exc)
+
+    def _check_file(self) -> None:
+        """StoreReplacedError when the file this connection writes was deleted or replaced
+        (writes would go on into an unlinked file that nobody can read)."""
+        if self._file_id is None:
+            return
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            raise self._error(
+                "was deleted while this process was recording to it", kind=StoreReplacedError
+            ) from None
+        except OSError:
+            return
+        if (st.st_dev, st.st_ino) != self._file_id:
+            raise self._error(
+                "was replaced by another file while this process was recording to it",
+                kind=StoreReplacedError,
+            )
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
 
     # -- writing (the writer thread) ------------------------------------------------------------
-    def register_process(self, process_id: str, id_prefix: str) -> int:
-        now = time.time()
-        with self._transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO processes (id, id_prefix, pid, hostname, started, heartbeat) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (process_id, id_prefix, os.getpid(), socket.gethostname(), now, now),
-            )
-            assert cur.lastrowid is not None
-            return cur.lastrowid
+    def _insert_process(self, conn: Any, values: tuple[Any, ...]) -> int:
+        cur = conn.execute(
+            "INSERT INTO processes (id, id_prefix, pid, hostname, started, heartbeat) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            values,
+        )
+        assert cur.lastrowid is not None
+        return int(cur.lastrowid)
 
     def write(self, batch: WriteBatch, session: int) -> None:
+        self._check_file()
         base = session << 32
         statements: list[tuple[str, Sequence[Any]]] = []
         plain = batch.plain_runs
@@ -455,6 +578,20 @@ class SQLiteStore(SqlStore):
 
 
 _SqlFor = Callable[[int], str]
+
+
+def _kind_of(exc: sqlite3.Error) -> type[StoreError]:
+    """Which StoreError an sqlite3 error is (by its message: error codes need Python 3.11)."""
+    text = str(exc).lower()
+    if "locked" in text or "busy" in text:
+        return StoreLockedError
+    if "readonly" in text or "read-only" in text:
+        return StoreReadOnlyError
+    if "disk is full" in text or "disk full" in text:
+        return StoreFullError
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return StoreCorruptError
+    return StoreError
 
 
 def _transpose(rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:

@@ -1,10 +1,19 @@
-"""The background writer: one thread per process copies the run registry into the store.
+"""The background writer: one thread per process copies the run registries into the store.
 
-Runs record into the in-memory registry only; this thread wakes every `BUSY_INTERVAL`
-seconds while runs are recorded (`IDLE_INTERVAL` when none are), takes what was recorded
-since its last pass (`MemoryRegistry.export_columns`) and writes it
-in one transaction. So the hot path never waits on disk, and one process never holds two
-write transactions at once.
+Runs record into the in-memory registries only; this thread wakes every `BUSY_INTERVAL`
+seconds while runs are recorded (`IDLE_INTERVAL` when none are), takes what each registry
+recorded since its last confirmed write (`MemoryRegistry.export_columns`) and writes it in
+one transaction per registry. So the hot path never waits on disk, and one process never
+holds two write transactions at once.
+
+Nothing taken is dropped. The marks that say how far a registry is written advance only when
+the store confirmed the write; a failed write is retried, with capped exponential backoff,
+for as long as the process lives (a broken connection is reopened, a locked SQLite file waited
+for). Meanwhile the history stays in memory, where it is anyway; past `ASYNCFLOW_STORE_BACKLOG`
+states it goes to a spill file (`asyncflow.store.spill`) instead. At exit the writer tries
+for `ASYNCFLOW_STORE_EXIT_TIMEOUT` seconds, then spills what is left and says how much and
+where. Writes are idempotent, so a batch written twice (a commit whose answer was lost) is
+harmless.
 
 Visibility: a top-level flow run's end does not wait for the disk (a commit there cost
 ~200 µs per flow call). Reads through a store object in this process write what is pending
@@ -12,8 +21,8 @@ first (`catch_up`), so a query right after a flow call sees its runs; other proc
 within one pass; an `atexit` hook writes the rest, so a command run right after a script
 sees every run.
 
-Started lazily by the first top-level flow run (`top_level_flow_started`, called by the
-engine), from the `ASYNCFLOW_STORE` setting.
+Started lazily: the registry calls `on_first_tree` (wired in `install`) when a registry
+gets its first top-level run, and the `ASYNCFLOW_STORE` setting then decides where it goes.
 """
 
 from __future__ import annotations
@@ -21,212 +30,460 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
+from collections import deque
 from typing import TYPE_CHECKING
 
-from asyncflow.exceptions import StoreError
+from asyncflow.exceptions import StoreError, StoreLockedError, StoreReplacedError
 
 # asyncflow.store.base (and sqlite3, socket...) load with the first writer, not with asyncflow:
-# the engine imports this module, and `import asyncflow` must stay fast.
+# `import asyncflow` must stay fast.
 if TYPE_CHECKING:
-    from asyncflow.store.base import RecordingStore
+    from pathlib import Path
+
+    from asyncflow.store.base import RecordingStore, WriteBatch
     from asyncflow.store.memory import MemoryRegistry
 
 #: Seconds between the writer's passes while runs are recorded, and while none are. Short
 #: passes keep the backlog small, so the flush at the end of a big flow run is short too.
 BUSY_INTERVAL = 0.05
 IDLE_INTERVAL = 0.2
-#: Longest an explicit flush (a read's catch-up, exit) waits for the writer's lock (the
+#: Longest an explicit flush (a read's catch-up) waits for the writer's lock (the
 #: database's own busy timeout, 2 s, comes on top when another process holds its write lock).
 FLUSH_TIMEOUT = 3.0
+#: Backoff between failed attempts: doubles from the first to the last value.
+RETRY_FIRST = 0.05
+RETRY_MAX = 5.0
+#: ...and for a store that cannot work until someone fixes it (corrupt, read-only...).
+RETRY_PERMANENT = 30.0
+#: A store that is only locked by other processes is not worth a warning before this long.
+LOCKED_WARNING_AFTER = 10.0
 
 logger = logging.getLogger("asyncflow.store")
 
 
-class Writer:
-    """Feeds one store from the current registry; see the module docstring."""
+class _Progress:
+    """How far one registry is written: its session in the store and its two marks."""
 
-    def __init__(self, url: str, registry: MemoryRegistry) -> None:
-        self.url = url
-        self.registry = registry
-        self.process_id = str(uuid.uuid4())
-        # Serializes all database work: the thread's passes, explicit flushes, switching.
-        self.lock = threading.Lock()
-        self.store: RecordingStore | None = None
-        self.broken = False  # the store could not be opened: nothing is recorded
-        self.session: int | None = None  # processes.pk of the current registry's rows
+    __slots__ = ("run_mark", "session", "transition_mark")
+
+    def __init__(self) -> None:
+        self.session: int | None = None
         self.run_mark = 0
         self.transition_mark = 0
+
+
+class Writer:
+    """Feeds one store from the registries it keeps; see the module docstring."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        # One identity per process, whatever writers come and go: a registry's session in
+        # the store is found again by it.
+        self.process_id, self.pid, self.hostname, self.started = _process
+        # Serializes all database work: the thread's passes, explicit flushes, closing.
+        self.lock = threading.Lock()
+        self.store: RecordingStore | None = None
+        self.kept: dict[MemoryRegistry, _Progress] = {}  # the thread's (lock held)
+        self.incoming: deque[MemoryRegistry] = deque()  # kept from now on: run threads add
         self.last_beat = 0.0
         self.wake = threading.Event()
         self.stopping = False
-        self._failures = 0  # writes that failed in a row
-        self._postponed = False  # the last write found the database locked (warned once)
+        # failures: when the current run of them began, how many, when to try again
+        self.failing_since: float | None = None
+        self.failures = 0
+        self.retry_at = 0.0
+        self.warned = False  # the outage warning was given (the recovery one follows)
+        self.permanent = False  # the last failure needs fixing by someone (see StoreError)
+        self.spill_seq = 0
+        self.own_spills = 0  # this process's spill files the store has not had yet
         self.thread = threading.Thread(
             target=self._loop, name="asyncflow-store-writer", daemon=True
         )
         self.thread.start()
 
+    def keep(self, registry: MemoryRegistry) -> None:
+        """Persist `registry` from now on (called from run threads: never waits)."""
+        registry.keeper = self
+        self.incoming.append(registry)
+        self.wake.set()
+
     # -- the thread ---------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             with self.lock:
-                if self.stopping or self.broken:
+                if self.stopping:
                     return
-                wrote = self._pass()
-            self.wake.wait(BUSY_INTERVAL if wrote else IDLE_INTERVAL)
+                try:
+                    busy = self._pass()
+                except Exception as exc:  # a bug here must not end recording silently
+                    logger.error("Run history writer failed: %r", exc, exc_info=exc)
+                    busy = True
+            delay = BUSY_INTERVAL if busy else IDLE_INTERVAL
+            if self.failing_since is not None:
+                delay = max(delay, self.retry_at - time.monotonic())
+            self.wake.wait(delay)
             self.wake.clear()
 
-    def _open(self) -> bool:
-        """Open the store (once); log and stop recording when it cannot be opened."""
-        if self.store is None and not self.broken:
-            from asyncflow.store import connect
+    def _adopt(self) -> None:
+        while self.incoming:
+            registry = self.incoming.popleft()
+            progress = registry.marks.get(self.url)
+            if progress is None:  # (a writer before this one may have written some of it)
+                progress = registry.marks[self.url] = _Progress()
+            self.kept[registry] = progress
 
-            try:
-                self.store = connect(self.url)
-            except StoreError as exc:
-                self.broken = True
-                logger.error("Run history is not recorded: %s", exc)
-            except Exception as exc:  # an unexpected failure must not reach the user's flows
-                self.broken = True
-                logger.error("Run history is not recorded: %r", exc, exc_info=exc)
-        return self.store is not None
+    def _backlog(self) -> tuple[int, int]:
+        """(runs, states) recorded and not written yet."""
+        runs = states = 0
+        for registry, progress in self.kept.items():
+            runs += len(registry) - progress.run_mark
+            states += registry.transition_count - progress.transition_mark
+        return runs, states
 
-    def _pass(self) -> bool:
-        """Write what was recorded since the last pass, in one transaction (lock held).
+    def _pass(self, force: bool = False) -> bool:
+        """Write what the kept registries recorded since their marks (lock held).
 
-        Returns whether there was anything to write.
+        Returns whether there was anything to write. Between failures it waits out the
+        backoff unless `force` (an explicit flush, exit).
         """
-        if (self.stopping and self.store is None) or not self._open():  # closed: stays closed
-            return False
-        from asyncflow.store.base import HEARTBEAT_SECONDS, encode_batch
+        self._adopt()
+        pending = [
+            (registry, progress)
+            for registry, progress in self.kept.items()
+            if progress.run_mark < len(registry)
+            or progress.transition_mark < registry.transition_count
+        ]
+        if not force and self.failing_since is not None and time.monotonic() < self.retry_at:
+            return bool(pending) or self.own_spills > 0
+        try:
+            store = self._open()
+            if self.own_spills:
+                from asyncflow.store import spill
 
-        store = self.store
-        assert store is not None
-        registry = self.registry
-        if self.run_mark < len(registry) or self.transition_mark < registry.transition_count:
-            batch = registry.export_columns(self.run_mark, self.transition_mark)
-            try:
-                encoded = encode_batch(batch)
-                if self.session is None:
-                    self.session = store.register_process(self.process_id, encoded.id_prefix)
-                store.write(encoded, self.session)
-            except Exception as exc:
-                if isinstance(exc, StoreError) and "locked" in str(exc):
-                    # another process held the database too long: retried on the next pass
-                    if not self._postponed:
-                        logger.warning("Run history write postponed: %s", exc)
-                    self._postponed = True
-                    return True
-                self._failures += 1
-                logger.error(
-                    "Run history: %d run(s) and %d state(s) could not be written: %s",
-                    batch.run_end - batch.run_start,
-                    batch.transition_end - batch.transition_start,
-                    exc,
-                )
-                if self._failures >= 3:  # not a passing problem: stop trying
-                    logger.error("Run history is no longer recorded in this process.")
-                    self.broken = True
-            else:
-                self._failures = 0
-                self._postponed = False
-            self.run_mark, self.transition_mark = batch.run_end, batch.transition_end
-            self.last_beat = time.monotonic()
+                spill.replay(store, self.url, own=(self.pid, self.started))  # type: ignore[arg-type]
+                self.own_spills = 0
+            for registry, progress in pending:
+                self._write(store, registry, progress)
+        except Exception as exc:
+            self._failed(exc)
             return True
-        if time.monotonic() - self.last_beat > HEARTBEAT_SECONDS:
+        self._succeeded()
+        self._retire()
+        if not pending and time.monotonic() - self.last_beat > _heartbeat_seconds():
             self.last_beat = time.monotonic()
             try:
                 store.heartbeat(self.process_id)
             except Exception as exc:
-                logger.warning("Run history heartbeat failed: %s", exc)
-        return False
+                logger.debug("Run history heartbeat failed: %s", exc)
+        return bool(pending)
+
+    def _open(self) -> RecordingStore:
+        if self.store is None:
+            from asyncflow.store import connect
+
+            self.store = connect(self.url)
+        return self.store
+
+    def _write(self, store: RecordingStore, registry: MemoryRegistry, progress: _Progress) -> None:
+        from asyncflow.store.base import encode_batch, run_id_prefix
+
+        batch = registry.export_columns(progress.run_mark, progress.transition_mark)
+        encoded = encode_batch(batch)
+        if progress.session is None:
+            progress.session = store.session_for(
+                self.process_id, run_id_prefix(registry.prefix), self.pid, self.hostname,
+                self.started,
+            )  # fmt: skip
+        store.write(encoded, progress.session)
+        progress.run_mark, progress.transition_mark = batch.run_end, batch.transition_end
+        self.last_beat = time.monotonic()  # a write marks the process alive too
+
+    def _retire(self) -> None:
+        """Drop the registries that are finished and fully written (they are in the store)."""
+        from asyncflow.store.memory import retire
+
+        for registry, progress in list(self.kept.items()):
+            if (
+                registry.retirable
+                and progress.run_mark == len(registry)
+                and progress.transition_mark == registry.transition_count
+            ):
+                retire(registry)
+                del self.kept[registry]
+
+    def _failed(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        self.failures += 1
+        self.permanent = isinstance(exc, StoreError) and exc.permanent
+        cap = RETRY_PERMANENT if self.permanent else RETRY_MAX
+        self.retry_at = now + min(RETRY_FIRST * 2 ** min(self.failures - 1, 20), cap)
+        if isinstance(exc, StoreReplacedError):
+            # The file went away under us: start a new one with everything still in memory.
+            logger.warning(
+                "%s. Recording goes on in a new file, which gets every run still in this "
+                "process's memory; runs written before that and since dropped from memory "
+                "are only in the old file.",
+                exc,
+            )
+            for progress in self.kept.values():
+                progress.session = None
+                progress.run_mark = progress.transition_mark = 0
+        locked = isinstance(exc, StoreLockedError)
+        if not locked and self.store is not None:
+            # Reconnect next time: a PostgreSQL server that restarted, a file that moved...
+            try:
+                self.store.close()
+            except Exception:
+                pass
+            self.store = None
+        if not isinstance(exc, StoreError):
+            logger.debug("Run history write failed", exc_info=exc)
+        if not self.warned and (not locked or now - self.failing_since > LOCKED_WARNING_AFTER):
+            self.warned = True
+            runs, states = self._backlog()
+            logger.log(
+                logging.ERROR if self.permanent else logging.WARNING,
+                "Run history is not recorded in %s for now: %s. What runs record (%d run(s) "
+                "and %d state(s) so far) is held in memory and written when it works again "
+                "(tried every %gs at most); at exit, what is left goes to a spill file.",
+                _redact(self.url),
+                _one_line(exc),
+                runs,
+                states,
+                cap,
+            )
+        self._check_backlog()
+
+    def _succeeded(self) -> None:
+        if self.failing_since is not None and self.warned:
+            logger.warning(
+                "Run history is written to %s again, after %.1fs; nothing was lost.",
+                _redact(self.url),
+                time.monotonic() - self.failing_since,
+            )
+        self.failing_since = None
+        self.failures = 0
+        self.warned = False
+
+    def _check_backlog(self) -> None:
+        """Past ASYNCFLOW_STORE_BACKLOG states held back, move them to a spill file."""
+        from asyncflow.settings import get_settings
+
+        limit = get_settings().store_backlog
+        runs, states = self._backlog()
+        if states <= limit:
+            return
+        path = self._spill(None)
+        if path is not None:
+            logger.warning(
+                "Run history: %d run(s) and %d state(s) held back for %s passed "
+                "ASYNCFLOW_STORE_BACKLOG=%d; moved to %s. They are written when the store "
+                "works again.",
+                runs,
+                states,
+                _redact(self.url),
+                limit,
+                path,
+            )
+        self._retire()
+
+    def _spill(self, end_reason: str | None) -> Path | None:
+        """Move everything not written yet to a spill file; advances the marks.
+
+        Returns its path (None when there was nothing); when the file cannot be written
+        either, says how much is lost and returns None.
+        """
+        from asyncflow.store import spill
+        from asyncflow.store.base import encode_batch, run_id_prefix
+
+        self._adopt()
+        record = spill.Spill(self.process_id, self.pid, self.hostname, self.started)
+        record.end_reason = end_reason
+        advanced: list[tuple[_Progress, int, int]] = []
+        for registry, progress in self.kept.items():
+            if (
+                progress.run_mark == len(registry)
+                and progress.transition_mark == registry.transition_count
+            ):
+                continue
+            batch = registry.export_columns(progress.run_mark, progress.transition_mark)
+            try:
+                encoded: WriteBatch = encode_batch(batch)
+            except Exception as exc:
+                logger.error(
+                    "Run history: %d run(s) and %d state(s) are lost (they cannot be encoded: "
+                    "%r).",
+                    batch.run_end - batch.run_start,
+                    batch.transition_end - batch.transition_start,
+                    exc,
+                )
+                advanced.append((progress, batch.run_end, batch.transition_end))
+                continue
+            record.batches.append((run_id_prefix(registry.prefix), progress.session, encoded))
+            advanced.append((progress, batch.run_end, batch.transition_end))
+        if not record.batches and end_reason is None:
+            for progress, run_end, transition_end in advanced:
+                progress.run_mark, progress.transition_mark = run_end, transition_end
+            return None
+        self.spill_seq += 1
+        try:
+            path = spill.save(self.url, record, self.spill_seq)
+        except Exception as exc:
+            logger.error(
+                "Run history: %d run(s) and %d state(s) for %s are lost: the store cannot be "
+                "written and neither can a spill file in %s (%s).",
+                record.runs,
+                record.states,
+                _redact(self.url),
+                spill.spill_dir(),
+                _one_line(exc),
+            )
+            path = None
+        else:
+            self.own_spills += 1
+        for progress, run_end, transition_end in advanced:
+            progress.run_mark, progress.transition_mark = run_end, transition_end
+        return path
 
     # -- called from run threads --------------------------------------------------------------
     def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
-        """Write what is recorded so far; False when the store is busy for `timeout` s."""
-        if self.broken or self.stopping:
+        """Write what is recorded so far; False when that did not happen within `timeout`."""
+        if self.stopping:
             return False
         if not self.lock.acquire(timeout=timeout):
-            logger.warning("Run history flush timed out after %gs; it continues later.", timeout)
+            logger.debug("Run history flush timed out after %gs; it continues later.", timeout)
             return False
         try:
-            self._pass()
+            self._pass(force=True)
         finally:
             self.lock.release()
-        return not self.broken
+        return self.failing_since is None
 
-    def switch(self, registry: MemoryRegistry) -> None:
-        """Follow a new registry (after `reset_registry()`): finish the old one first."""
-        with self.lock:
-            if registry is self.registry:
-                return
-            if not self.broken:
-                self._pass()
-            self.registry = registry
-            self.session = None
-            self.run_mark = self.transition_mark = 0
+    def close(self, timeout: float) -> None:
+        """Write the rest (for up to `timeout` s), stop the thread and close the store.
 
-    def close(self, timeout: float = FLUSH_TIMEOUT) -> None:
-        """Write the rest, stop the thread and close the store."""
+        What could not be written goes to a spill file, and the log says how much and where.
+        """
         self.stopping = True
         self.wake.set()
-        if not self.lock.acquire(timeout=timeout):
+        deadline = time.monotonic() + timeout
+        reason = (
+            f"The process that ran it (pid {self.pid} on {self.hostname}) exited before it "
+            "finished."
+        )
+        if not self.lock.acquire(timeout=max(timeout, 0.0)):
+            # The thread is stuck in a store call (a server that stopped answering): what it
+            # has not confirmed goes to a spill file. Writes are idempotent: if its call does
+            # land after all, the replay changes nothing.
+            self._give_up(reason, timeout)
             return
         try:
-            if not self.broken:
-                self._pass()
+            while True:
+                self._pass(force=True)
+                if self.failing_since is None and not self._backlog()[1]:
+                    break
+                if self.permanent:
+                    break  # waiting cannot help: straight to the spill file
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                time.sleep(min(remaining, max(RETRY_FIRST, min(0.5, remaining))))
+            if self.failing_since is None and not self._backlog()[1] and not self.own_spills:
+                store = self.store
+                if store is not None:
+                    try:  # runs still open now will never end: say so rather than leave them
+                        store.end_process(self.process_id, reason)
+                    except Exception as exc:
+                        logger.warning("Run history: could not close this process's runs: %s", exc)
+            else:
+                self._give_up(reason, timeout)
+            self._retire()
+            for registry in self.kept:
+                registry.keeper = None
             if self.store is not None:
-                import socket
-
-                try:  # runs still open now will never end: say so rather than leave them open
-                    self.store.end_process(
-                        self.process_id,
-                        f"The process that ran it (pid {os.getpid()} on {socket.gethostname()}) "
-                        "exited before it finished.",
-                    )
-                except Exception as exc:
-                    logger.warning("Run history: could not close this process's runs: %s", exc)
-                self.store.close()
+                try:
+                    self.store.close()
+                except Exception:
+                    pass
                 self.store = None
         finally:
             self.lock.release()
 
+    def _give_up(self, reason: str, timeout: float) -> None:
+        runs, states = self._backlog()
+        path = self._spill(reason)
+        if path is not None:
+            logger.warning(
+                "Run history: %d run(s) and %d state(s) could not be written to %s within "
+                "ASYNCFLOW_STORE_EXIT_TIMEOUT=%gs; saved to %s. The next process that opens "
+                "this store writes them.",
+                runs,
+                states,
+                _redact(self.url),
+                timeout,
+                path,
+            )
+
+
+def _heartbeat_seconds() -> float:
+    from asyncflow.store.base import HEARTBEAT_SECONDS
+
+    return HEARTBEAT_SECONDS
+
+
+def _redact(url: str) -> str:
+    from asyncflow.store.postgres import redact
+
+    return redact(url)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
 
 # -- activation ---------------------------------------------------------------------------------
+def _identity() -> tuple[str, int, str, float]:
+    return str(uuid.uuid4()), os.getpid(), socket.gethostname(), time.time()
+
+
+_process = _identity()  # (process id, pid, hostname, start time): what the store knows us by
 _writer: Writer | None = None
-_checked: object = None  # the registry the current decision (a writer, or none) was made for
 _start_lock = threading.Lock()
 _orphans: list[object] = []  # writers inherited across fork: never touched again, never closed
 
 
-def top_level_flow_started(registry: MemoryRegistry) -> None:
-    """Engine hook: make sure the store writer records `registry` (cheap when it does)."""
-    if registry is _checked:
-        return
-    _activate(registry)
-
-
-def _activate(registry: MemoryRegistry) -> None:
-    global _writer, _checked
+def on_first_tree(registry: MemoryRegistry) -> None:
+    """Registry hook: its first top-level run decides where (and whether) it is persisted."""
+    global _writer
     from asyncflow.store import recording_url
 
     with _start_lock:
-        if registry is _checked:
+        if registry.decided:
             return
         url = recording_url()
         writer = _writer
-        if writer is not None and (url != writer.url or writer.broken):
-            writer.close()
-            _writer = writer = None
+        if writer is not None and url != writer.url:
+            _writer = None
+            writer.close(_exit_timeout())
+            writer = None
         if url is not None:
             if writer is None:
-                _writer = Writer(url, registry)
-            else:
-                writer.switch(registry)
-        _checked = registry
+                _writer = writer = Writer(url)
+            writer.keep(registry)
+        registry.decided = True
+
+
+def install() -> None:
+    """Subscribe the writer to the registries (done once, by `import asyncflow`)."""
+    from asyncflow.store import memory
+
+    memory.set_tree_listener(on_first_tree)
 
 
 def catch_up(url: str) -> None:
@@ -250,34 +507,45 @@ def flush(timeout: float = FLUSH_TIMEOUT) -> bool:
     writer = _writer
     if writer is None:
         return True
-    from asyncflow.store.memory import get_registry
-
-    registry = get_registry()
-    if registry is not writer.registry:
-        _activate(registry)
-        writer = _writer
-        if writer is None:
-            return True
     return writer.flush(timeout)
 
 
-def stop(timeout: float = FLUSH_TIMEOUT) -> None:
-    """Flush and stop the writer (atexit; tests). The next top-level flow starts a new one."""
-    global _writer, _checked
+def stop(timeout: float | None = None) -> None:
+    """Flush and stop the writer (atexit; tests). The next new registry starts a new one.
+
+    `timeout` defaults to ASYNCFLOW_STORE_EXIT_TIMEOUT.
+    """
+    global _writer
     with _start_lock:
-        writer, _writer, _checked = _writer, None, None
+        writer, _writer = _writer, None
     if writer is not None:
-        writer.close(timeout)
+        writer.close(_exit_timeout() if timeout is None else timeout)
+    from asyncflow.store import memory
+
+    for registry in memory.live_registries():  # their next tree decides again
+        if registry.keeper is None:
+            registry.decided = False
+
+
+def _exit_timeout() -> float:
+    from asyncflow.settings import get_settings
+
+    try:
+        return get_settings().store_exit_timeout
+    except ValueError as exc:
+        logger.error("%s; using 5s.", exc)
+        return 5.0
 
 
 def _after_fork_in_child() -> None:
-    # The parent's thread does not exist here and its SQLite connection must not be used
-    # (nor closed) in this process: forget the writer; the child starts its own when needed.
-    global _writer, _checked, _start_lock
+    # The parent's thread does not exist here and its connection must not be used (nor
+    # closed) in this process: forget the writer; the child starts its own when needed.
+    global _writer, _start_lock, _process
+    _process = _identity()
     if _writer is not None:
-        _writer.broken = True  # never touched again in this process
+        _writer.stopping = True  # never touched again in this process
         _orphans.append(_writer)
-    _writer, _checked = None, None
+    _writer = None
     _start_lock = threading.Lock()
 
 
