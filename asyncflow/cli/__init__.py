@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (ls, inspect, tree, run):
         sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
         _store_option(sub, argparse.SUPPRESS)
+    for sub in (ls, inspect, tree):
+        sub.add_argument(
+            "--show-secrets",
+            action="store_true",
+            help="show parameters named like secrets (password, token, api_key...) in full",
+        )
     return parser
 
 
@@ -119,6 +125,9 @@ def _runs_command(args: argparse.Namespace) -> int:
         "tree": _runs.tree,
     }
     command = commands[args.runs_command]
+    from asyncflow.cli import _format
+
+    _format.show_secrets = args.show_secrets
     missing = _missing_sqlite_file(args.store)
     if missing is not None:  # reading must not create a database (a mistyped --store, say)
         if args.runs_command != "ls":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -96,6 +97,39 @@ def to_jsonable(value: Any) -> Any:
     return json.loads(to_json(value, serialize_unknown=True, inf_nan_mode="constants"))
 
 
+#: Parameter names that look like secrets: their values are masked unless --show-secrets.
+SECRET_NAME = re.compile(
+    r"pass(word|wd|phrase)|secret|credential|api_?key|private_?key|access_?key"
+    r"|(^|_)(token|auth|authorization|pwd|cookie)(_|$)",
+    re.IGNORECASE,
+)
+MASK = "********"
+show_secrets = False  # set from the command line
+
+
+def masked(parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Parameters with secret-looking names (at any depth) masked, unless show_secrets."""
+    if parameters is None or show_secrets:
+        return parameters
+    return _mask(parameters)  # type: ignore[no-any-return]
+
+
+def _snake(name: str) -> str:
+    """`accessToken` -> `access_token`: camelCase names match like snake_case ones."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).replace("-", "_")
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: MASK if isinstance(k, str) and SECRET_NAME.search(_snake(k)) else _mask(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return value
+
+
 def run_dict(run: StoredRun, with_states: bool = False) -> dict[str, Any]:
     """A run as JSON data: ids as strings, ISO timestamps."""
     delta = run.duration
@@ -114,7 +148,7 @@ def run_dict(run: StoredRun, with_states: bool = False) -> dict[str, Any]:
         "parent_flow_run_id": _str(run.parent_flow_run_id),
         "parent_task_run_id": _str(run.parent_task_run_id),
         "child_flow_run_id": _str(run.child_flow_run_id),
-        "parameters": None if run.parameters is None else to_jsonable(run.parameters),
+        "parameters": None if run.parameters is None else to_jsonable(masked(run.parameters)),
         "run_count": run.run_count,
     }
     if with_states:

@@ -14,6 +14,7 @@ from asyncflow.cli._format import (
     dumps,
     duration,
     local_time,
+    masked,
     one_line,
     render_tree,
     run_dict,
@@ -190,8 +191,9 @@ async def inspect(store: RunStore, args: argparse.Namespace) -> int:
     if run.state_message:
         lines += ["", "Message", *_indented(run.state_message)]
     lines += ["", "Parameters"]
-    if run.parameters:
-        lines += [f"  {k} = {_value_text(v)}" for k, v in run.parameters.items()]
+    parameters = masked(run.parameters)
+    if parameters:
+        lines += [f"  {k} = {_value_text(v)}" for k, v in parameters.items()]
     else:
         lines.append("  (none)" if run.parameters is not None else "  (not recorded)")
     lines += ["", "State history"]

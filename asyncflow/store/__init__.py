@@ -35,20 +35,27 @@ def store_url(value: str | None = None) -> str | None:
     if lowered == "memory":
         return None
     if lowered in {"", "sqlite", "sqlite:", "sqlite://"}:
-        return f"sqlite://{(settings.home / 'runs.db').resolve()}"
+        return f"sqlite://{_canonical(settings.home / 'runs.db')}"
     if lowered.startswith(_POSTGRES_SCHEMES):
         return text
     if lowered.startswith("sqlite:"):
         path = text[len("sqlite://") :] if lowered.startswith("sqlite://") else text[7:]
-        return f"sqlite://{Path(path).expanduser().resolve()}"
+        return f"sqlite://{_canonical(Path(path))}"
     if "://" not in text and (
         os.sep in text or "/" in text or text.endswith((".db", ".sqlite", ".sqlite3"))
     ):
-        return f"sqlite://{Path(text).expanduser().resolve()}"
+        return f"sqlite://{_canonical(Path(text))}"
     raise StoreError(
         f"Unknown run store {raw!r} (ASYNCFLOW_STORE): use 'sqlite', 'memory', "
         "'sqlite:///path/to/runs.db' or 'postgresql://user:password@host/database'."
     )
+
+
+def _canonical(path: Path) -> Path:
+    """An absolute path with its directories resolved, but not the file itself: a symbolic
+    link named as the database stays visible (a dangling one is refused, not followed)."""
+    path = path.expanduser()
+    return path.parent.resolve() / path.name
 
 
 def recording_url() -> str | None:

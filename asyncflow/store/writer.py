@@ -84,8 +84,16 @@ class Writer:
         # One identity per process, whatever writers come and go: a registry's session in
         # the store is found again by it.
         self.process_id, self.pid, self.hostname, self.started = _process
-        # Serializes all database work: the thread's passes, explicit flushes, closing.
+        # Held by the thread around each pass (so a test, or a stuck-thread exit, can tell).
         self.lock = threading.Lock()
+        # Flushes wait here for a pass that started after they asked.
+        self.cond = threading.Condition()
+        self.started_passes = self.done_passes = 0
+        self.force = False  # the next pass ignores the backoff
+        self.deadline: float | None = None  # set by close(): finish by then
+        self.timeout = 0.0
+        self.finished = threading.Event()
+        self.abandoned = False  # close() gave up on a stuck thread
         self.store: RecordingStore | None = None
         self.kept: dict[MemoryRegistry, _Progress] = {}  # the thread's (lock held)
         self.incoming: deque[MemoryRegistry] = deque()  # kept from now on: run threads add
@@ -111,17 +119,27 @@ class Writer:
         self.incoming.append(registry)
         self.wake.set()
 
-    # -- the thread ---------------------------------------------------------------------------
+    # -- the thread: all store I/O happens here -------------------------------------------------
     def _loop(self) -> None:
         while True:
+            with self.cond:
+                self.started_passes += 1
+                force, self.force = self.force, False
             with self.lock:
+                if self.abandoned:
+                    return
                 if self.stopping:
+                    self._finish()
+                    self.finished.set()
                     return
                 try:
-                    busy = self._pass()
+                    busy = self._pass(force)
                 except Exception as exc:  # a bug here must not end recording silently
                     logger.error("Run history writer failed: %r", exc, exc_info=exc)
                     busy = True
+            with self.cond:
+                self.done_passes += 1
+                self.cond.notify_all()
             delay = BUSY_INTERVAL if busy else IDLE_INTERVAL
             if self.failing_since is not None:
                 delay = max(delay, self.retry_at - time.monotonic())
@@ -276,10 +294,9 @@ class Writer:
         from asyncflow.settings import get_settings
 
         limit = get_settings().store_backlog
-        runs, states = self._backlog()
-        if states <= limit:
+        if self._backlog()[1] <= limit:
             return
-        path = self._spill(None)
+        path, runs, states = self._spill(None)
         if path is not None:
             logger.warning(
                 "Run history: %d run(s) and %d state(s) held back for %s passed "
@@ -293,11 +310,11 @@ class Writer:
             )
         self._retire()
 
-    def _spill(self, end_reason: str | None) -> Path | None:
+    def _spill(self, end_reason: str | None) -> tuple[Path | None, int, int]:
         """Move everything not written yet to a spill file; advances the marks.
 
-        Returns its path (None when there was nothing); when the file cannot be written
-        either, says how much is lost and returns None.
+        Returns its path (None when there was nothing) and the runs and states in it; when
+        the file cannot be written either, says how much is lost and returns None.
         """
         from asyncflow.store import spill
         from asyncflow.store.base import encode_batch, run_id_prefix
@@ -330,7 +347,7 @@ class Writer:
         if not record.batches and end_reason is None:
             for progress, run_end, transition_end in advanced:
                 progress.run_mark, progress.transition_mark = run_end, transition_end
-            return None
+            return None, 0, 0
         self.spill_seq += 1
         try:
             path = spill.save(self.url, record, self.spill_seq)
@@ -349,75 +366,80 @@ class Writer:
             self.own_spills += 1
         for progress, run_end, transition_end in advanced:
             progress.run_mark, progress.transition_mark = run_end, transition_end
-        return path
+        return path, record.runs, record.states
 
-    # -- called from run threads --------------------------------------------------------------
+    def _finish(self) -> None:
+        """The exit: write the rest until `deadline`, then close this process's runs (or
+        spill what is left), and close the store (lock held)."""
+        deadline = self.deadline or time.monotonic()
+        while True:
+            try:
+                self._pass(force=True)
+            except Exception as exc:
+                logger.error("Run history writer failed: %r", exc, exc_info=exc)
+            if self.failing_since is None and not self._backlog()[1]:
+                break
+            remaining = deadline - time.monotonic()
+            if self.permanent or remaining <= 0:
+                break  # (waiting cannot help a permanent failure: straight to the spill file)
+            time.sleep(min(remaining, 0.1))
+        if self.failing_since is None and not self._backlog()[1] and not self.own_spills:
+            store = self.store
+            if store is not None:
+                try:  # runs still open now will never end: say so rather than leave them open
+                    store.end_process(self.process_id, self._exit_reason())
+                except Exception as exc:
+                    logger.warning("Run history: could not close this process's runs: %s", exc)
+        else:
+            self._give_up(self._exit_reason(), self.timeout)
+        self._retire()
+        for registry in self.kept:
+            registry.keeper = None
+        if self.store is not None:
+            try:
+                self.store.close()
+            except Exception:
+                pass
+            self.store = None
+
+    def _exit_reason(self) -> str:
+        return (
+            f"The process that ran it (pid {self.pid} on {self.hostname}) exited before it "
+            "finished."
+        )
+
+    # -- called from other threads --------------------------------------------------------------
     def flush(self, timeout: float = FLUSH_TIMEOUT) -> bool:
-        """Write what is recorded so far; False when that did not happen within `timeout`."""
+        """Have the thread write what is recorded so far; False when that did not succeed
+        within `timeout` (the store failing, or busy)."""
         if self.stopping:
             return False
-        if not self.lock.acquire(timeout=timeout):
-            logger.debug("Run history flush timed out after %gs; it continues later.", timeout)
-            return False
-        try:
-            self._pass(force=True)
-        finally:
-            self.lock.release()
-        return self.failing_since is None
+        with self.cond:
+            want = self.started_passes + 1  # a pass that starts after this call
+            self.force = True
+            self.wake.set()
+            done = self.cond.wait_for(lambda: self.done_passes >= want, timeout)
+        return done and self.failing_since is None
 
     def close(self, timeout: float) -> None:
         """Write the rest (for up to `timeout` s), stop the thread and close the store.
 
         What could not be written goes to a spill file, and the log says how much and where.
         """
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
         self.stopping = True
         self.wake.set()
-        deadline = time.monotonic() + timeout
-        reason = (
-            f"The process that ran it (pid {self.pid} on {self.hostname}) exited before it "
-            "finished."
-        )
-        if not self.lock.acquire(timeout=max(timeout, 0.0)):
-            # The thread is stuck in a store call (a server that stopped answering): what it
-            # has not confirmed goes to a spill file. Writes are idempotent: if its call does
-            # land after all, the replay changes nothing.
-            self._give_up(reason, timeout)
+        if self.finished.wait(timeout + 1.0):
             return
-        try:
-            while True:
-                self._pass(force=True)
-                if self.failing_since is None and not self._backlog()[1]:
-                    break
-                if self.permanent:
-                    break  # waiting cannot help: straight to the spill file
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                time.sleep(min(remaining, max(RETRY_FIRST, min(0.5, remaining))))
-            if self.failing_since is None and not self._backlog()[1] and not self.own_spills:
-                store = self.store
-                if store is not None:
-                    try:  # runs still open now will never end: say so rather than leave them
-                        store.end_process(self.process_id, reason)
-                    except Exception as exc:
-                        logger.warning("Run history: could not close this process's runs: %s", exc)
-            else:
-                self._give_up(reason, timeout)
-            self._retire()
-            for registry in self.kept:
-                registry.keeper = None
-            if self.store is not None:
-                try:
-                    self.store.close()
-                except Exception:
-                    pass
-                self.store = None
-        finally:
-            self.lock.release()
+        # The thread is stuck in a store call (a server that stopped answering on an open
+        # connection): what it has not confirmed goes to a spill file from here. Writes are
+        # idempotent: if its call lands after all, replaying the file changes nothing.
+        self.abandoned = True
+        self._give_up(self._exit_reason(), timeout)
 
     def _give_up(self, reason: str, timeout: float) -> None:
-        runs, states = self._backlog()
-        path = self._spill(reason)
+        path, runs, states = self._spill(reason)
         if path is not None:
             logger.warning(
                 "Run history: %d run(s) and %d state(s) could not be written to %s within "

@@ -64,6 +64,7 @@ class ThreadPoolTaskRunner(TaskRunner):
             if work is _STOP:
                 return
             work()
+            work = None  # an idle worker must not keep its last run (and registry) alive
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
