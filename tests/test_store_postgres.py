@@ -9,13 +9,18 @@ under CI=true, where a missing server is a failure.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
+from _tcp_proxy import TcpProxy
 from test_store_sqlite import (  # the behavior tests, run here on PostgreSQL
     recording,
     store,
@@ -33,10 +38,13 @@ from test_store_sqlite import (  # the behavior tests, run here on PostgreSQL
     test_two_processes_write_one_store_at_once,
 )
 
+from asyncflow import flow, task
 from asyncflow.exceptions import StoreError
+from asyncflow.settings import reload_settings
 from asyncflow.states import StateType
 from asyncflow.store import open_store, writer
 from asyncflow.store.base import CRASH_SEQ, SCHEMA_VERSION
+from asyncflow.store.memory import reset_registry
 
 __all__ = [
     "recording",
@@ -194,3 +202,132 @@ def test_concurrent_first_opens_create_the_schema_once(store_url: str) -> None:
         t.join(30)
     assert not errors, errors
     assert _execute(store_url, "SELECT version FROM asyncflow_schema") == [(SCHEMA_VERSION,)]
+
+
+# -- outages (issue 11), through a TCP proxy in front of the server ------------------------------
+def _proxied(url: str) -> tuple[TcpProxy, str]:
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    proxy = TcpProxy(parts.hostname, parts.port)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{proxy.port}"
+    netloc = f"{netloc[0]}@{host}" if len(netloc) == 2 else host
+    return proxy, urlunsplit(parts._replace(netloc=netloc))
+
+
+@task
+def paced(i: int) -> int:
+    time.sleep(0.001)
+    return i
+
+
+@flow
+def long_flow(n: int) -> int:
+    return sum(paced(i) for i in range(n))
+
+
+def test_server_restart_mid_flow_loses_nothing(store_url: str, logs: Any) -> None:
+    """The server goes away for a second mid-flow (every connection dropped, new ones
+    refused) and comes back: every state before, during and after is stored, the flow
+    Completed; one warning when it went, one when it came back."""
+    proxy, proxied = _proxied(store_url)
+    os.environ["ASYNCFLOW_STORE"] = proxied
+    reload_settings()
+    reset_registry()
+    try:
+        done: list[int] = []
+        thread = threading.Thread(target=lambda: done.append(long_flow(1500)))
+        thread.start()
+        time.sleep(0.4)
+        proxy.cut()
+        time.sleep(1.0)
+        proxy.resume()
+        thread.join(120)
+        assert done == [sum(range(1500))]
+        deadline = time.monotonic() + 30
+        while not writer.flush():
+            assert time.monotonic() < deadline, "the writer did not reconnect"
+            time.sleep(0.1)
+    finally:
+        writer.stop()
+        os.environ["ASYNCFLOW_STORE"] = "sqlite"
+        reload_settings()
+        proxy.close()
+    s: Any = open_store(store_url)
+    try:
+        (top,) = s.list_runs_sync(kind="flow")
+        assert top.state_type is StateType.COMPLETED
+        tasks = s.list_runs_sync(kind="task", limit=10_000)
+        assert len(tasks) == 1500
+        assert all(t.state_type is StateType.COMPLETED for t in tasks)
+        assert [x.type.value for x in s.read_run_sync(top.id).states] == [
+            "PENDING", "RUNNING", "COMPLETED"
+        ]  # fmt: skip
+    finally:
+        s.close()
+    store_messages = [r.getMessage() for r in logs.records if r.name == "asyncflow.store"]
+    assert sum("not recorded in" in m for m in store_messages) == 1, store_messages
+    assert sum("again, after" in m for m in store_messages) == 1, store_messages
+
+
+HANG_SCRIPT = """
+import time
+from asyncflow import flow, task
+
+@task
+def part(i: int) -> int:
+    return i
+
+@flow
+def finishes(n: int) -> int:
+    print("started", flush=True)
+    time.sleep(0.5)
+    return sum(part(i) for i in range(n))
+
+print(finishes(10), flush=True)
+"""
+
+
+def test_server_that_stops_answering_at_exit(store_url: str, tmp_path: Path) -> None:
+    """The server stops answering (connections open, no bytes back) while a process runs:
+    its exit waits ASYNCFLOW_STORE_EXIT_TIMEOUT and no longer, says how much it could not
+    write and where it went (it was silent, and lost it); the next opening writes it."""
+    proxy, proxied = _proxied(store_url)
+    try:
+        open_store(proxied).close()  # the schema exists
+        path = tmp_path / "hang.py"
+        path.write_text(HANG_SCRIPT)
+        env = {
+            **os.environ,
+            "ASYNCFLOW_STORE": proxied,
+            "ASYNCFLOW_LOGGING_LEVEL": "WARNING",
+            "ASYNCFLOW_STORE_EXIT_TIMEOUT": "1",
+        }
+        proc = subprocess.Popen(
+            [sys.executable, str(path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "started"
+        time.sleep(0.2)  # the writer has the flow's Running by now
+        proxy.freeze()
+        began = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert out.strip() == "45"
+        assert time.monotonic() - began < 10
+        assert "could not be written" in err and "saved to" in err, err
+        proxy.resume()
+        s: Any = open_store(proxied)  # writes the spill file
+        try:
+            (top,) = s.list_runs_sync(kind="flow")
+            assert top.state_type is StateType.COMPLETED, top
+            tasks = s.list_runs_sync(kind="task", limit=100)
+            assert len(tasks) == 10 and all(t.state_type is StateType.COMPLETED for t in tasks)
+        finally:
+            s.close()
+    finally:
+        proxy.close()
