@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, TypeVar
 
 from asyncflow.exceptions import InvalidDefinitionError
-from asyncflow.parameters import Signature
+from asyncflow.parameters import Signature, callable_name
 from asyncflow.states import State, StateType
 
 Kind = Literal["sync", "async", "generator", "async_generator"]
@@ -25,6 +27,12 @@ _HOOK_TYPES = {
 
 
 def function_kind(fn: Callable[..., Any]) -> Kind:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if not (inspect.isfunction(fn) or inspect.ismethod(fn) or inspect.isbuiltin(fn)):
+        call = inspect.getattr_static(type(fn), "__call__", None)  # a callable object
+        if call is not None and inspect.isfunction(call):
+            fn = call
     if inspect.isasyncgenfunction(fn):
         return "async_generator"
     if inspect.iscoroutinefunction(fn):
@@ -71,7 +79,12 @@ def check_retries(retries: Any, delay: Any, owner: str) -> int:
 
 
 def _non_negative(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    """A finite real number >= 0 that the clock can wait for (at most threading.TIMEOUT_MAX)."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value <= threading.TIMEOUT_MAX  # also False for NaN and infinity
+    )
 
 
 def check_timeout(timeout: Any, owner: str) -> float | None:
@@ -79,7 +92,8 @@ def check_timeout(timeout: Any, owner: str) -> float | None:
         return None
     if not _non_negative(timeout) or timeout == 0:
         raise InvalidDefinitionError(
-            f"{owner}: timeout_seconds must be a number > 0, got {timeout!r}."
+            f"{owner}: timeout_seconds must be a finite number > 0 (at most "
+            f"{threading.TIMEOUT_MAX:g}); use None for no timeout, got {timeout!r}."
         )
     return float(timeout)
 
@@ -103,7 +117,7 @@ class Spec:
         self._options = options
         self._bound = _UNBOUND
         self.__doc__ = fn.__doc__
-        self.__name__ = getattr(fn, "__name__", type(fn).__name__)
+        self.__name__ = callable_name(fn)
         self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
         self.__module__ = getattr(fn, "__module__", None)  # type: ignore[assignment]
         self.__wrapped__ = fn

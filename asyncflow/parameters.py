@@ -7,6 +7,7 @@ for pydantic's schema machinery.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections.abc import Callable
@@ -15,6 +16,15 @@ from typing import Any
 from asyncflow.exceptions import ParameterBindError, ParameterSizeError, ParameterTypeError
 
 _P = inspect.Parameter
+
+
+def callable_name(fn: Any) -> str:
+    """The name of a function, of the function a `functools.partial` wraps, or of the class
+    of a callable object."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    name = getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__
 
 
 class Signature:
@@ -81,8 +91,8 @@ class Signature:
             bound = self.sig.bind(*args, **kwargs)
         except TypeError as exc:
             raise ParameterBindError(
-                f"Error binding parameters for function '{self.fn.__name__}': {exc}.\n"
-                f"Function '{self.fn.__name__}' has signature '{self.sig}' but received "
+                f"Error binding parameters for function '{callable_name(self.fn)}': {exc}.\n"
+                f"Function '{callable_name(self.fn)}' has signature '{self.sig}' but received "
                 f"args: {args} and kwargs: {list(kwargs)}."
             ) from None
         explicit = frozenset(bound.arguments)
@@ -163,7 +173,7 @@ class Signature:
 
         def adapter_for(fields: dict[str, Any]) -> Any:
             make: Any = TypedDict
-            td = make(f"{self.fn.__name__}_parameters", fields, total=False)
+            td = make(f"{callable_name(self.fn)}_parameters", fields, total=False)
             td.__pydantic_config__ = config
             return TypeAdapter(td)
 
@@ -233,7 +243,10 @@ def check_size(parameters: dict[str, Any], limit: int, what: str) -> None:
         from pydantic_core import to_json
 
         _to_json = to_json
-    size = len(_to_json(parameters, serialize_unknown=True))
+    try:
+        size = len(_to_json(parameters, serialize_unknown=True))
+    except ValueError:  # e.g. bytes that are not UTF-8: measure them as base64 instead
+        size = len(_to_json(parameters, serialize_unknown=True, bytes_mode="base64"))
     if size > limit:
         raise ParameterSizeError(
             f"{what} parameters are {size / 1024:.1f} KB when serialized; the limit is "

@@ -158,6 +158,8 @@ class Harness:
             rows = self._store(w, "task_runs_batched")
         elif w.name == "store_sqlite":
             rows = self._store(w, "store_sequential")
+        elif w.name == "flow_calls_flat":
+            rows = self._flat(w)
         else:
             rows = [self._per_item(w)]
         self.log(f"  {w.name}: {time.perf_counter() - start:.1f} s")
@@ -288,6 +290,17 @@ class Harness:
         af = self._run("asyncflow", w.name, n, 1)
         row = Row(w.name, "B", n, af.get("bytes_per_task"))
         row.note = "" if af.ok and not af.error else _problem(af)
+        row.prefect_note = w.prefect_note
+        return [row]
+
+    def _flat(self, w: Workload) -> list[Row]:
+        """RSS growth per flow call once warm, with the SQLite store recording every run."""
+        n = w.n(self.quick)
+        af = self._run("asyncflow", w.name, n, 1, "sqlite")
+        row = Row(w.name, "B", n, af.get("bytes_per_call"), total_s=af.get("seconds"))
+        row.note = "" if af.ok and not af.error else _problem(af)
+        if af.result is not None:
+            row.extra = {k: v for k, v in af.result.items() if k != "emitted_at"}
         row.prefect_note = w.prefect_note
         return [row]
 

@@ -414,6 +414,46 @@ def store_sequential(n: int, repeats: int) -> Result:
     return per_item(seconds, n, transitions=transitions)
 
 
+def flow_calls_flat(n: int, repeats: int) -> Result:
+    """RSS growth per sequential flow call after a warm-up (n/5 calls), SQLite store on.
+
+    Finished run trees leave the in-memory registry once the writer has stored them, so a
+    process that runs flows for ever stays flat; this is the slope of its RSS.
+    """
+    from asyncflow import flow, task
+
+    @task
+    def one(i: int) -> int:
+        return i
+
+    @flow
+    def call(i: int) -> int:
+        return one(i) + 1
+
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    warm = max(n // 5, 1)
+    for i in range(warm):
+        call(i)
+    gc.collect()
+    before = rss()
+    start = time.perf_counter()
+    for i in range(n):
+        call(i)
+    seconds = time.perf_counter() - start
+    gc.collect()
+    after = rss()
+    return {
+        "bytes_per_call": (after - before) / n,
+        "rss_before_mb": before / 1e6,
+        "rss_after_mb": after / 1e6,
+        "seconds": seconds,
+        "per_call_us": seconds / n * 1e6,
+    }
+
+
 def store_checked(workload: Workload) -> Workload:
     """Run `workload` as is, or under ASYNCFLOW_STORE=sqlite only once the store is there.
 
@@ -487,6 +527,7 @@ WORKLOADS: dict[str, Workload] = {
     "task_runs_batched": store_checked(task_runs_batched),
     "task_runs_retained": task_runs_retained,
     "store_sequential": store_checked(store_sequential),
+    "flow_calls_flat": flow_calls_flat,
 }
 
 if __name__ == "__main__":

@@ -258,6 +258,20 @@ WORKLOADS: list[Workload] = [
         item="task",
         prefect_note="Prefect always records to its server's SQLite: see sequential_tasks",
     ),
+    Workload(
+        "flow_calls_flat",
+        "N sequential flow calls (one task each) with ASYNCFLOW_STORE=sqlite: RSS growth per "
+        "call after a warm-up of N/5 (a long-lived process must stay flat)",
+        "B",
+        20_000,
+        1_000_000,
+        1,
+        None,
+        None,
+        None,
+        item="flow",
+        prefect_note="Prefect keeps its records in its server's database",
+    ),
 ]
 
 BY_NAME = {w.name: w for w in WORKLOADS}

@@ -19,6 +19,10 @@ from asyncflow.store.memory import MemoryRegistry, reset_registry
 _HOME = tempfile.mkdtemp(prefix="asyncflow-tests-")
 os.environ["ASYNCFLOW_HOME"] = _HOME
 os.environ["ASYNCFLOW_STORE"] = "sqlite"
+# A subprocess started with the ASYNCFLOW_* variables stripped (to test the defaults) would
+# fall back to ~/.asyncflow: HOME points into the session's directory too.
+os.environ["HOME"] = os.path.join(_HOME, "home")
+os.makedirs(os.environ["HOME"])
 reload_settings()
 
 

@@ -137,6 +137,10 @@ def test_foreign_runs_table_is_refused(store_url: str) -> None:
 
 
 def test_unreachable_server_names_it_without_the_password() -> None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _unavailable("psycopg is not installed (pip install -e '.[dev,postgres]')")
     url = "postgresql://someone:s3cret@127.0.0.1:1/nowhere"
     with pytest.raises(StoreError, match="cannot be reached") as info:
         open_store(url)

@@ -27,6 +27,7 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 _CRASHED = StateType.CRASHED
+_SLEEP_SLICE = 0.05  # how soon a retry delay in a worker thread notices a cancellation
 _NO_KWARGS: dict[str, Any] = {}  # a default for `**kwargs` calls, never mutated
 
 
@@ -70,7 +71,9 @@ def drive_sync(
             if delay is None:
                 return engine.finish(state)
             if delay > 0:
-                _sleep_sync(engine, delay)
+                stopped = _sleep_sync(engine, delay)
+                if stopped is not None:
+                    return stopped
     finally:
         var.reset(token)
         if isinstance(engine, FlowRunEngine):
@@ -113,19 +116,32 @@ def _ungrouped(engine: RunEngine, exc: BaseException, timed_out: bool) -> BaseEx
     return cancellation if cancellation is not None else exc
 
 
-def _sleep_sync(engine: RunEngine, delay: float) -> None:
-    """A retry delay that `cancel_run` can cut short."""
+def _sleep_sync(engine: RunEngine, delay: float) -> State[Any] | None:
+    """A retry delay that `cancel_run` can cut short.
+
+    Returns the run's final state when it was stopped for its own sake (cancelled); what is
+    aimed at an ancestor, or crashes the run, is re-raised after recording.
+    """
     with interrupts.guard() as target:
         engine.interrupt_target = target
         try:
-            if engine.cancel_requested:
-                raise engine.interrupt_error(timeout=False)
-            time.sleep(delay)
+            # In slices: outside the main thread the interrupt lands only between C calls.
+            end = time.monotonic() + delay
+            while True:
+                if engine.cancel_requested:
+                    raise engine.interrupt_error(timeout=False)
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    break
+                time.sleep(min(remaining, _SLEEP_SLICE))
         except BaseException as exc:
-            engine.finish(engine.outcome_of_error(exc))
-            raise
+            state = engine.finish(engine.outcome_of_error(exc))
+            if state.type is _CRASHED or _passes_through(engine, exc):
+                raise
+            return state
         finally:
             engine.interrupt_target = None
+    return None
 
 
 def _call_guarded(

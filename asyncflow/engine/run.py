@@ -227,12 +227,18 @@ class RunEngine:
             except Exception as exc:  # a broken condition must not hide the real failure
                 self._log(logging.ERROR, f"retry_condition_fn raised {exc!r}; not retrying.")
                 return None
-        delay = retry_delay_for(
-            spec.retry_delay_seconds,
-            self.run_count,
-            spec.retries,
-            getattr(spec, "retry_jitter_factor", None),
-        )
+        try:
+            delay = retry_delay_for(
+                spec.retry_delay_seconds,
+                self.run_count,
+                spec.retries,
+                getattr(spec, "retry_jitter_factor", None),
+            )
+        except Exception as exc:  # a broken delay setting ends the run, saying why
+            why = f"retry_delay_seconds failed ({type(exc).__name__}: {exc}); not retrying"
+            self._log(logging.ERROR, f"{why}.")
+            outcome.message = f"{outcome.message} ({why})" if outcome.message else why
+            return None
         self._record(_FAILED, _custom_name(outcome), outcome.message)
         self._record(
             StateType.SCHEDULED,
@@ -252,7 +258,14 @@ class RunEngine:
         self.state = state
         self.end_time = ts = state._ts
         name = state.name
-        self.registry.add_transition(
+        has_hooks = self.spec.has_hooks
+        registry = self.registry
+        # A top-level run ends its tree in the registry with its final state (one lock round),
+        # or after its hooks, which may still record.
+        record = (
+            registry.end_tree if self.parent is None and not has_hooks else registry.add_transition
+        )
+        record(
             self.row,
             state.type,
             ts,
@@ -267,10 +280,10 @@ class RunEngine:
             level = logging.ERROR
         if self.base_logger.isEnabledFor(level):
             self.logger.log(level, f"Finished in state {state}")
-        if self.spec.has_hooks:
+        if has_hooks:
             self._run_hooks(state)
-        if self.parent is None:
-            self.registry.tree_finished()
+            if self.parent is None:
+                registry.tree_finished()
         return state
 
     def _run_hooks(self, state: State[Any]) -> None:
@@ -304,9 +317,22 @@ def _custom_name(state: State[Any]) -> str | None:
 
 
 def retry_delay_for(setting: Any, attempt: int, retries: int, jitter: float | None) -> float:
-    """The delay before retry number `attempt` (1-based) from a number, list or callable."""
+    """The delay before retry number `attempt` (1-based) from a number, list or callable.
+
+    ValueError when a callable's answer is not a number >= 0 or a list of them.
+    """
     if callable(setting):
-        setting = setting(retries)
+        produced = setting(retries)
+        if not (
+            produced is None
+            or _delay_ok(produced)
+            or (isinstance(produced, (list, tuple)) and all(_delay_ok(d) for d in produced))
+        ):
+            raise ValueError(
+                f"the callable returned {produced!r}, not a number of seconds >= 0 or a list "
+                "of them"
+            )
+        setting = produced
     if isinstance(setting, (list, tuple)):
         delay = float(setting[min(attempt - 1, len(setting) - 1)]) if setting else 0.0
     else:
@@ -314,6 +340,14 @@ def retry_delay_for(setting: Any, attempt: int, retries: int, jitter: float | No
     if jitter:
         delay = max(0.0, random.uniform(delay * (1 - jitter), delay * (1 + jitter)))
     return delay
+
+
+def _delay_ok(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value <= threading.TIMEOUT_MAX
+    )
 
 
 class FlowRunEngine(RunEngine):

@@ -100,6 +100,18 @@ class ColumnExport(NamedTuple):
     t_text: dict[int, tuple[str | None, str | None]]
 
 
+_ROW_BITS = 48  # a run id's last 12 hex digits are its row
+_ROW_MASK = (1 << _ROW_BITS) - 1
+
+
+def _new_prefix() -> int:
+    """A random run-id prefix: 64 random bits but for the UUID version (8, "custom") and the
+    RFC 4122 variant, so every id is a valid UUID (`UUID(...).version == 8`)."""
+    high = int.from_bytes(os.urandom(8), "big")
+    high = (high & ~(0xF << 12)) | (0x8 << 12)  # version nibble: the 13th hex digit
+    return (high << 64) | (0b10 << 62)  # variant bits: the top of the 17th hex digit
+
+
 def _tail(d: dict[int, Any], start: int) -> dict[int, Any]:
     """Entries of `d` with key >= start; `d`'s keys are inserted in increasing order."""
     out: dict[int, Any] = {}
@@ -146,7 +158,7 @@ class MemoryRegistry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._prefix = ((int.from_bytes(os.urandom(8), "big") >> 1) | 1) << 64
+        self._prefix = _new_prefix()
         self.open_trees = 0  # top-level runs registered here and not finished yet
         self.closed = False  # no new tree opens here (see the module docstring)
         #: Who persists this registry (the store writer), once decided; None: nobody.
@@ -203,17 +215,44 @@ class MemoryRegistry:
             row = self._append_run(kind, spec_name, parent_row, counter, name, parameters, ts)
             if parent_row < 0:
                 self.open_trees += 1
-        if not self.decided and parent_row < 0 and _tree_listener is not None:
+        if parent_row < 0 and not self.decided and _tree_listener is not None:
             _tree_listener(self)  # outside the lock: the listener may export from here
         return row
 
     def tree_finished(self) -> None:
-        """A top-level run registered here reached its final state."""
+        """A top-level run registered here is done (its final state is recorded)."""
         with self._lock:
             self.open_trees -= 1
-            retire = self.closed and self.open_trees <= 0 and self.keeper is None
-        if retire:
-            _retire(self)
+            if not self.closed or self.open_trees > 0 or self.keeper is not None:
+                return
+        _retire(self)
+
+    def end_tree(
+        self,
+        row: int,
+        type_: StateType,
+        ts: float,
+        name: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """`add_transition` of a top-level run's final state, then `tree_finished`, in one
+        lock round (it is on the path of every top-level flow call)."""
+        with self._lock:
+            if self._inbox:
+                self._drain()
+            t = len(self._t_type)  # `_record`, inlined as in `add_transition`
+            self._t_run.append(row)
+            self._t_type.append(_TYPE_CODE[type_])
+            self._t_ts.append(ts)
+            last = self._last
+            self._t_prev.append(last[row])
+            last[row] = t
+            if name is not None or message is not None:
+                self._t_text[t] = (name, message)
+            self.open_trees -= 1
+            if not self.closed or self.open_trees > 0 or self.keeper is not None:
+                return
+        _retire(self)
 
     @property
     def retirable(self) -> bool:
@@ -571,7 +610,7 @@ def locate(run_id: UUID | str) -> tuple[MemoryRegistry, int] | None:
         value = UUID(str(run_id)).int
     except ValueError:
         return None
-    registry = _live.get(value >> 64 << 64)
+    registry = _live.get(value & ~_ROW_MASK)
     if registry is None:
         return None
     row = registry.row_of(value)

@@ -300,10 +300,12 @@ class SQLiteStore(SqlStore):
                 self._setup(conn)
             except sqlite3.Error as exc:
                 conn.close()
-                kind = _kind_of(exc)
-                if kind is not StoreReadOnlyError and not self._unwritable():
+                if _kind_of(exc) is not StoreReadOnlyError and not self._unwritable():
                     raise
                 conn = self._open_read_only(exc)
+            except BaseException:
+                conn.close()
+                raise
         except StoreError:
             raise
         except sqlite3.Error as exc:

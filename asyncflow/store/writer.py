@@ -107,7 +107,9 @@ class Writer:
         self.warned = False  # the outage warning was given (the recovery one follows)
         self.permanent = False  # the last failure needs fixing by someone (see StoreError)
         self.spill_seq = 0
-        self.own_spills = 0  # this process's spill files the store has not had yet
+        # This process's spill files the store has not had yet: unknown until the first
+        # pass looks (a writer before this one, for the same store, may have left some).
+        self.own_spills = 1
         self.thread = threading.Thread(
             target=self._loop, name="asyncflow-store-writer", daemon=True
         )

@@ -76,7 +76,9 @@ class ThreadPoolTaskRunner(TaskRunner):
             self._queue.put(_STOP)
         if wait:
             for thread in threads:
-                if thread is not threading.current_thread():
+                # A thread whose start() was interrupted (a cancellation delivered into the
+                # submitting thread at that moment) never ran: nothing to wait for.
+                if thread is not threading.current_thread() and thread.ident is not None:
                     thread.join()
 
     def _drop_queued(self) -> None:
