@@ -128,12 +128,14 @@ class Task(Spec, Generic[P, R]):
         parent = flow_run_var.get()
         if parent is not None and parent.deadline is not None:
             parent.check_deadline()
-        engine = TaskRunEngine(self, parent, args, kwargs)
         if self.isasync:
-            coro = run_task_async(engine, args, kwargs, wait_for, return_state)
+            # The run is registered when the coroutine starts, as in Prefect: a coroutine that
+            # is never awaited (or cancelled before it starts) is no run, not one Pending for ever.
+            coro = run_task_async(self, parent, args, kwargs, wait_for, return_state)
             if _blocking_context(parent):
                 return kernel.run(coro)
             return coro
+        engine = TaskRunEngine(self, parent, args, kwargs)
         if self.kind == "generator":
             return drivers.drive_sync_generator(engine, self.fn(*args, **kwargs))
         try:
@@ -246,12 +248,18 @@ def _not_ready(exc: UpstreamTaskError) -> State[Any]:
 
 
 async def run_task_async(
-    engine: TaskRunEngine,
+    task: Task[Any, Any],
+    parent: Any,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     wait_for: Any,
     return_state: bool = False,
+    engine: TaskRunEngine | None = None,
 ) -> Any:
+    """An async task run: `engine` when it is registered already (a submission), else one
+    registered now."""
+    if engine is None:
+        engine = TaskRunEngine(task, parent, args, kwargs)
     try:
         if wait_for or needs_resolving(args, kwargs):
             for future in _dependencies(args, kwargs, wait_for):
@@ -456,7 +464,9 @@ def _submit_async(
                 scope.cancel()
         try:
             with scope:
-                state = await run_task_async(engine, args, kwargs, wait_for, return_state=True)
+                state = await run_task_async(
+                    engine.spec, engine.parent, args, kwargs, wait_for, True, engine
+                )
         except BaseException as exc:
             state = engine.state or engine.finish(engine.outcome_of_error(exc))
             future._set_state(state)

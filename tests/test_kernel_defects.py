@@ -227,3 +227,105 @@ def test_pool_shutdown_skips_a_thread_whose_start_was_interrupted() -> None:
     runner._threads.append(never_started)  # what the interrupted start left behind
     runner.submit(lambda: None)
     runner.shutdown(wait=True)  # no RuntimeError
+
+
+# -- cancellation is final ---------------------------------------------------------------------
+def test_cancelled_sync_task_whose_deadline_passes_in_cleanup_is_not_retried() -> None:
+    """future.cancel(), then the deadline passes while the body cleans up: it ended TimedOut
+    and was retried (the body ran again)."""
+    attempts: list[int] = []
+
+    @task(timeout_seconds=0.3, retries=2)
+    def slow_cleanup() -> None:
+        attempts.append(1)
+        try:
+            for _ in range(100):
+                time.sleep(0.01)
+        finally:
+            for _ in range(60):  # the deadline passes in here
+                time.sleep(0.01)
+
+    seen: list[Any] = []
+
+    @flow
+    def runs_it() -> None:
+        future = slow_cleanup.submit()
+        time.sleep(0.1)
+        future.cancel()
+        future.wait()
+        seen.append(future.state)
+
+    runs_it()
+    assert attempts == [1]
+    assert seen and seen[0].type is StateType.CANCELLED
+
+
+@pytest.mark.anyio
+async def test_cancelled_async_flow_whose_deadline_passes_in_cleanup_is_not_retried() -> None:
+    import anyio
+    import anyio.lowlevel
+
+    attempts: list[int] = []
+    ids: list[uuid.UUID] = []
+
+    @flow(timeout_seconds=0.3, retries=2)
+    async def slow_cleanup() -> None:
+        attempts.append(1)
+        ids.append(runtime.flow_run.id)
+        try:
+            await anyio.sleep(5)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.5)  # past the deadline
+
+    async def cancel_soon() -> None:
+        await anyio.sleep(0.1)
+        cancel_run(ids[0])
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(cancel_soon)
+        state = await slow_cleanup(return_state=True)
+    assert attempts == [1]
+    assert state.type is StateType.CANCELLED
+
+
+# -- async task coroutines that never run --------------------------------------------------------
+@pytest.mark.anyio
+async def test_async_task_coroutine_never_awaited_is_no_pending_run(registry: Any) -> None:
+    """It left a task run Pending for ever; now the run exists once the coroutine starts."""
+    import anyio
+    import anyio.lowlevel
+
+    @task
+    async def work(x: int) -> int:
+        return x
+
+    @flow
+    async def parent() -> int:
+        unused = work(1)
+        unused.close()  # dropped without being awaited
+        await anyio.lowlevel.checkpoint()
+        return await work(3)
+
+    assert await parent() == 3
+    tasks = list(registry.runs(kind="task"))
+    assert [(t.name, t.state.type) for t in tasks] == [("work-0", StateType.COMPLETED)]
+
+
+@pytest.mark.anyio
+async def test_async_task_blocking_the_loop_past_its_timeout_is_timed_out() -> None:
+    """No checkpoint, so its cancel scope never fired: it was recorded Completed."""
+
+    @task(timeout_seconds=0.1)
+    async def blocks() -> int:
+        time.sleep(0.3)  # noqa: ASYNC251 (blocks the loop on purpose: no checkpoint)
+        return 1
+
+    seen: list[Any] = []
+
+    @flow
+    async def parent() -> None:
+        seen.append(await blocks(return_state=True))
+
+    await parent()
+    assert seen[0].type is StateType.FAILED and seen[0].name == "TimedOut"

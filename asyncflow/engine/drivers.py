@@ -232,6 +232,14 @@ async def drive_async(
                     state = engine.timed_out()
                 else:
                     state = engine.outcome_of_value(value)
+                    if (
+                        scope is not None
+                        and state.type is StateType.COMPLETED
+                        and time.monotonic() > (engine.deadline or 0.0)
+                    ):
+                        # It blocked the loop past its deadline without a checkpoint, so the
+                        # scope never fired: its result came late, as in the sync driver.
+                        state = engine.timed_out()
             delay = engine.retry_delay(state)
             if delay is None:
                 engine.finish(state)

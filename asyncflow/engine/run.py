@@ -175,7 +175,7 @@ class RunEngine:
         if isinstance(exc, RunInterrupted):
             return self.cancelled()
         if isinstance(exc, self.timeout_error) and (target is self or self.deadline is not None):
-            return self.timed_out()
+            return self.timed_out()  # (Cancelled instead, when it was cancelled first)
         if isinstance(exc, Exception):
             self._log(logging.ERROR, "Encountered exception during execution:", exc_info=exc)
             return State(
@@ -203,6 +203,8 @@ class RunEngine:
         return exc
 
     def timed_out(self) -> State[Any]:
+        if self.cancel_requested:  # the deadline passed while it was being cancelled:
+            return self.cancelled()  # cancellation is final (and never retried)
         limit = self.spec.timeout_seconds
         message = f"{self.label_word} run exceeded timeout of {limit} second(s)"
         self._log(logging.ERROR, message)
@@ -217,7 +219,7 @@ class RunEngine:
         Records the failed attempt and AwaitingRetry when a retry is due.
         """
         spec = self.spec
-        if outcome.type is not _FAILED or self.run_count > spec.retries:
+        if outcome.type is not _FAILED or self.run_count > spec.retries or self.cancel_requested:
             return None
         condition = getattr(spec, "retry_condition_fn", None)
         if condition is not None:
