@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib
 import inspect
 import threading
 from collections.abc import Callable
@@ -40,6 +41,14 @@ def function_kind(fn: Callable[..., Any]) -> Kind:
     if inspect.isgeneratorfunction(fn):
         return "generator"
     return "sync"
+
+
+def load_by_name(module: str, qualname: str) -> Any:
+    """The object at `qualname` in `module` (how tasks travel to worker processes)."""
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def check_callable(fn: Any, decorator: str) -> None:

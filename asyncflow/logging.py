@@ -15,7 +15,7 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from asyncflow.exceptions import MissingContextError
-from asyncflow.settings import get_settings
+from asyncflow.settings import get_settings, on_reload
 
 engine_logger = logging.getLogger("asyncflow.engine")
 flow_run_logger = logging.getLogger("asyncflow.flow_runs")
@@ -75,6 +75,9 @@ def settings_changed() -> None:
     """Apply a reloaded ``ASYNCFLOW_LOGGING_LEVEL`` once logging is set up."""
     if _configured:
         logging.getLogger("asyncflow").setLevel(get_settings().logging_level)
+
+
+on_reload(settings_changed)
 
 
 class RunLoggerAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]

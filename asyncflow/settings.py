@@ -71,11 +71,18 @@ def get_settings() -> Settings:
     return _settings
 
 
+_listeners: list[Callable[[], None]] = []
+
+
+def on_reload(listener: Callable[[], None]) -> None:
+    """Call `listener()` after every `reload_settings()` (how logging follows its level)."""
+    _listeners.append(listener)
+
+
 def reload_settings() -> Settings:
     """Re-read the environment."""
     global _settings
     _settings = Settings.from_env()
-    from asyncflow.logging import settings_changed  # here: asyncflow.logging imports us
-
-    settings_changed()
+    for listener in _listeners:
+        listener()
     return _settings

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import copy
-import importlib
 import inspect
 import threading
 from collections.abc import Callable, Coroutine, Iterable
@@ -19,6 +18,7 @@ from asyncflow._spec import (
     check_option_names,
     check_retries,
     check_timeout,
+    load_by_name,
 )
 from asyncflow.annotations import quote, unmapped
 from asyncflow.engine import cancellation, drivers, interrupts, kernel
@@ -105,7 +105,7 @@ class Task(Spec, Generic[P, R]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by reference (module + name), so process pools can ship it."""
-        return (_load_task, (self.__module__, self.__qualname__))
+        return (load_by_name, (self.__module__, self.__qualname__))
 
     # -- inline calls ---------------------------------------------------------------------------
     @overload
@@ -510,13 +510,6 @@ def _runner_for(parent: FlowRunEngine | None) -> Any:
         runner.start()
         parent.task_runner = runner
     return runner
-
-
-def _load_task(module: str, qualname: str) -> Any:
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 @overload

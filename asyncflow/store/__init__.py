@@ -97,4 +97,4 @@ def connect(canonical: str) -> RecordingStore:
     return PostgresStore(canonical)
 
 
-__all__ = ["open_store", "recording_url", "store_url"]
+__all__ = ["connect", "open_store", "recording_url", "store_url"]

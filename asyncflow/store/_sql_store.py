@@ -23,13 +23,14 @@ import anyio.to_thread
 
 from asyncflow.exceptions import StoreError
 from asyncflow.states import StateType
-from asyncflow.store import spill, writer
+from asyncflow.store import spill
 from asyncflow.store.base import (
     HEARTBEAT_SECONDS,
     RUN_COLUMNS,
     RUN_FROM,
     StoredRun,
     ambiguous_run,
+    before_read,
     crash_reason,
     id_lookup,
     row_to_run,
@@ -88,6 +89,10 @@ class SqlStore:
                 logger.warning("Run history: spill files not written yet (%s); later.", exc)
                 return  # crash detection waits too: it would crash runs the files finish
         self.mark_crashed_runs()
+
+    def _before_read(self) -> None:
+        for hook in before_read:  # this process's own runs, written first
+            hook(self.source_url)
 
     def _sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
@@ -186,7 +191,7 @@ class SqlStore:
         limit: int = 50,
     ) -> list[StoredRun]:
         """`list_runs` without the thread hop."""
-        writer.catch_up(self.source_url)  # this process's own runs, written first
+        self._before_read()
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
         if kind is not None:
@@ -242,7 +247,7 @@ class SqlStore:
 
     def read_run_sync(self, run: UUID | str) -> StoredRun:
         """`read_run` without the thread hop."""
-        writer.catch_up(self.source_url)  # this process's own runs, written first
+        self._before_read()
 
         def read(conn: Any) -> StoredRun:
             with self._snapshot(conn):  # the run and its history from one state
@@ -267,7 +272,7 @@ class SqlStore:
 
     def children_sync(self, run: UUID | str) -> list[StoredRun]:
         """`children` without the thread hop."""
-        writer.catch_up(self.source_url)  # this process's own runs, written first
+        self._before_read()
 
         def read(conn: Any) -> list[StoredRun]:
             pk = self._pk_of(conn, run)

@@ -14,7 +14,8 @@ import functools
 import json
 import math
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from typing import Any, Literal, NamedTuple, Protocol
@@ -36,6 +37,16 @@ CRASH_SEQ = 1 << 62
 #: presumed dead (on this host the pid tells).
 HEARTBEAT_SECONDS = 10.0
 STALE_AFTER_SECONDS = 90.0
+
+#: Called with a store's URL before each of its reads: the writer subscribes its
+#: read-your-writes flush here (so the stores do not import the writer that feeds them).
+before_read: list[Callable[[str], None]] = []
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages)."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
 
 # SQL fragments: state-type codes (as the registry numbers them) to names, and the terminal set
 _TYPES = list(StateType)

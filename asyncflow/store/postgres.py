@@ -9,7 +9,6 @@ detectors never add two Crashed states to one run.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from asyncflow.store.base import (
     TERMINAL_SQL,
     WriteBatch,
     default_name_sql,
+    redact,
     type_sql,
 )
 
@@ -193,11 +193,6 @@ _APPLY_CHANGED = [
     FROM changed c WHERE c.pk = runs.pk AND runs.state_seq != {CRASH_SEQ}
       AND runs.state_seq < c.state_seq""",
 ]
-
-
-def redact(url: str) -> str:
-    """The URL without its password (for messages)."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 class PostgresStore(SqlStore):

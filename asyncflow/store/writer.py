@@ -462,7 +462,7 @@ def _heartbeat_seconds() -> float:
 
 
 def _redact(url: str) -> str:
-    from asyncflow.store.postgres import redact
+    from asyncflow.store.base import redact
 
     return redact(url)
 
@@ -498,6 +498,10 @@ def on_first_tree(registry: MemoryRegistry) -> None:
             writer = None
         if url is not None:
             if writer is None:
+                from asyncflow.store.base import before_read
+
+                if catch_up not in before_read:
+                    before_read.append(catch_up)
                 _writer = writer = Writer(url)
             writer.keep(registry)
         registry.decided = True

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+from asyncflow._spec import load_by_name
 from asyncflow.exceptions import SerializationError
 from asyncflow.task_runners.threads import ThreadPoolTaskRunner
 
@@ -20,10 +21,8 @@ def _run_payload(payload: bytes) -> Any:
 
 def _importable(task: Any) -> bool:
     """Whether a worker can import `task` by module and qualified name."""
-    from asyncflow.tasks import _load_task
-
     try:
-        return _load_task(task.__module__, task.__qualname__) is task
+        return load_by_name(task.__module__, task.__qualname__) is task
     except (ImportError, AttributeError):
         return False
 
