@@ -136,13 +136,13 @@ class Task(Spec, Generic[P, R]):
                 return kernel.run(coro)
             return coro
         engine = TaskRunEngine(self, parent, args, kwargs)
-        if self.kind == "generator":
-            return drivers.drive_sync_generator(engine, self.fn(*args, **kwargs))
         try:
             args, kwargs = _inputs(args, kwargs, wait_for)
         except UpstreamTaskError as exc:
             state = engine.finish(_not_ready(exc))
         else:
+            if self.kind == "generator":
+                return drivers.drive_sync_generator(engine, self.fn(*args, **kwargs))
             state = drivers.drive_sync(engine, self.fn, args, kwargs)
         return state if return_state else state.result()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import threading
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import Any
@@ -19,6 +20,7 @@ import anyio
 from asyncflow.engine import interrupts
 from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.engine.run import FlowRunEngine, RunEngine
+from asyncflow.exceptions import RunInterrupted
 from asyncflow.futures import _cancel_scope_type, _threadsafe_caller
 from asyncflow.states import State, StateType
 from asyncflow.store.memory import KIND_FLOW
@@ -389,59 +391,180 @@ async def _settle_children(engine: FlowRunEngine) -> None:
 def drive_sync_generator(
     engine: RunEngine, gen: Generator[Any, Any, Any]
 ) -> Generator[Any, Any, Any]:
-    """Running while the generator yields, Completed when exhausted or closed early."""
+    """Running while the generator yields, Completed when exhausted or closed early.
+
+    The lifecycle of a plain run, step by step: each step (the body up to its next yield)
+    is interruptible like a sync flow body, the run's deadline and `cancel_run` stop it, and
+    a flow's submitted task runs are waited for (cancelled, on failure) and its task runner
+    shut down when it ends. The time the consumer takes between steps counts toward the
+    deadline: it is the run's. Generators are not retried.
+    """
     var = _var(engine)
+    flow_engine = engine if isinstance(engine, FlowRunEngine) else None
     engine.begin_attempt()
     to_send: Any = None
-    while True:
-        token = var.set(engine)
+    try:
+        while True:
+            token = var.set(engine)
+            try:
+                value = _step_guarded(engine, gen.send, to_send)
+            except StopIteration as stop:
+                _settle_sync(flow_engine, failed=False)
+                engine.finish(State(StateType.COMPLETED, data=stop.value))
+                return stop.value
+            except BaseException as exc:
+                gen.close()
+                _settle_sync(flow_engine, failed=True)
+                state = engine.finish(engine.outcome_of_error(exc))
+                _raise_cancelled(engine, exc, state)
+                raise
+            finally:
+                var.reset(token)
+            try:
+                to_send = yield value
+            except GeneratorExit:
+                gen.close()
+                _settle_sync(flow_engine, failed=False)
+                engine.finish(
+                    State(StateType.COMPLETED, message="Generator closed before it was exhausted.")
+                )
+                raise
+    finally:
+        if flow_engine is not None:
+            close_runners(flow_engine)
+
+
+def _step_guarded(engine: RunEngine, step: Callable[[Any], Any], arg: Any) -> Any:
+    """One step of a sync generator run, interruptible for its deadline and cancellation."""
+    with interrupts.guard() as target:
+        engine.interrupt_target = target
         try:
-            value = gen.send(to_send)
-        except StopIteration as stop:
-            engine.finish(State(StateType.COMPLETED, data=stop.value))
-            return stop.value
-        except BaseException as exc:
-            engine.finish(engine.outcome_of_error(exc))
-            raise
+            if engine.cancel_requested:
+                raise engine.interrupt_error(timeout=False)
+            if engine.deadline is not None:
+                if time.monotonic() > engine.deadline:
+                    raise engine.interrupt_error(timeout=True)
+                make_exc = functools.partial(engine.interrupt_error, True)
+                interrupts.at_deadline(engine.deadline, target, make_exc)
+            return step(arg)
         finally:
-            var.reset(token)
-        try:
-            to_send = yield value
-        except GeneratorExit:
-            gen.close()
-            engine.finish(
-                State(StateType.COMPLETED, message="Generator closed before it was exhausted.")
-            )
-            raise
+            engine.interrupt_target = None
+
+
+def _raise_cancelled(engine: RunEngine, exc: BaseException, state: State[Any]) -> None:
+    """A generator run stopped by its own cancellation: its consumer gets CancelledRun (as
+    the caller of a cancelled flow does), not the internal interrupt."""
+    if isinstance(exc, RunInterrupted) and getattr(exc, "run", None) is engine:
+        state.result()  # raises CancelledRun
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _settle_sync(engine: FlowRunEngine | None, failed: bool) -> None:
+    """A generator flow ends: its submitted runs are cancelled (when it failed) and waited for."""
+    if engine is None:
+        return
+    if failed:
+        engine.cancel_children()
+    wait_for_children(engine)
 
 
 async def drive_async_generator(
     engine: RunEngine, agen: AsyncGenerator[Any, Any]
 ) -> AsyncGenerator[Any, Any]:
-    """The async form of `drive_sync_generator`."""
+    """The async form of `drive_sync_generator`.
+
+    Each step runs in a cancel scope with the run's deadline. A flow's step also runs in a
+    task group of its own on the caller's loop, so the async task runs it submits run there
+    (on trio too) and finish before the step yields: a yield cannot sit inside a task group.
+    """
     var = _var(engine)
+    flow_engine = engine if isinstance(engine, FlowRunEngine) else None
     engine.begin_attempt()
     to_send: Any = None
-    while True:
-        token = var.set(engine)
-        try:
-            value = await agen.asend(to_send)
-        except StopAsyncIteration:
-            engine.finish(State(StateType.COMPLETED))
-            return
-        except BaseException as exc:
-            if isinstance(exc, anyio.get_cancelled_exc_class()):
-                engine.finish(engine.cancelled())
-            else:
-                engine.finish(engine.outcome_of_error(exc))
-            raise
-        finally:
-            var.reset(token)
-        try:
-            to_send = yield value
-        except GeneratorExit:
-            await agen.aclose()
-            engine.finish(
-                State(StateType.COMPLETED, message="Generator closed before it was exhausted.")
-            )
-            raise
+    cancelled = anyio.get_cancelled_exc_class()
+    try:
+        while True:
+            token = var.set(engine)
+            scope = anyio.CancelScope()
+            try:
+                if engine.cancel_requested:
+                    raise engine.interrupt_error(timeout=False)
+                if engine.deadline is not None:
+                    scope.deadline = anyio.current_time() + (engine.deadline - time.monotonic())
+                with scope:
+                    if flow_engine is None:
+                        value = await agen.asend(to_send)
+                    else:
+                        value = await _flow_step(flow_engine, agen, to_send, scope)
+                if scope.cancelled_caught:
+                    raise engine.interrupt_error(timeout=not engine.cancel_requested)
+            except StopAsyncIteration:
+                await _settle_async(flow_engine)
+                engine.finish(State(StateType.COMPLETED))
+                return
+            except BaseException as exc:
+                with anyio.CancelScope(shield=True):
+                    await agen.aclose()
+                    await _settle_async(flow_engine)
+                if isinstance(exc, cancelled):
+                    engine.finish(engine.cancelled())
+                else:
+                    state = engine.finish(engine.outcome_of_error(exc))
+                    _raise_cancelled(engine, exc, state)
+                raise
+            finally:
+                var.reset(token)
+            try:
+                to_send = yield value
+            except GeneratorExit:
+                await agen.aclose()
+                await _settle_async(flow_engine)
+                engine.finish(
+                    State(StateType.COMPLETED, message="Generator closed before it was exhausted.")
+                )
+                raise
+    finally:
+        if flow_engine is not None:
+            close_runners(flow_engine)
+
+
+async def _flow_step(
+    engine: FlowRunEngine, agen: AsyncGenerator[Any, Any], to_send: Any, scope: Any
+) -> Any:
+    """One step of an async generator flow, with a task group for what it submits."""
+    engine.call_soon, engine.scope_type = _threadsafe_caller(), _cancel_scope_type()
+    engine.thread_id = threading.get_ident()
+    value: Any = None
+    error: BaseException | None = None
+    try:
+        async with anyio.create_task_group() as group:
+            engine.task_group = group
+            if engine.cancel_requested:
+                group.cancel_scope.cancel()
+            try:
+                value = await agen.asend(to_send)
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # raised after the group: not wrapped in a group
+                error = exc
+                if not isinstance(exc, StopAsyncIteration):  # (the last step: let them end)
+                    group.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if engine.cancel_requested:  # `cancel_run` cancelled the group around the step
+            raise engine.interrupt_error(timeout=False)
+        return value
+    except BaseExceptionGroup as group_error:
+        raise _ungrouped(engine, group_error, scope.cancel_called) from None
+    finally:
+        engine.task_group = None
+
+
+async def _settle_async(engine: FlowRunEngine | None) -> None:
+    """Thread-pool task runs a generator flow submitted are waited for when it ends."""
+    if engine is None:
+        return
+    while engine.pending:
+        for future in list(engine.pending):
+            await future.wait_async()
+            engine.pending.discard(future)
