@@ -13,6 +13,7 @@ import inspect
 import itertools
 import logging
 import random
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -177,7 +178,7 @@ class RunEngine:
         if isinstance(exc, self.timeout_error) and (target is self or self.deadline is not None):
             return self.timed_out()  # (Cancelled instead, when it was cancelled first)
         if isinstance(exc, Exception):
-            self._log(logging.ERROR, "Encountered exception during execution:", exc_info=exc)
+            self._log_error(exc)
             return State(
                 _FAILED,
                 message=f"{self.label_word} run encountered an exception: "
@@ -189,6 +190,24 @@ class RunEngine:
             message=f"Execution was interrupted by {type(exc).__name__}: {exc}".rstrip(": "),
             data=exc,
         )
+
+    def _log_error(self, exc: Exception) -> None:
+        """The user's exception, with its traceback. A RecursionError climbs through every
+        level of a deep nesting with a traceback as deep: only the first level logs that."""
+        if isinstance(exc, RecursionError):
+            first = getattr(exc, "_asyncflow_logged_by", None)
+            if first is not None:
+                self._log(
+                    logging.ERROR,
+                    f"Encountered exception during execution: RecursionError: {exc} "
+                    f"(traceback logged by {first})",
+                )
+                return
+            try:
+                exc._asyncflow_logged_by = self.label  # type: ignore[attr-defined]
+            except AttributeError:
+                pass
+        self._log(logging.ERROR, "Encountered exception during execution:", exc_info=exc)
 
     def interrupt_error(self, timeout: bool) -> BaseException:
         """The exception raised in this run's sync code to stop it (`.run` names the run)."""
@@ -344,6 +363,23 @@ def retry_delay_for(setting: Any, attempt: int, retries: int, jitter: float | No
     return delay
 
 
+#: Nesting from which a subflow checks how close the stack is to Python's recursion limit
+#: (a level costs 7 frames, 6 for async), and the frames it keeps free for the engine's own
+#: work and for logging the failure: past that the subflow fails at once, cleanly, instead
+#: of a RecursionError somewhere inside the engine leaving runs open.
+_DEEP = 32
+_FRAMES_RESERVED = 250
+
+
+def _near_recursion_limit() -> bool:
+    frame: Any = sys._getframe()
+    frames = 0
+    while frame is not None:
+        frames += 1
+        frame = frame.f_back
+    return frames + _FRAMES_RESERVED > sys.getrecursionlimit()
+
+
 def _delay_ok(value: Any) -> bool:
     return (
         isinstance(value, (int, float))
@@ -359,6 +395,7 @@ class FlowRunEngine(RunEngine):
         "async_runner",
         "call_soon",
         "counts",
+        "depth",
         "explicit",
         "is_async",
         "last_progress",
@@ -401,6 +438,7 @@ class FlowRunEngine(RunEngine):
         self.scope_type: Any = None  # the cancel scope class for that loop
         self.task_group: Any = None
         self.parent_task_row = _NO_ROW  # the task run standing for this one in its parent
+        self.depth: int = 0 if parent is None else parent.depth + 1  # nesting levels above
         self.tasks_started = 0
         self.log_threshold = get_settings().task_log_threshold
         # Finished task runs by state, one dict per thread that finished some: a shared
@@ -431,6 +469,13 @@ class FlowRunEngine(RunEngine):
                 check_size(self.parameters, get_settings().max_parameters_bytes, "Flow run")
             except ParameterSizeError as exc:
                 error = exc
+        if error is None and self.depth >= _DEEP and _near_recursion_limit():
+            error = RecursionError(
+                f"Flow run nesting is too deep: this flow run would be {self.depth} levels "
+                f"below its top-level flow run, within {_FRAMES_RESERVED} frames of Python's "
+                f"recursion limit ({sys.getrecursionlimit()}). Raise the "
+                "limit with sys.setrecursionlimit(), or recurse with a loop."
+            )
         self.name = self._render_name(error is None)
         parent = self.parent
         if parent is None:
