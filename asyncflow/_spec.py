@@ -7,7 +7,7 @@ import functools
 import importlib
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
 from asyncflow.exceptions import InvalidDefinitionError
@@ -149,7 +149,10 @@ class Spec:
     def hooks_for(self, state: State[Any]) -> list[Callable[..., Any]]:
         return self._hooks.get(state.type, [])
 
-    def with_options(self: S, **changes: Any) -> S:
+    #: the option names the decorator takes (its TypedDict's keys)
+    option_names: ClassVar[frozenset[str]]
+
+    def _with_options(self: S, changes: Mapping[str, Any]) -> S:
         """A copy with some options changed; the original is untouched."""
         check_option_names(changes, type(self))
         cls: Any = type(self)
@@ -174,10 +177,9 @@ class Spec:
     name: str
 
 
-def check_option_names(options: dict[str, Any], cls: type) -> None:
+def check_option_names(options: Mapping[str, Any], cls: Any) -> None:
     """Reject misspelled decorator options with a suggestion, before anything is wrapped."""
-    init: Any = getattr(cls, "__init__")  # noqa: B009 - mypy rejects cls.__init__ here
-    allowed = [p for p in inspect.signature(init).parameters if p not in ("self", "fn")]
+    allowed = sorted(cls.option_names)
     unknown = [k for k in options if k not in allowed]
     if unknown:
         import difflib

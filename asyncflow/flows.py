@@ -7,7 +7,7 @@ import inspect
 import threading
 import types
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, TypeVar, overload
 
 from asyncflow._spec import Spec, StateHook, check_option_names, check_retries, check_timeout
 from asyncflow.engine import drivers, kernel
@@ -19,11 +19,32 @@ from asyncflow.naming import RunName, check_template, slugify
 from asyncflow.states import State
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
     from asyncflow.task_runners import TaskRunner
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+
+
+class FlowOptions(TypedDict, total=False):
+    """The options of `@flow(...)`, `Flow(fn, ...)` and `Flow.with_options(...)`, written once."""
+
+    name: str | None
+    description: str | None
+    version: str | None
+    flow_run_name: RunName
+    retries: int | None
+    retry_delay_seconds: float | list[float] | Callable[[int], Any] | None
+    timeout_seconds: float | None
+    validate_parameters: bool
+    log_prints: bool | None
+    task_runner: TaskRunner | type[TaskRunner] | None
+    on_completion: list[StateHook] | None
+    on_failure: list[StateHook] | None
+    on_cancellation: list[StateHook] | None
+    on_crashed: list[StateHook] | None
 
 
 class Flow(Spec, Generic[P, R]):
@@ -34,29 +55,25 @@ class Flow(Spec, Generic[P, R]):
     """
 
     decorator = "@flow"
+    option_names = FlowOptions.__optional_keys__
 
-    def __init__(
-        self,
-        fn: Callable[P, R],
-        *,
-        name: str | None = None,
-        description: str | None = None,
-        version: str | None = None,
-        flow_run_name: RunName = None,
-        retries: int | None = None,
-        retry_delay_seconds: float | list[float] | Callable[[int], Any] | None = None,
-        timeout_seconds: float | None = None,
-        validate_parameters: bool = True,
-        log_prints: bool | None = None,
-        task_runner: TaskRunner | type[TaskRunner] | None = None,
-        on_completion: list[StateHook] | None = None,
-        on_failure: list[StateHook] | None = None,
-        on_cancellation: list[StateHook] | None = None,
-        on_crashed: list[StateHook] | None = None,
-    ) -> None:
-        options = dict(locals())
-        options = {k: v for k, v in options.items() if k not in ("self", "fn", "__class__")}
-        self._wrap(fn, options)
+    def with_options(self, **changes: Unpack[FlowOptions]) -> Flow[P, R]:
+        """A copy with some options changed; the original is untouched."""
+        return self._with_options(changes)
+
+    def __init__(self, fn: Callable[P, R], **options: Unpack[FlowOptions]) -> None:
+        check_option_names(options, type(self))
+        self._wrap(fn, dict(options))
+        name = options.get("name")
+        description = options.get("description")
+        version = options.get("version")
+        flow_run_name = options.get("flow_run_name")
+        retries = options.get("retries")
+        retry_delay_seconds = options.get("retry_delay_seconds")
+        timeout_seconds = options.get("timeout_seconds")
+        validate_parameters = options.get("validate_parameters", True)
+        log_prints = options.get("log_prints")
+        task_runner = options.get("task_runner")
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise InvalidDefinitionError(f"@flow: name must be a non-empty string, got {name!r}.")
         self.name: str = name or slugify(self.__name__)
@@ -79,10 +96,10 @@ class Flow(Spec, Generic[P, R]):
         self.task_runner = _check_runner(task_runner, owner)
         self._set_hooks(
             {
-                "on_completion": on_completion,
-                "on_failure": on_failure,
-                "on_cancellation": on_cancellation,
-                "on_crashed": on_crashed,
+                "on_completion": options.get("on_completion"),
+                "on_failure": options.get("on_failure"),
+                "on_cancellation": options.get("on_cancellation"),
+                "on_crashed": options.get("on_crashed"),
             }
         )
 
@@ -250,21 +267,10 @@ def run_flow_async_generator(
 @overload
 def flow(__fn: Callable[P, R]) -> Flow[P, R]: ...
 @overload
-def flow(
-    *,
-    name: str | None = None,
-    description: str | None = None,
-    version: str | None = None,
-    flow_run_name: RunName = None,
-    retries: int | None = None,
-    retry_delay_seconds: float | list[float] | Callable[[int], Any] | None = None,
-    timeout_seconds: float | None = None,
-    validate_parameters: bool = True,
-    log_prints: bool | None = None,
-    task_runner: TaskRunner | type[TaskRunner] | None = None,
-) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+def flow(**options: Unpack[FlowOptions]) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 def flow(__fn: Any = None, **options: Any) -> Any:
-    """Turn a function into a flow: ``@flow`` or ``@flow(name=..., retries=..., ...)``."""
+    """Turn a function into a flow: ``@flow`` or ``@flow(name=..., retries=..., ...)``
+    (the options: `FlowOptions`)."""
     check_option_names(options, Flow)
     if __fn is None:
         return lambda fn: Flow(fn, **options)

@@ -163,8 +163,13 @@ class State(Generic[R]):
 
     # -- result ---------------------------------------------------------------------------
     def result(self, raise_on_failure: bool = True) -> Any:
-        """The run's result; for failed/crashed/cancelled states raise (or return) its error."""
+        """The run's result. A failed, crashed or cancelled state raises its error; with
+        `raise_on_failure=False` it returns its data instead, as Prefect does: the exception,
+        the states of an aggregate (`'1/3 states failed.'`), or what a manual
+        `Failed(data=...)` holds (its error, when it holds nothing)."""
         if self.type in _ERROR_TYPES:
+            if not raise_on_failure and self.data is not None:
+                return self.data
             exc = state_exception(self)
             if raise_on_failure:
                 raise exc

@@ -7,7 +7,7 @@ import copy
 import inspect
 import threading
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, TypeVar, overload
 
 import anyio
 
@@ -35,11 +35,32 @@ from asyncflow.futures import FutureList, TaskRunFuture, _threadsafe_caller
 from asyncflow.naming import RunName, check_template
 from asyncflow.states import State, StateType
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
+
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
 RetryCondition = Callable[["Task[Any, Any]", Any, State[Any]], bool]
+
+
+class TaskOptions(TypedDict, total=False):
+    """The options of `@task(...)`, `Task(fn, ...)` and `Task.with_options(...)`, written once."""
+
+    name: str | None
+    description: str | None
+    tags: Iterable[str] | None
+    version: str | None
+    retries: int | None
+    retry_delay_seconds: float | list[float] | Callable[[int], Any] | None
+    retry_jitter_factor: float | None
+    retry_condition_fn: RetryCondition | None
+    timeout_seconds: float | None
+    task_run_name: RunName
+    log_prints: bool | None
+    on_completion: list[StateHook] | None
+    on_failure: list[StateHook] | None
 
 
 class Task(Spec, Generic[P, R]):
@@ -50,28 +71,26 @@ class Task(Spec, Generic[P, R]):
     """
 
     decorator = "@task"
+    option_names = TaskOptions.__optional_keys__
 
-    def __init__(
-        self,
-        fn: Callable[P, R],
-        *,
-        name: str | None = None,
-        description: str | None = None,
-        tags: Iterable[str] | None = None,
-        version: str | None = None,
-        retries: int | None = None,
-        retry_delay_seconds: float | list[float] | Callable[[int], Any] | None = None,
-        retry_jitter_factor: float | None = None,
-        retry_condition_fn: RetryCondition | None = None,
-        timeout_seconds: float | None = None,
-        task_run_name: RunName = None,
-        log_prints: bool | None = None,
-        on_completion: list[StateHook] | None = None,
-        on_failure: list[StateHook] | None = None,
-    ) -> None:
-        options = dict(locals())
-        options = {k: v for k, v in options.items() if k not in ("self", "fn", "__class__")}
-        self._wrap(fn, options)
+    def with_options(self, **changes: Unpack[TaskOptions]) -> Task[P, R]:
+        """A copy with some options changed; the original is untouched."""
+        return self._with_options(changes)
+
+    def __init__(self, fn: Callable[P, R], **options: Unpack[TaskOptions]) -> None:
+        check_option_names(options, type(self))
+        self._wrap(fn, dict(options))
+        name = options.get("name")
+        description = options.get("description")
+        tags = options.get("tags")
+        version = options.get("version")
+        retries = options.get("retries")
+        retry_delay_seconds = options.get("retry_delay_seconds")
+        retry_jitter_factor = options.get("retry_jitter_factor")
+        retry_condition_fn = options.get("retry_condition_fn")
+        timeout_seconds = options.get("timeout_seconds")
+        task_run_name = options.get("task_run_name")
+        log_prints = options.get("log_prints")
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise InvalidDefinitionError(f"@task: name must be a non-empty string, got {name!r}.")
         self.name: str = name or self.__name__
@@ -101,7 +120,9 @@ class Task(Spec, Generic[P, R]):
             from asyncflow.logging import enable_log_prints
 
             enable_log_prints()  # patched once, at decoration, so no run pays for it
-        self._set_hooks({"on_completion": on_completion, "on_failure": on_failure})
+        self._set_hooks(
+            {"on_completion": options.get("on_completion"), "on_failure": options.get("on_failure")}
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by reference (module + name), so process pools can ship it."""
@@ -515,22 +536,7 @@ def _runner_for(parent: FlowRunEngine | None) -> Any:
 @overload
 def task(__fn: Callable[P, R]) -> Task[P, R]: ...
 @overload
-def task(
-    *,
-    name: str | None = None,
-    description: str | None = None,
-    tags: Iterable[str] | None = None,
-    version: str | None = None,
-    retries: int | None = None,
-    retry_delay_seconds: float | list[float] | Callable[[int], Any] | None = None,
-    retry_jitter_factor: float | None = None,
-    retry_condition_fn: RetryCondition | None = None,
-    timeout_seconds: float | None = None,
-    task_run_name: RunName = None,
-    log_prints: bool | None = None,
-    on_completion: list[StateHook] | None = None,
-    on_failure: list[StateHook] | None = None,
-) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+def task(**options: Unpack[TaskOptions]) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 def task(__fn: Any = None, **options: Any) -> Any:
     """Turn a function into a task: ``@task`` or ``@task(name=..., retries=..., ...)``."""
     check_option_names(options, Task)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -77,3 +79,12 @@ def logs() -> Iterator[LogCapture]:
         yield handler
     finally:
         logger.removeHandler(handler)
+
+
+#: Under a tracer (`coverage run -m pytest`) worker threads are not interrupted
+#: asynchronously (see README, "Under a tracer") and every call is slower: the tests that
+#: time an asynchronous interrupt, or count stack frames, do not apply there.
+untraced = pytest.mark.skipif(
+    sys.gettrace() is not None or threading.gettrace() is not None,
+    reason="under a tracer: worker threads are stopped cooperatively, frames cost more",
+)

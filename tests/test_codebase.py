@@ -60,3 +60,21 @@ def test_hello_example_runs(tmp_path: Path) -> None:
     assert len(rows) == 2, ls.stdout
     assert any(" Hello Flow " in row and " Completed " in row for row in rows), ls.stdout
     assert any(" Nestedflow " in row and " Completed " in row for row in rows), ls.stdout
+
+
+def test_decorator_options_type_check_for_users() -> None:
+    """Every option of @flow/@task/with_options is typed (on_completion=... was a mypy error),
+    and a misspelled one is a type error."""
+    ok = _run("mypy", "--strict", "--config-file=/dev/null", "tests/_typing_usage.py")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = ROOT / "tests" / "_typing_misspelled.py"
+    bad.write_text(
+        "from asyncflow import flow\n\n"
+        "@flow(retires=3)\n"
+        "def f() -> None: ...\n"
+    )
+    try:
+        wrong = _run("mypy", "--strict", "--config-file=/dev/null", str(bad))
+    finally:
+        bad.unlink()
+    assert wrong.returncode != 0 and "retires" in wrong.stdout, wrong.stdout

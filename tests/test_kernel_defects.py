@@ -9,6 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
+from conftest import untraced
 
 from asyncflow import cancel_run, flow, runtime, task
 from asyncflow.exceptions import CancelledRun, InvalidDefinitionError
@@ -346,6 +347,7 @@ def _final(registry: Any) -> bool:
     return all(r.state is not None and r.state.is_final() for r in registry.runs())
 
 
+@untraced
 def test_deep_nesting_works_and_too_deep_fails_cleanly_once(registry: Any, logs: Any) -> None:
     """Nesting failed past ~130 levels with RecursionErrors inside the engine, 200k+ lines
     of tracebacks, and runs left open. Now 100 levels work, and 500 fail at the level that
@@ -359,9 +361,96 @@ def test_deep_nesting_works_and_too_deep_fails_cleanly_once(registry: Any, logs:
     assert sum(r.exc_info is not None for r in logs.records) == 1, text[:2000]
 
 
+@untraced
 @pytest.mark.anyio
 async def test_deep_async_nesting_fails_cleanly(registry: Any) -> None:
     assert await arec(100) == 100
     with pytest.raises(RecursionError, match="Flow run nesting is too deep"):
         await arec(500)
     assert _final(registry)
+
+
+# -- under a tracer ----------------------------------------------------------------------------
+TRACED_SCRIPT = """
+import time
+from asyncflow import flow, task
+
+@task(timeout_seconds=0.3)
+def slow() -> None:
+    for _ in range(100):
+        time.sleep(0.01)
+
+@flow
+def runs_it() -> str:
+    future = slow.submit()
+    future.wait()
+    return future.state.name
+
+print(runs_it())
+"""
+
+
+def test_timeout_in_a_worker_thread_under_coverage_ends_timed_out(tmp_path: Any) -> None:
+    """Under a tracer the interrupted worker thread never finished and the flow waited for
+    ever. Now the run is stopped cooperatively there and ends TimedOut."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "traced.py"
+    script.write_text(TRACED_SCRIPT)
+    env = {**os.environ, "ASYNCFLOW_STORE": "memory", "ASYNCFLOW_LOGGING_LEVEL": "WARNING"}
+    env["COVERAGE_FILE"] = str(tmp_path / ".coverage")
+    result = subprocess.run(
+        [sys.executable, "-m", "coverage", "run", str(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "TimedOut"
+
+
+# -- result(raise_on_failure=False) and failure messages -----------------------------------------
+def test_result_without_raising_returns_the_states_data() -> None:
+    """On an aggregate `Failed('1/3 states failed.')` it returned the first exception; Prefect
+    returns the states (and a manual Failed's own data)."""
+    from asyncflow.states import Failed
+
+    @task
+    def bad() -> None:
+        raise ValueError("I am bad task")
+
+    @task
+    def good() -> str:
+        return "foo"
+
+    @flow
+    def returns_states() -> Any:
+        return bad(return_state=True), good(return_state=True)
+
+    state = returns_states(return_state=True)
+    assert state.message == "1/2 states failed."
+    first, second = state.result(raise_on_failure=False)
+    assert first.is_failed() and isinstance(first.result(raise_on_failure=False), ValueError)
+    assert second.result() == "foo"
+    assert Failed(data="hello!").result(raise_on_failure=False) == "hello!"
+    with pytest.raises(ValueError, match="I am bad task"):
+        state.result()
+
+
+def test_task_failure_message_matches_the_seed() -> None:
+    """'Task run encountered an exception ValueError: ...', without the extra colon."""
+    seen: list[Any] = []
+
+    @task
+    def always_fails() -> None:
+        raise ValueError("I fail successfully")
+
+    @flow
+    def runs_it() -> None:
+        seen.append(always_fails(return_state=True))
+
+    runs_it()
+    assert seen[0].message == "Task run encountered an exception ValueError: I fail successfully"

@@ -185,7 +185,7 @@ def test_failed_runs_keep_their_error_message(store: Any) -> None:
     (child,) = store.children_sync(top.id)
     full = store.read_run_sync(child.id)
     assert history(full) == [("PENDING", "Pending"), ("RUNNING", "Running"), ("FAILED", "Failed")]
-    assert full.states[-1].message == "Task run encountered an exception: ValueError: bad 7"
+    assert full.states[-1].message == "Task run encountered an exception ValueError: bad 7"
     assert full.end_time == full.states[-1].timestamp
     failed = store.list_runs_sync(kind=None, state=StateType.FAILED)
     assert {r.id for r in failed} == {top.id, child.id}
@@ -223,7 +223,7 @@ def test_retried_task_records_every_attempt(store: Any) -> None:
     ]
     assert full.run_count == 3
     assert [s.message for s in full.states][2] == (
-        "Task run encountered an exception: RuntimeError: attempt 1"
+        "Task run encountered an exception RuntimeError: attempt 1"
     )
     stamps = [s.timestamp for s in full.states]
     assert stamps == sorted(stamps)

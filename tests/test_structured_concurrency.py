@@ -10,6 +10,7 @@ import time
 import anyio
 import anyio.lowlevel
 import pytest
+from conftest import untraced
 
 from asyncflow import cancel_run, flow, task
 from asyncflow.exceptions import CancelledRun, FlowRunTimeoutError, TaskRunTimeoutError
@@ -248,6 +249,7 @@ def busy_task() -> str:
     return "done"
 
 
+@untraced
 def test_sync_task_timeout_in_worker_thread(registry):
     """A CPU-bound sync task in a pool thread is interrupted at its deadline (TimedOut)."""
     start = time.monotonic()
@@ -404,6 +406,7 @@ async def test_cancel_run_from_another_thread_cancels_async_flow(registry):
     assert cancel_run(ids[0]) is False  # already final
 
 
+@untraced
 def test_cancel_run_cancels_sync_flow_and_its_submitted_tasks(registry):
     """cancel_run on a sync flow interrupts its body and cancels the task runs it submitted."""
     ids: list[object] = []

@@ -19,6 +19,7 @@ import ctypes
 import heapq
 import itertools
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -107,12 +108,23 @@ def interrupt(target: _Target, exc: BaseException) -> bool:
             target.exc = exc
             signal.pthread_kill(target.thread_id, signal.SIGALRM)
         else:
+            if _traced():
+                # Under a tracer (coverage, a debugger, a profiler) an asynchronous exception
+                # can be delivered into the tracer's own code and wedge the thread for good:
+                # the run is stopped at its next task or subflow call instead, and its outcome
+                # is TimedOut / Cancelled all the same (the drivers check the deadline).
+                return False
             target.exc = exc
             # The C API takes an exception class; a subclass per interrupt carries `.run`.
             cls = type(type(exc).__name__, (type(exc),), {"run": getattr(exc, "run", None)})
             cls.__module__ = type(exc).__module__
             _set_async_exc(target.thread_id, cls)
     return True
+
+
+def _traced() -> bool:
+    """Whether a tracer is installed for threads (what coverage and debuggers do)."""
+    return threading.gettrace() is not None or sys.gettrace() is not None
 
 
 def _set_async_exc(thread_id: int, exc_class: type[BaseException] | None) -> None:

@@ -181,7 +181,7 @@ class RunEngine:
             self._log_error(exc)
             return State(
                 _FAILED,
-                message=f"{self.label_word} run encountered an exception: "
+                message=f"{self.label_word} run encountered an exception "
                 f"{type(exc).__name__}: {exc}",
                 data=exc,
             )
