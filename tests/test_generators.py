@@ -203,3 +203,120 @@ async def test_async_generator_flow_cancelled(registry: Any) -> None:
             if value == 3:
                 cancel_run(ids[0])
     assert _flow_state(registry, "endless").type is StateType.CANCELLED
+
+
+# -- what a second read of the generator drivers found ---------------------------------------
+@task
+def sleeps(seconds: float) -> str:
+    for _ in range(int(seconds / 0.01)):
+        time.sleep(0.01)
+    return "slept"
+
+
+@pytest.mark.anyio
+async def test_consumer_cancelled_mid_async_generator_flow_ends_the_run(registry: Any) -> None:
+    """The consumer's cancel scope fired while the flow settled its children: the run stayed
+    Running for ever."""
+
+    @flow
+    async def submits_then_yields() -> AsyncIterator[int]:
+        sleeps.submit(0.3)
+        yield 1
+
+    with anyio.move_on_after(0.1):  # fires while the flow waits for its child at the end
+        async for _ in submits_then_yields():
+            pass
+    assert _flow_state(registry, "submits-then-yields").is_final()
+
+
+@pytest.mark.anyio
+async def test_async_generator_flow_timeout_cancels_its_thread_pool_children(
+    registry: Any,
+) -> None:
+    @flow(timeout_seconds=0.3)
+    async def slow_child() -> AsyncIterator[int]:
+        sleeps.submit(3.0)
+        await anyio.sleep(5)
+        yield 1
+
+    started = time.monotonic()
+    with pytest.raises(FlowRunTimeoutError):
+        async for _ in slow_child():
+            pass
+    assert time.monotonic() - started < 2.5
+    (child,) = list(registry.runs(kind="task"))
+    assert child.state.type is StateType.CANCELLED
+
+
+@pytest.mark.anyio
+async def test_async_generator_timeout_holds_when_steps_never_await(registry: Any) -> None:
+    @flow(timeout_seconds=0.3)
+    async def instant_items() -> AsyncIterator[int]:
+        for i in range(10):
+            yield i
+
+    got: list[int] = []
+    with pytest.raises(FlowRunTimeoutError):
+        async for value in instant_items():
+            got.append(value)
+            await anyio.sleep(0.1)  # the consumer's time is the run's
+    assert len(got) < 10
+    assert _flow_state(registry, "instant-items").name == "TimedOut"
+
+
+def test_generator_flow_past_its_deadline_at_the_end_is_timed_out(registry: Any) -> None:
+    """It waited for a child past its deadline, then ended Completed."""
+
+    @flow(timeout_seconds=0.3)
+    def waits_long() -> Iterator[int]:
+        sleeps.submit(0.8)
+        yield 1
+
+    with pytest.raises(FlowRunTimeoutError):
+        list(waits_long())
+    assert _flow_state(registry, "waits-long").name == "TimedOut"
+
+
+def test_cancel_then_break_ends_cancelled(registry: Any) -> None:
+    ids: list[uuid.UUID] = []
+
+    @flow
+    def numbers_flow() -> Iterator[int]:
+        ids.append(runtime.flow_run.id)
+        yield from range(100)
+
+    for value in numbers_flow():
+        if value == 2:
+            cancel_run(ids[0])
+            break
+    assert _flow_state(registry, "numbers-flow").type is StateType.CANCELLED
+
+
+def test_deadline_entries_of_finished_steps_do_not_pile_up() -> None:
+    """One timer entry per step stayed until the run's deadline (1M steps: 476 MB)."""
+    from asyncflow.engine import interrupts
+
+    @flow(timeout_seconds=3600)
+    def many() -> Iterator[int]:
+        yield from range(20_000)
+
+    assert sum(many()) == sum(range(20_000))
+    assert len(interrupts._heap) < 5_000
+
+
+@task
+async def async_part(i: int) -> int:
+    return i
+
+
+def test_sync_generator_flow_consumed_in_another_thread() -> None:
+    """Its async task calls returned coroutines there (never awaited, no run at all)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    @flow
+    def yields_results() -> Iterator[int]:
+        for i in range(2):
+            yield async_part(i)
+
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(list, yields_results()).result(timeout=30) == [0, 1]

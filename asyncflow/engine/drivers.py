@@ -406,16 +406,17 @@ def drive_sync_generator(
     try:
         while True:
             token = var.set(engine)
+            if flow_engine is not None:  # its task calls check "the flow's own thread"
+                flow_engine.thread_id = threading.get_ident()
             try:
                 value = _step_guarded(engine, gen.send, to_send)
             except StopIteration as stop:
-                _settle_sync(flow_engine, failed=False)
-                engine.finish(State(StateType.COMPLETED, data=stop.value))
+                state = _end_sync(engine, flow_engine, gen, None, stop.value)
+                if state.type is not StateType.COMPLETED:
+                    state.result()  # past its deadline, or cancelled: the consumer is told
                 return stop.value
             except BaseException as exc:
-                gen.close()
-                _settle_sync(flow_engine, failed=True)
-                state = engine.finish(engine.outcome_of_error(exc))
+                state = _end_sync(engine, flow_engine, gen, exc, None)
                 _raise_cancelled(engine, exc, state)
                 raise
             finally:
@@ -423,15 +424,51 @@ def drive_sync_generator(
             try:
                 to_send = yield value
             except GeneratorExit:
-                gen.close()
-                _settle_sync(flow_engine, failed=False)
-                engine.finish(
-                    State(StateType.COMPLETED, message="Generator closed before it was exhausted.")
-                )
+                _end_sync(engine, flow_engine, gen, None, _CLOSED)
                 raise
     finally:
         if flow_engine is not None:
             close_runners(flow_engine)
+
+
+_CLOSED = object()  # the consumer closed the generator before it was exhausted
+
+
+def _end_state(
+    engine: RunEngine, exc: BaseException | None, result: Any, native_cancel: bool = False
+) -> State[Any]:
+    """A generator run's final state: its error's, or Cancelled / TimedOut when it was
+    cancelled or is past its deadline, else Completed."""
+    if exc is not None:
+        return engine.cancelled() if native_cancel else engine.outcome_of_error(exc)
+    if engine.cancel_requested:
+        return engine.cancelled()
+    if engine.deadline is not None and time.monotonic() > engine.deadline:
+        return engine.timed_out()
+    if result is _CLOSED:
+        return State(StateType.COMPLETED, message="Generator closed before it was exhausted.")
+    return State(StateType.COMPLETED, data=result)
+
+
+def _end_sync(
+    engine: RunEngine,
+    flow_engine: FlowRunEngine | None,
+    gen: Generator[Any, Any, Any],
+    exc: BaseException | None,
+    result: Any,
+) -> State[Any]:
+    """Close the generator and settle a flow's children, then finish the run, exactly once
+    (a Ctrl-C or an error while settling ends it too)."""
+    try:
+        gen.close()
+        if flow_engine is not None:
+            if exc is not None:
+                flow_engine.cancel_children()
+            wait_for_children(flow_engine)
+    except BaseException as cleanup:
+        engine.finish(engine.outcome_of_error(cleanup))
+        raise
+    return engine.finish(_end_state(engine, exc, result))
 
 
 def _step_guarded(engine: RunEngine, step: Callable[[Any], Any], arg: Any) -> Any:
@@ -459,15 +496,6 @@ def _raise_cancelled(engine: RunEngine, exc: BaseException, state: State[Any]) -
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _settle_sync(engine: FlowRunEngine | None, failed: bool) -> None:
-    """A generator flow ends: its submitted runs are cancelled (when it failed) and waited for."""
-    if engine is None:
-        return
-    if failed:
-        engine.cancel_children()
-    wait_for_children(engine)
-
-
 async def drive_async_generator(
     engine: RunEngine, agen: AsyncGenerator[Any, Any]
 ) -> AsyncGenerator[Any, Any]:
@@ -481,14 +509,12 @@ async def drive_async_generator(
     flow_engine = engine if isinstance(engine, FlowRunEngine) else None
     engine.begin_attempt()
     to_send: Any = None
-    cancelled = anyio.get_cancelled_exc_class()
     try:
         while True:
             token = var.set(engine)
             scope = anyio.CancelScope()
             try:
-                if engine.cancel_requested:
-                    raise engine.interrupt_error(timeout=False)
+                _check_step(engine)
                 if engine.deadline is not None:
                     scope.deadline = anyio.current_time() + (engine.deadline - time.monotonic())
                 with scope:
@@ -498,34 +524,59 @@ async def drive_async_generator(
                         value = await _flow_step(flow_engine, agen, to_send, scope)
                 if scope.cancelled_caught:
                     raise engine.interrupt_error(timeout=not engine.cancel_requested)
+                _check_step(engine)  # a step that never awaited passed its deadline
             except StopAsyncIteration:
-                await _settle_async(flow_engine)
-                engine.finish(State(StateType.COMPLETED))
+                state = await _end_async(engine, flow_engine, agen, None, None)
+                if state.type is not StateType.COMPLETED:
+                    state.result()
                 return
             except BaseException as exc:
-                with anyio.CancelScope(shield=True):
-                    await agen.aclose()
-                    await _settle_async(flow_engine)
-                if isinstance(exc, cancelled):
-                    engine.finish(engine.cancelled())
-                else:
-                    state = engine.finish(engine.outcome_of_error(exc))
-                    _raise_cancelled(engine, exc, state)
+                state = await _end_async(engine, flow_engine, agen, exc, None)
+                _raise_cancelled(engine, exc, state)
                 raise
             finally:
                 var.reset(token)
             try:
                 to_send = yield value
             except GeneratorExit:
-                await agen.aclose()
-                await _settle_async(flow_engine)
-                engine.finish(
-                    State(StateType.COMPLETED, message="Generator closed before it was exhausted.")
-                )
+                await _end_async(engine, flow_engine, agen, None, _CLOSED)
                 raise
     finally:
         if flow_engine is not None:
             close_runners(flow_engine)
+
+
+def _check_step(engine: RunEngine) -> None:
+    if engine.cancel_requested:
+        raise engine.interrupt_error(timeout=False)
+    if engine.deadline is not None and time.monotonic() > engine.deadline:
+        raise engine.interrupt_error(timeout=True)
+
+
+async def _end_async(
+    engine: RunEngine,
+    flow_engine: FlowRunEngine | None,
+    agen: AsyncGenerator[Any, Any],
+    exc: BaseException | None,
+    result: Any,
+) -> State[Any]:
+    """`_end_sync` for async generators, shielded: a cancelled consumer still ends the run."""
+    with anyio.CancelScope(shield=True):
+        try:
+            await agen.aclose()
+            if flow_engine is not None:
+                if exc is not None:
+                    flow_engine.cancel_children()
+                    with anyio.move_on_after(1.0):  # as `_settle_children`
+                        await _settle_async(flow_engine)
+                else:
+                    await _settle_async(flow_engine)
+        except BaseException as cleanup:
+            engine.finish(engine.outcome_of_error(cleanup))
+            raise
+        native = exc is not None and isinstance(exc, anyio.get_cancelled_exc_class())
+        state = engine.finish(_end_state(engine, exc, result, native))
+    return state
 
 
 async def _flow_step(

@@ -137,12 +137,18 @@ def _set_async_exc(thread_id: int, exc_class: type[BaseException] | None) -> Non
 _heap: list[tuple[float, int, _Target, Callable[[], BaseException]]] = []
 _wakeup = threading.Condition(_lock)
 _timer_thread: threading.Thread | None = None
+_PURGE_MIN = 1024
+_purge_at = _PURGE_MIN
 
 
 def at_deadline(deadline: float, target: _Target, make_exc: Callable[[], BaseException]) -> None:
     """Interrupt `target` with `make_exc()` at `deadline` (time.monotonic) if still guarded."""
-    global _timer_thread
+    global _timer_thread, _purge_at
     with _wakeup:
+        if len(_heap) >= _purge_at:  # guards that ended long before their deadline
+            _heap[:] = [entry for entry in _heap if entry[2].active]
+            heapq.heapify(_heap)
+            _purge_at = max(_PURGE_MIN, 2 * len(_heap))  # amortized O(1) per call
         heapq.heappush(_heap, (deadline, next(_counter), target, make_exc))
         _wakeup.notify()
         if _timer_thread is None:

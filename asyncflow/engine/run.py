@@ -47,7 +47,13 @@ from asyncflow.states import (
     StateType,
     state_from_return_value,
 )
-from asyncflow.store.memory import KIND_FLOW, KIND_TASK, MemoryRegistry, registry_for_new_tree
+from asyncflow.store.memory import (
+    KIND_FLOW,
+    KIND_TASK,
+    MemoryRegistry,
+    add_tree,
+    registry_for_new_tree,
+)
 
 if TYPE_CHECKING:
     from asyncflow.flows import Flow
@@ -479,8 +485,8 @@ class FlowRunEngine(RunEngine):
         self.name = self._render_name(error is None)
         parent = self.parent
         if parent is None:
-            self.row = self.registry.add_run(
-                KIND_FLOW, flow.name, _NO_ROW, name=self.name, parameters=self.parameters
+            self.registry, self.row = add_tree(
+                KIND_FLOW, flow.name, name=self.name, parameters=self.parameters
             )
             if engine_logger.isEnabledFor(logging.INFO):
                 engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
@@ -632,7 +638,10 @@ class TaskRunEngine(RunEngine):
             fields = task.signature.name_fields(self.parameters)
             name = render_run_name(task.task_run_name, fields, "task_run_name")
         self.name = name or f"{task.name}-{index}"
-        self.row = self.registry.add_run(KIND_TASK, task.name, parent_row, index, name)
+        if parent is None:
+            self.registry, self.row = add_tree(KIND_TASK, task.name, index, name)
+        else:
+            self.row = self.registry.add_run(KIND_TASK, task.name, parent_row, index, name)
         if task_run_logger.isEnabledFor(self._lifecycle_level(logging.INFO)):
             self._log(
                 self._lifecycle_level(logging.INFO),

@@ -104,7 +104,11 @@ class SqlStore:
         """Run a write batch's statements in one transaction, with a heartbeat now and then."""
         now = time.time()
         if now - self._beat > HEARTBEAT_SECONDS / 2:  # not every batch: it costs a statement
-            beat = self._sql("UPDATE processes SET heartbeat = ? WHERE pk = ?")
+            # every session of the process: an older one may hold a quiet long-running run
+            beat = self._sql(
+                "UPDATE processes SET heartbeat = ? "
+                "WHERE id = (SELECT id FROM processes WHERE pk = ?)"
+            )
             statements.append((beat, (now, session)))
             self._beat = now
         if len(statements) == 1:  # one statement is one transaction already (the usual flush

@@ -219,6 +219,27 @@ class MemoryRegistry:
             _tree_listener(self)  # outside the lock: the listener may export from here
         return row
 
+    def _add_tree_run(
+        self,
+        kind: int,
+        spec_name: str,
+        counter: int,
+        name: str | None,
+        parameters: dict[str, Any] | None,
+    ) -> int | None:
+        """`add_run` of a top-level run, unless this registry closed meanwhile (None): a tree
+        must never open in a registry that may already be retired."""
+        with self._lock:
+            if self.closed:
+                return None
+            if self._inbox:
+                self._drain()
+            row = self._append_run(kind, spec_name, _NO_ROW, counter, name, parameters, time.time())
+            self.open_trees += 1
+        if not self.decided and _tree_listener is not None:
+            _tree_listener(self)  # outside the lock: the listener may export from here
+        return row
+
     def tree_finished(self) -> None:
         """A top-level run registered here is done (its final state is recorded)."""
         with self._lock:
@@ -560,6 +581,21 @@ def registry_for_new_tree() -> MemoryRegistry:
     if len(registry._kind) < ROTATE_ROWS:
         return registry
     return _rotate(registry)
+
+
+def add_tree(
+    kind: int,
+    spec_name: str,
+    counter: int = 0,
+    name: str | None = None,
+    parameters: dict[str, Any] | None = None,
+) -> tuple[MemoryRegistry, int]:
+    """Register a top-level run (a new tree) in Pending: (its registry, its row)."""
+    while True:
+        registry = registry_for_new_tree()
+        row = registry._add_tree_run(kind, spec_name, counter, name, parameters)
+        if row is not None:
+            return registry, row
 
 
 def _rotate(expected: MemoryRegistry | None) -> MemoryRegistry:

@@ -152,36 +152,20 @@ def replay(store: SqlStore, url: str, own: tuple[int, float] | None = None) -> t
             mine = own is not None and pid == own[0] and started_ms == int(own[1] * 1000)
             if pid == os.getpid() and not mine:
                 continue  # this process's, but not the writer's turn
+            claim: Path | None = None
             if not mine:
                 reason = crash_reason(pid, here, started_ms / 1000, now, here, now)
                 if reason is None:
                     continue  # alive: it writes its own files, in its own order
-            sessions: dict[str, int] = {}
-            last: Spill | None = None
-            for path in paths:
-                spill = _load(path)
-                if spill is None:
-                    continue
-                if spill.hostname != here:
-                    break  # another host's process (a shared home): not ours to judge
-                for id_prefix, session, batch in spill.batches:
-                    if session is None:
-                        session = sessions.get(id_prefix)
-                    if session is None:
-                        session = store.session_for(
-                            spill.process_id, id_prefix, spill.pid, spill.hostname, spill.started
-                        )
-                    sessions[id_prefix] = session
-                    store.write(batch, session)
-                runs += spill.runs
-                states += spill.states
-                last = spill
-                path.unlink(missing_ok=True)
-            if last is not None and not mine:
-                why = last.end_reason or (
-                    f"The process that ran it (pid {pid} on {here}) died before it finished."
-                )
-                store.end_process(last.process_id, why, force=True)
+                # one claim for the process's files (named without the file's sequence)
+                claim = _claim(paths[0].with_name(paths[0].name.rsplit(".", 2)[0] + ".claim"))
+                if claim is None:
+                    continue  # another process on this host is writing them
+            try:
+                runs, states = _replay_group(store, paths, here, pid, mine, runs, states)
+            finally:
+                if claim is not None:
+                    claim.unlink(missing_ok=True)
     if runs or states:
         logger.info(
             "Run history: wrote %d run(s) and %d state(s) from spill files into %s.",
@@ -190,6 +174,66 @@ def replay(store: SqlStore, url: str, own: tuple[int, float] | None = None) -> t
             store.url,
         )
     return runs, states
+
+
+def _replay_group(
+    store: SqlStore, paths: list[Path], here: str, pid: int, mine: bool, runs: int, states: int
+) -> tuple[int, int]:
+    """Write one process's files, in order; then, if it is gone, crash what it left open."""
+    sessions: dict[str, int] = {}
+    last: Spill | None = None
+    for path in paths:
+        spill = _load(path)
+        if spill is None or spill.hostname != here:
+            break  # unreadable (kept for a person), or another host's: the rest must wait
+        for id_prefix, _, batch in spill.batches:
+            session = sessions.get(id_prefix)
+            if session is None:
+                session = sessions[id_prefix] = store.session_for(
+                    spill.process_id, id_prefix, spill.pid, spill.hostname, spill.started
+                )
+            store.write(batch, session)
+        runs += spill.runs
+        states += spill.states
+        last = spill
+        path.unlink(missing_ok=True)
+    if last is not None and not mine:
+        why = last.end_reason or (
+            f"The process that ran it (pid {pid} on {here}) died before it finished."
+        )
+        store.end_process(last.process_id, why, force=True)
+    return runs, states
+
+
+def _claim(path: Path) -> Path | None:
+    """Take the claim file `path` (O_EXCL), or None when a live process holds it. A claim
+    left by a process that died is taken over."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text() or "0")
+            except (OSError, ValueError):
+                holder = 0
+            if holder and _alive(holder):
+                return None
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return path
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def iter_spills(url: str) -> Iterator[tuple[Path, Spill]]:

@@ -28,6 +28,7 @@ gets its first top-level run, and the `ASYNCFLOW_STORE` setting then decides whe
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import os
 import socket
@@ -106,7 +107,7 @@ class Writer:
         self.retry_at = 0.0
         self.warned = False  # the outage warning was given (the recovery one follows)
         self.permanent = False  # the last failure needs fixing by someone (see StoreError)
-        self.spill_seq = 0
+        self.spill_seq = itertools.count(1)  # (next() is atomic: close() may spill too)
         # This process's spill files the store has not had yet: unknown until the first
         # pass looks (a writer before this one, for the same store, may have left some).
         self.own_spills = 1
@@ -312,7 +313,7 @@ class Writer:
             )
         self._retire()
 
-    def _spill(self, end_reason: str | None) -> tuple[Path | None, int, int]:
+    def _spill(self, end_reason: str | None, adopt: bool = True) -> tuple[Path | None, int, int]:
         """Move everything not written yet to a spill file; advances the marks.
 
         Returns its path (None when there was nothing) and the runs and states in it; when
@@ -321,11 +322,20 @@ class Writer:
         from asyncflow.store import spill
         from asyncflow.store.base import encode_batch, run_id_prefix
 
-        self._adopt()
+        if adopt:
+            self._adopt()
+            items = list(self.kept.items())
+        else:  # from close(), past a stuck thread: read its registries, change nothing of it
+            items = list(self.kept.items())
+            items += [
+                (r, r.marks.setdefault(self.url, _Progress()))
+                for r in list(self.incoming)
+                if r not in self.kept
+            ]
         record = spill.Spill(self.process_id, self.pid, self.hostname, self.started)
         record.end_reason = end_reason
         advanced: list[tuple[_Progress, int, int]] = []
-        for registry, progress in self.kept.items():
+        for registry, progress in items:
             if (
                 progress.run_mark == len(registry)
                 and progress.transition_mark == registry.transition_count
@@ -344,15 +354,16 @@ class Writer:
                 )
                 advanced.append((progress, batch.run_end, batch.transition_end))
                 continue
-            record.batches.append((run_id_prefix(registry.prefix), progress.session, encoded))
+            # No session key: a key is only good in the database it came from (the file may
+            # be replaced before the replay); the replay finds or makes the session by name.
+            record.batches.append((run_id_prefix(registry.prefix), None, encoded))
             advanced.append((progress, batch.run_end, batch.transition_end))
         if not record.batches and end_reason is None:
             for progress, run_end, transition_end in advanced:
                 progress.run_mark, progress.transition_mark = run_end, transition_end
             return None, 0, 0
-        self.spill_seq += 1
         try:
-            path = spill.save(self.url, record, self.spill_seq)
+            path = spill.save(self.url, record, next(self.spill_seq))
         except Exception as exc:
             logger.error(
                 "Run history: %d run(s) and %d state(s) for %s are lost: the store cannot be "
@@ -385,6 +396,8 @@ class Writer:
             if self.permanent or remaining <= 0:
                 break  # (waiting cannot help a permanent failure: straight to the spill file)
             time.sleep(min(remaining, 0.1))
+        if self.abandoned:
+            return  # close() gave up waiting and spilled what was left
         if self.failing_since is None and not self._backlog()[1] and not self.own_spills:
             store = self.store
             if store is not None:
@@ -437,11 +450,11 @@ class Writer:
         # The thread is stuck in a store call (a server that stopped answering on an open
         # connection): what it has not confirmed goes to a spill file from here. Writes are
         # idempotent: if its call lands after all, replaying the file changes nothing.
-        self.abandoned = True
-        self._give_up(self._exit_reason(), timeout)
+        self.abandoned = True  # the thread, if it ever gets out of its call, spills nothing
+        self._give_up(self._exit_reason(), timeout, adopt=False)
 
-    def _give_up(self, reason: str, timeout: float) -> None:
-        path, runs, states = self._spill(reason)
+    def _give_up(self, reason: str, timeout: float, adopt: bool = True) -> None:
+        path, runs, states = self._spill(reason, adopt)
         if path is not None:
             logger.warning(
                 "Run history: %d run(s) and %d state(s) could not be written to %s within "
