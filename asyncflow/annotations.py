@@ -39,3 +39,10 @@ class quote(_Annotation[T]):
     """Pass the value through untouched: futures and states inside it are not resolved."""
 
     __slots__ = ()
+
+
+__all__ = [
+    "allow_failure",
+    "quote",
+    "unmapped",
+]

@@ -135,3 +135,34 @@ class RunInterrupted(BaseException):
     """
 
     run: Any = None
+
+
+__all__ = [
+    "AsyncflowException",
+    "CancelledRun",
+    "CrashedRun",
+    "FailedRun",
+    "FlowRunNameError",
+    "FlowRunTimeoutError",
+    "FutureUsageError",
+    "InvalidDefinitionError",
+    "MappingLengthMismatch",
+    "MappingMissingIterable",
+    "MissingContextError",
+    "ParameterBindError",
+    "ParameterSizeError",
+    "ParameterTypeError",
+    "RunInterrupted",
+    "RunTimeoutError",
+    "SerializationError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreFullError",
+    "StoreLockedError",
+    "StoreNotFoundError",
+    "StoreReadOnlyError",
+    "StoreReplacedError",
+    "StoreVersionError",
+    "TaskRunTimeoutError",
+    "UpstreamTaskError",
+]

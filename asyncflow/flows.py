@@ -275,3 +275,10 @@ def flow(__fn: Any = None, **options: Any) -> Any:
     if __fn is None:
         return lambda fn: Flow(fn, **options)
     return Flow(__fn, **options)
+
+
+__all__ = [
+    "Flow",
+    "FlowOptions",
+    "flow",
+]

@@ -16,7 +16,6 @@ from uuid import UUID
 import anyio
 import sniffio
 
-from asyncflow import states
 from asyncflow.exceptions import FutureUsageError
 from asyncflow.states import State, StateType
 
@@ -279,8 +278,19 @@ async def as_completed_async(
     send.close()
 
 
-states.FUTURE_TYPES = (TaskRunFuture,)
-
 # Prefect's names, for code moving over with a changed import.
 PrefectFuture = TaskRunFuture
 PrefectFutureList = FutureList
+
+
+__all__ = [
+    "DoneAndNotDone",
+    "FutureList",
+    "PrefectFuture",
+    "PrefectFutureList",
+    "TaskRunFuture",
+    "as_completed",
+    "as_completed_async",
+    "wait",
+    "wait_async",
+]

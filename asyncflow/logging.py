@@ -136,3 +136,11 @@ def enable_log_prints() -> None:
     if not _print_patched:
         builtins.print = _print
         _print_patched = True
+
+
+__all__ = [
+    "RunFormatter",
+    "RunLoggerAdapter",
+    "get_run_logger",
+    "setup_logging",
+]

@@ -86,3 +86,11 @@ def reload_settings() -> Settings:
     for listener in _listeners:
         listener()
     return _settings
+
+
+__all__ = [
+    "Settings",
+    "get_settings",
+    "on_reload",
+    "reload_settings",
+]

@@ -257,17 +257,17 @@ NotReady = _make(StateType.PENDING, "NotReady")
 
 
 # -- final state determination --------------------------------------------------------------
-# Future classes whose final state a returned future stands for (registered by futures.py).
-FUTURE_TYPES: tuple[type, ...] = ()
 _PLAIN = (int, float, str, bytes, bool, type(None), dict)
 
 
 def _as_state(item: Any) -> State[Any] | None:
     if isinstance(item, State):
         return item
-    if isinstance(item, FUTURE_TYPES):
-        future: Any = item
-        return future._final_state_for_return()  # type: ignore[no-any-return]
+    # A future (any class with `_final_state_for_return`, as TaskRunFuture): the final state
+    # it stands for. Duck-typed, so this floor needs no import of (or patch from) futures.
+    final = getattr(type(item), "_final_state_for_return", None)
+    if final is not None:
+        return final(item)  # type: ignore[no-any-return]
     return None
 
 
@@ -316,3 +316,24 @@ def _aggregate(value: Iterable[Any], states: list[State[Any]]) -> State[Any]:
             data=data,
         )
     return State(StateType.COMPLETED, message="All states completed.", data=data)
+
+
+__all__ = [
+    "TERMINAL_TYPES",
+    "AwaitingRetry",
+    "Cancelled",
+    "Cancelling",
+    "Completed",
+    "Crashed",
+    "Failed",
+    "NotReady",
+    "Paused",
+    "Pending",
+    "Retrying",
+    "Running",
+    "Scheduled",
+    "State",
+    "StateDetails",
+    "StateType",
+    "TimedOut",
+]

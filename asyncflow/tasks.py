@@ -552,3 +552,12 @@ def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
         return [backoff_factor * 2**n for n in range(retries)]
 
     return delays
+
+
+__all__ = [
+    "RetryCondition",
+    "Task",
+    "TaskOptions",
+    "exponential_backoff",
+    "task",
+]

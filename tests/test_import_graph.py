@@ -194,3 +194,33 @@ def test_public_api_is_pinned_and_importable() -> None:
     assert sorted(asyncflow.__all__) == PUBLIC
     for name in asyncflow.__all__:
         assert getattr(asyncflow, name) is not None, name
+
+
+#: Modules users import from: each says what it exports, and all of it is there.
+PUBLIC_MODULES = [
+    "asyncflow.annotations",
+    "asyncflow.exceptions",
+    "asyncflow.flows",
+    "asyncflow.futures",
+    "asyncflow.logging",
+    "asyncflow.settings",
+    "asyncflow.states",
+    "asyncflow.tasks",
+    "asyncflow.task_runners",
+    "asyncflow.task_runners.base",
+    "asyncflow.task_runners.threads",
+    "asyncflow.task_runners.processes",
+    "asyncflow.store",
+    "asyncflow.runtime",
+]
+
+
+def test_every_public_module_declares_its_exports() -> None:
+    import importlib
+
+    for name in PUBLIC_MODULES:
+        module = importlib.import_module(name)
+        exported = getattr(module, "__all__", None)
+        assert exported, f"{name} has no __all__"
+        for attr in exported:
+            assert hasattr(module, attr), f"{name}.__all__ names {attr!r}, which it lacks"

@@ -75,3 +75,8 @@ class TaskRunner(abc.ABC):
         import anyio
 
         await anyio.to_thread.run_sync(self.shutdown)
+
+
+__all__ = [
+    "TaskRunner",
+]

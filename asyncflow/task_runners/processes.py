@@ -85,3 +85,8 @@ def _dumps(value: Any) -> bytes:
     except ImportError:
         return pickle.dumps(value)
     return cloudpickle.dumps(value)  # type: ignore[no-any-return]
+
+
+__all__ = [
+    "ProcessPoolTaskRunner",
+]

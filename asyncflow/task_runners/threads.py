@@ -93,3 +93,8 @@ class ThreadPoolTaskRunner(TaskRunner):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(max_workers={self.max_workers})"
+
+
+__all__ = [
+    "ThreadPoolTaskRunner",
+]
