@@ -18,7 +18,7 @@ Kind = Literal["sync", "async", "generator", "async_generator"]
 #: A state hook: called with (flow or task, run, state); may be async.
 StateHook = Callable[[Any, Any, "State[Any]"], Any]
 S = TypeVar("S", bound="Spec")
-_UNBOUND: Any = object()
+UNBOUND: Any = object()
 _HOOK_TYPES = {
     "on_completion": StateType.COMPLETED,
     "on_failure": StateType.FAILED,
@@ -124,7 +124,7 @@ class Spec:
         self.isasync = self.kind in ("async", "async_generator")
         self.signature = Signature(fn)
         self._options = options
-        self._bound = _UNBOUND
+        self._bound = UNBOUND
         self.__doc__ = fn.__doc__
         self.__name__ = callable_name(fn)
         self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
@@ -169,7 +169,7 @@ class Spec:
         return bound
 
     def _args(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        return args if self._bound is _UNBOUND else (self._bound, *args)
+        return args if self._bound is UNBOUND else (self._bound, *args)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, fn={self.__qualname__})"

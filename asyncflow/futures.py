@@ -14,8 +14,8 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from uuid import UUID
 
 import anyio
-import sniffio
 
+from asyncflow.backend import threadsafe_caller
 from asyncflow.exceptions import FutureUsageError
 from asyncflow.states import State, StateType
 
@@ -132,7 +132,7 @@ class TaskRunFuture(Generic[R]):
         if self._loop_thread == threading.get_ident():
             self.add_done_callback(lambda _: event.set())
         else:
-            call_soon = _threadsafe_caller()
+            call_soon = threadsafe_caller()
 
             def wake(_: TaskRunFuture[R]) -> None:
                 call_soon(event.set)
@@ -160,31 +160,6 @@ class TaskRunFuture(Generic[R]):
     def __repr__(self) -> str:
         state = self._state
         return f"TaskRunFuture(task_run_id={self.task_run_id}, state={state or 'pending'})"
-
-
-def _threadsafe_caller() -> Callable[[Callable[[], object]], object]:
-    """A function that schedules a callback on the current event loop from any thread."""
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        return trio.lowlevel.current_trio_token().run_sync_soon
-    import asyncio
-
-    return asyncio.get_running_loop().call_soon_threadsafe
-
-
-def _cancel_scope_type() -> Callable[[], Any]:
-    """The cheapest cancel scope class for the current loop.
-
-    Under trio, trio's own: anyio's wrapper around it adds half again to its cost. Under
-    asyncio, the class of anyio's scope for this backend: `anyio.CancelScope()` finds the
-    backend on every call and then initializes the new scope twice.
-    """
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        return trio.CancelScope
-    return type(anyio.CancelScope())
 
 
 class FutureList(list[TaskRunFuture[R]]):
@@ -258,7 +233,7 @@ async def as_completed_async(
     """The async form of `as_completed`."""
     pending = set(futures)
     send, receive = anyio.create_memory_object_stream[TaskRunFuture[R]](len(pending) or 1)
-    call_soon = _threadsafe_caller()
+    call_soon = threadsafe_caller()
     loop_thread = threading.get_ident()
 
     def on_done(f: TaskRunFuture[R]) -> None:

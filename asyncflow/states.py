@@ -43,7 +43,7 @@ TERMINAL_TYPES = frozenset(
     {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}
 )
 # Default display name of each type: "Completed", "Failed", ...
-_DEFAULT_NAMES = {t: t.value.capitalize() for t in StateType}
+DEFAULT_NAMES = {t: t.value.capitalize() for t in StateType}
 
 
 class StateDetails:
@@ -108,7 +108,7 @@ class State(Generic[R]):
         timestamp: float | None = None,
     ) -> None:
         self.type = type
-        self.name = name or _DEFAULT_NAMES[type]
+        self.name = name or DEFAULT_NAMES[type]
         self.message = message
         self.data = data
         # StateDetails, or (registry, row) to build them from when first asked for
@@ -236,7 +236,7 @@ def _make(type_: StateType, default_name: str | None = None) -> Any:
     ) -> State[Any]:
         return State(type_, name or default_name, message, data, state_details)
 
-    constructor.__name__ = default_name or _DEFAULT_NAMES[type_]
+    constructor.__name__ = default_name or DEFAULT_NAMES[type_]
     constructor.__doc__ = f"A new {constructor.__name__} state (type {type_.value})."
     return constructor
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, T
 import anyio
 
 from asyncflow._spec import (
-    _UNBOUND,
+    UNBOUND,
     Spec,
     StateHook,
     check_option_names,
@@ -21,6 +21,7 @@ from asyncflow._spec import (
     load_by_name,
 )
 from asyncflow.annotations import quote, unmapped
+from asyncflow.backend import threadsafe_caller
 from asyncflow.engine import cancellation, drivers, interrupts, kernel
 from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.engine.resolve import check_wait_for, needs_resolving, resolve, upstreams
@@ -31,7 +32,7 @@ from asyncflow.exceptions import (
     MappingMissingIterable,
     UpstreamTaskError,
 )
-from asyncflow.futures import FutureList, TaskRunFuture, _threadsafe_caller
+from asyncflow.futures import FutureList, TaskRunFuture
 from asyncflow.naming import RunName, check_template
 from asyncflow.states import State, StateType
 
@@ -218,7 +219,7 @@ class Task(Spec, Generic[P, R]):
                 + ". Wrap arguments that should not be mapped in unmapped(...)."
             )
         n = next(iter(lengths.values()))
-        self_unbound = self if self._bound is _UNBOUND else self._unbound()
+        self_unbound = self if self._bound is UNBOUND else self._unbound()
         futures: FutureList[Any] = FutureList()
         for i in range(n):
             call_args, call_kwargs = self.signature.to_call(
@@ -229,7 +230,7 @@ class Task(Spec, Generic[P, R]):
 
     def _unbound(self) -> Task[P, R]:
         clone = copy.copy(self)
-        clone._bound = _UNBOUND
+        clone._bound = UNBOUND
         return clone
 
 
@@ -478,7 +479,7 @@ def _submit_async(
         nonlocal scope, call_soon
         state = None
         if scope is None:
-            call_soon = _threadsafe_caller()
+            call_soon = threadsafe_caller()
             loop_thread[0] = threading.get_ident()
             scope = anyio.CancelScope()  # set last: `cancel` reads it first
             if engine.cancel_requested:

@@ -132,6 +132,7 @@ def test_the_checker_sees_a_cycle() -> None:
 
 #: The lowest floor: it imports nothing but itself.
 LOWEST = {
+    "asyncflow.backend",
     "asyncflow.exceptions",
     "asyncflow.settings",
     "asyncflow.states",
@@ -224,3 +225,18 @@ def test_every_public_module_declares_its_exports() -> None:
         assert exported, f"{name} has no __all__"
         for attr in exported:
             assert hasattr(module, attr), f"{name}.__all__ names {attr!r}, which it lacks"
+
+
+def test_no_private_name_is_imported_from_another_module() -> None:
+    """`from asyncflow.x import _y` across modules: a private name shared is a public one."""
+    offenders = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("asyncflow"):
+                same_package = (node.module or "").rsplit(".", 1)[0] == name.rsplit(".", 1)[0]
+                for alias in node.names:
+                    private = alias.name.startswith("_") and not alias.name.startswith("__")
+                    if private and not same_package:
+                        offenders.append(f"{name}: from {node.module} import {alias.name}")
+    assert offenders == []

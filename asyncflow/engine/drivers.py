@@ -17,11 +17,11 @@ from typing import Any
 
 import anyio
 
+from asyncflow.backend import cancel_scope_type, threadsafe_caller
 from asyncflow.engine import interrupts
 from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.engine.run import FlowRunEngine, RunEngine
 from asyncflow.exceptions import RunInterrupted
-from asyncflow.futures import _cancel_scope_type, _threadsafe_caller
 from asyncflow.states import State, StateType
 from asyncflow.store.memory import KIND_FLOW
 
@@ -287,7 +287,7 @@ async def in_task_group(
         group = HostedGroup(getattr(host, "host", host), engine.scope_type)
         value, error = await _run_body(engine, body, group)
     else:
-        engine.call_soon, engine.scope_type = _threadsafe_caller(), _cancel_scope_type()
+        engine.call_soon, engine.scope_type = threadsafe_caller(), cancel_scope_type()
         value, error = None, None  # stay so when cancel_run's cancellation ends the group
         async with anyio.create_task_group() as tg:
             value, error = await _run_body(engine, body, tg)
@@ -583,7 +583,7 @@ async def _flow_step(
     engine: FlowRunEngine, agen: AsyncGenerator[Any, Any], to_send: Any, scope: Any
 ) -> Any:
     """One step of an async generator flow, with a task group for what it submits."""
-    engine.call_soon, engine.scope_type = _threadsafe_caller(), _cancel_scope_type()
+    engine.call_soon, engine.scope_type = threadsafe_caller(), cancel_scope_type()
     engine.thread_id = threading.get_ident()
     value: Any = None
     error: BaseException | None = None

@@ -41,7 +41,7 @@ from asyncflow.naming import generate_run_name, render_run_name
 from asyncflow.parameters import check_size
 from asyncflow.settings import get_settings
 from asyncflow.states import (
-    _DEFAULT_NAMES,
+    DEFAULT_NAMES,
     TERMINAL_TYPES,
     State,
     StateType,
@@ -296,7 +296,7 @@ class RunEngine:
             self.row,
             state.type,
             ts,
-            None if name == _DEFAULT_NAMES[state.type] else name,
+            None if name == DEFAULT_NAMES[state.type] else name,
             state.message,
         )
         if state.type is _COMPLETED:
@@ -340,7 +340,7 @@ class RunEngine:
 
 
 def _custom_name(state: State[Any]) -> str | None:
-    return None if state.name == _DEFAULT_NAMES[state.type] else state.name
+    return None if state.name == DEFAULT_NAMES[state.type] else state.name
 
 
 def retry_delay_for(setting: Any, attempt: int, retries: int, jitter: float | None) -> float:

@@ -21,7 +21,7 @@ from itertools import compress
 from typing import Any, Literal, NamedTuple, Protocol
 from uuid import UUID
 
-from asyncflow.states import _DEFAULT_NAMES, StateType
+from asyncflow.states import DEFAULT_NAMES, StateType
 from asyncflow.store.memory import ColumnExport
 
 TERMINAL = frozenset(
@@ -61,7 +61,7 @@ def type_sql(code: str) -> str:
 
 def default_name_sql(type_: str) -> str:
     """SQL for the default state name of the state type in column/expression `type_`."""
-    whens = " ".join(f"WHEN '{t.value}' THEN '{_DEFAULT_NAMES[t]}'" for t in _TYPES)
+    whens = " ".join(f"WHEN '{t.value}' THEN '{DEFAULT_NAMES[t]}'" for t in _TYPES)
     return f"CASE {type_} {whens} END"
 
 
@@ -263,7 +263,7 @@ CHANGED_RUN_COLUMNS = (
 TRANSITION_COLUMNS = ("row", "seq", "type", "name", "message", "ts")  # name '': default
 
 _KINDS = ("flow", "task")  # registry kind codes
-_TYPE_VALUES = [t.value for t in _TYPES]  # state-type code -> type name
+TYPE_VALUES = [t.value for t in _TYPES]  # state-type code -> type name
 _P = _TYPES.index(StateType.PENDING)
 _R = _TYPES.index(StateType.RUNNING)
 # bytes.translate tables: state-type code -> 1 where it fits a plain run, else 0
@@ -380,7 +380,7 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
             entry[8] += 1
             if name is None and message is None:
                 entry[1], entry[2] = t_ts[i], t
-        entry[3:8] = [_TYPE_VALUES[code], name or "", message, t_ts[i], t]
+        entry[3:8] = [TYPE_VALUES[code], name or "", message, t_ts[i], t]
     return WriteBatch(
         id_prefix=run_id_prefix(batch.prefix),
         run_start=start,
@@ -431,7 +431,7 @@ def _odd_run(
         if i != first_run:
             text = t_text.get(t0 + i, (None, None))
             transitions.append(
-                (row, t0 + i, _TYPE_VALUES[t_type[i]], text[0] or "", text[1], t_ts[i])
+                (row, t0 + i, TYPE_VALUES[t_type[i]], text[0] or "", text[1], t_ts[i])
             )
     latest = chain[-1]
     state_name, message = t_text.get(last, (None, None)) if len(chain) > 1 else (None, None)
@@ -450,7 +450,7 @@ def _odd_run(
             t_ts[chain[0]],
             None if first_run is None else t_ts[first_run],
             None if first_run is None else t0 + first_run,
-            _TYPE_VALUES[t_type[latest]],
+            TYPE_VALUES[t_type[latest]],
             state_name,
             message,
             t_ts[latest],

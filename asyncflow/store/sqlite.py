@@ -29,13 +29,13 @@ from asyncflow.exceptions import (
     StoreReplacedError,
     StoreVersionError,
 )
-from asyncflow.states import _DEFAULT_NAMES, StateType
+from asyncflow.states import DEFAULT_NAMES, StateType
 from asyncflow.store._sql_store import SqlStore
 from asyncflow.store.base import (
-    _TYPE_VALUES,
     CRASH_SEQ,
     SCHEMA_VERSION,
     TERMINAL_SQL,
+    TYPE_VALUES,
     WriteBatch,
     default_name_sql,
 )
@@ -136,7 +136,7 @@ def _values(rows: int, width: int) -> str:
 def _plain_sql(code: int) -> Callable[[int], str]:
     """The insert for plain runs whose latest state has type code `code` (as a literal: a
     CASE per row costs more than the insert itself)."""
-    state = StateType(_TYPE_VALUES[code])
+    state = StateType(TYPE_VALUES[code])
 
     def sql(rows: int) -> str:
         # leading parameters: base, base, transition_start, transition_start
@@ -145,13 +145,13 @@ INSERT OR REPLACE INTO runs (pk, kind, name, spec_name, parent_pk, created, star
                              start_seq, state_type, state_name, state_ts, state_seq, run_count)
 SELECT ? + column1, 'task', column2 || '-' || column3, column2,
        CASE WHEN column4 >= 0 THEN ? + column4 END, column5, column6, ? + column7,
-       '{state.value}', '{_DEFAULT_NAMES[state]}', column8, ? + column9, 1
+       '{state.value}', '{DEFAULT_NAMES[state]}', column8, ? + column9, 1
 FROM (VALUES {_values(rows, 9)})"""
 
     return sql
 
 
-_PLAIN_SQL = [_plain_sql(code) for code in range(len(_TYPE_VALUES))]
+_PLAIN_SQL = [_plain_sql(code) for code in range(len(TYPE_VALUES))]
 
 
 def _insert_other_sql(rows: int) -> str:
