@@ -240,8 +240,8 @@ def _cancel_tree(n: int, repeats: int, via: str) -> Result:
     import anyio
 
     from asyncflow import cancel_run, flow, runtime, task
+    from asyncflow.registry import get_registry
     from asyncflow.states import StateType
-    from asyncflow.store.memory import get_registry
 
     width = 100 if n >= 100 else n  # tasks per subflow
     started = 0
@@ -344,7 +344,7 @@ def _batched_flow() -> Any:
 
 def task_runs_batched(n: int, repeats: int) -> Result:
     """N submitted task runs in one flow, in batches; time, RSS, and recorded transitions."""
-    from asyncflow.store.memory import get_registry
+    from asyncflow.registry import get_registry
 
     batched = _batched_flow()
     batched(100)
@@ -396,7 +396,7 @@ def store_sequential(n: int, repeats: int) -> Result:
     The fastest way runs produce transitions, so it shows what recording costs per run.
     """
     from asyncflow import flow, task
-    from asyncflow.store.memory import get_registry
+    from asyncflow.registry import get_registry
 
     @task
     def inc(x: int) -> int:

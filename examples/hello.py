@@ -4,7 +4,7 @@ run history asyncflow recorded for it."""
 from nested_flow import my_nested_flow
 
 from asyncflow import flow, task
-from asyncflow.store.memory import get_registry
+from asyncflow.registry import get_registry
 
 
 @task(name="Print Hello")

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from asyncflow.logging import setup_logging
+from asyncflow.registry import MemoryRegistry, reset_registry
 from asyncflow.settings import reload_settings
-from asyncflow.store.memory import MemoryRegistry, reset_registry
 
 # The run store records to ASYNCFLOW_HOME: never the user's ~/.asyncflow (or a store set in the
 # environment) from a test. Set for the whole session: the subprocesses tests start inherit it.

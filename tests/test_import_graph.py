@@ -136,7 +136,7 @@ LOWEST = {
     "asyncflow.exceptions",
     "asyncflow.settings",
     "asyncflow.states",
-    "asyncflow.store.memory",
+    "asyncflow.registry",
     "asyncflow.engine.context",
     "asyncflow.annotations",
     "asyncflow.task_runners.base",

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from asyncflow import flow, task
+from asyncflow.registry import reset_registry
 from asyncflow.states import TERMINAL_TYPES, StateType
-from asyncflow.store.memory import reset_registry
 
 _ids = itertools.count()
 

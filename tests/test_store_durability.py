@@ -28,17 +28,18 @@ import pytest
 from test_store_sqlite import ROOT, recording, store, store_url  # fixtures
 
 from asyncflow import flow, task
+from asyncflow import registry as memory
 from asyncflow.exceptions import (
     StoreCorruptError,
     StoreError,
     StoreFullError,
     StoreReadOnlyError,
 )
+from asyncflow.registry import KIND_FLOW, KIND_TASK, MemoryRegistry
 from asyncflow.settings import reload_settings
 from asyncflow.states import StateType
-from asyncflow.store import memory, open_store, spill, writer
+from asyncflow.store import open_store, spill, writer
 from asyncflow.store.base import TRUNCATED, encode_batch
-from asyncflow.store.memory import KIND_FLOW, KIND_TASK, MemoryRegistry
 from asyncflow.store.sqlite import SQLiteStore, _kind_of
 
 __all__ = ["recording", "store", "store_url"]

@@ -40,11 +40,11 @@ from test_store_sqlite import (  # the behavior tests, run here on PostgreSQL
 
 from asyncflow import flow, task
 from asyncflow.exceptions import StoreError
+from asyncflow.registry import reset_registry
 from asyncflow.settings import reload_settings
 from asyncflow.states import StateType
 from asyncflow.store import open_store, writer
 from asyncflow.store.base import CRASH_SEQ, SCHEMA_VERSION
-from asyncflow.store.memory import reset_registry
 
 __all__ = [
     "recording",

@@ -22,12 +22,12 @@ import pytest
 
 from asyncflow import flow, task
 from asyncflow.exceptions import StoreError
+from asyncflow.registry import reset_registry
 from asyncflow.settings import reload_settings
 from asyncflow.states import Failed, StateType
 from asyncflow.store import open_store, writer
 from asyncflow.store import store_url as canonical_url
 from asyncflow.store.base import SCHEMA_VERSION, RecordingStore, StoredRun
-from asyncflow.store.memory import reset_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 

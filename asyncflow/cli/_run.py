@@ -303,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_name(run_id: Any) -> str | None:
     if run_id is None:
         return None
-    from asyncflow.store.memory import locate
+    from asyncflow.registry import locate
 
     found = locate(run_id)
     return None if found is None else found[0].name_of(found[1])

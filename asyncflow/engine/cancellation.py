@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from uuid import UUID
 
-from asyncflow.store.memory import locate
+from asyncflow.registry import locate
 
 # (registry id, row) -> how to cancel that run. Flow runs from start to finish; submitted task
 # runs until they are final. Inline task calls are cancelled with the flow run they are in.

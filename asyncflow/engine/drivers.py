@@ -22,8 +22,8 @@ from asyncflow.engine import interrupts
 from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.engine.run import FlowRunEngine, RunEngine
 from asyncflow.exceptions import RunInterrupted
+from asyncflow.registry import KIND_FLOW
 from asyncflow.states import State, StateType
-from asyncflow.store.memory import KIND_FLOW
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup

@@ -39,6 +39,13 @@ from asyncflow.logging import (
 )
 from asyncflow.naming import generate_run_name, render_run_name
 from asyncflow.parameters import check_size
+from asyncflow.registry import (
+    KIND_FLOW,
+    KIND_TASK,
+    MemoryRegistry,
+    add_tree,
+    registry_for_new_tree,
+)
 from asyncflow.settings import get_settings
 from asyncflow.states import (
     DEFAULT_NAMES,
@@ -46,13 +53,6 @@ from asyncflow.states import (
     State,
     StateType,
     state_from_return_value,
-)
-from asyncflow.store.memory import (
-    KIND_FLOW,
-    KIND_TASK,
-    MemoryRegistry,
-    add_tree,
-    registry_for_new_tree,
 )
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The run-history store protocol: what persistent stores keep and how it is read back.
 
-The in-memory registry (`asyncflow.store.memory`) is what runs write to on the hot path. A
+The in-memory registry (`asyncflow.registry`) is what runs write to on the hot path. A
 persistent store is fed from it by one background writer per process (`asyncflow.store.writer`,
 through the `RecordingStore` methods) and read by the CLI and by users through the async
 query methods of `RunStore`. This module also holds what the SQLite and PostgreSQL stores
@@ -21,8 +21,8 @@ from itertools import compress
 from typing import Any, Literal, NamedTuple, Protocol
 from uuid import UUID
 
+from asyncflow.registry import ColumnExport
 from asyncflow.states import DEFAULT_NAMES, StateType
-from asyncflow.store.memory import ColumnExport
 
 TERMINAL = frozenset(
     {StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED}

@@ -45,8 +45,8 @@ from asyncflow.exceptions import StoreError, StoreLockedError, StoreReplacedErro
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from asyncflow.registry import MemoryRegistry
     from asyncflow.store.base import RecordingStore, WriteBatch
-    from asyncflow.store.memory import MemoryRegistry
 
 #: Seconds between the writer's passes while runs are recorded, and while none are. Short
 #: passes keep the backlog small, so the flush at the end of a big flow run is short too.
@@ -225,7 +225,7 @@ class Writer:
 
     def _retire(self) -> None:
         """Drop the registries that are finished and fully written (they are in the store)."""
-        from asyncflow.store.memory import retire
+        from asyncflow.registry import retire
 
         for registry, progress in list(self.kept.items()):
             if (
@@ -522,7 +522,7 @@ def on_first_tree(registry: MemoryRegistry) -> None:
 
 def install() -> None:
     """Subscribe the writer to the registries (done once, by `import asyncflow`)."""
-    from asyncflow.store import memory
+    from asyncflow import registry as memory
 
     memory.set_tree_listener(on_first_tree)
 
@@ -561,7 +561,7 @@ def stop(timeout: float | None = None) -> None:
         writer, _writer = _writer, None
     if writer is not None:
         writer.close(_exit_timeout() if timeout is None else timeout)
-    from asyncflow.store import memory
+    from asyncflow import registry as memory
 
     for registry in memory.live_registries():  # their next tree decides again
         if registry.keeper is None:
