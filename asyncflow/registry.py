@@ -206,18 +206,14 @@ class MemoryRegistry:
     ) -> int:
         """Register a run in Pending (at `ts`, default now) and return its row.
 
-        The run's id is `self.uuid(row)`.
+        The run's id is `self.uuid(row)`. The engine registers top-level runs (new trees)
+        with `add_tree` instead, which counts them and picks the generation.
         """
         with self._lock:
             if self._inbox:
                 self._drain()
             ts = time.time() if ts is None else ts
-            row = self._append_run(kind, spec_name, parent_row, counter, name, parameters, ts)
-            if parent_row < 0:
-                self.open_trees += 1
-        if parent_row < 0 and not self.decided and _tree_listener is not None:
-            _tree_listener(self)  # outside the lock: the listener may export from here
-        return row
+            return self._append_run(kind, spec_name, parent_row, counter, name, parameters, ts)
 
     def _add_tree_run(
         self,

@@ -44,7 +44,7 @@ from asyncflow.registry import (
     KIND_TASK,
     MemoryRegistry,
     add_tree,
-    registry_for_new_tree,
+    get_registry,
 )
 from asyncflow.settings import get_settings
 from asyncflow.states import (
@@ -101,7 +101,7 @@ class RunEngine:
     def _init_common(self, spec: Any, parent: FlowRunEngine | None) -> None:
         self.spec = spec
         self.parent = parent
-        self.registry = parent.registry if parent is not None else registry_for_new_tree()
+        self.registry = parent.registry if parent is not None else get_registry()
         self.run_count = 0
         self.state: State[Any] | None = None
         self.start_time: float | None = None

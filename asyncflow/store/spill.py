@@ -244,13 +244,4 @@ def iter_spills(url: str) -> Iterator[tuple[Path, Spill]]:
             yield path, spill
 
 
-def pending_counts(url: str) -> tuple[int, int]:
-    """(runs, states) waiting in spill files for `url`."""
-    runs = states = 0
-    for _, spill in iter_spills(url):
-        runs += spill.runs
-        states += spill.states
-    return runs, states
-
-
-__all__ = ["Spill", "has_files", "iter_spills", "pending_counts", "replay", "save", "spill_dir"]
+__all__ = ["Spill", "has_files", "iter_spills", "replay", "save", "spill_dir"]
