@@ -111,6 +111,9 @@ class Spec:
     """A decorated function plus its options; `Flow` and `Task` build on it."""
 
     decorator: ClassVar[str]
+    run_kind: ClassVar[int]  # KIND_FLOW or KIND_TASK: which engine runs it
+    #: features attached to every run of it (`asyncflow.engine.lifecycle.RunHook`)
+    lifecycle: tuple[Any, ...] = ()
     fn: Callable[..., Any]
     kind: Kind
     signature: Signature

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import functools
 import inspect
-import threading
-import types
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, TypeVar, overload
 
 from asyncflow._spec import Spec, StateHook, check_option_names, check_retries, check_timeout
-from asyncflow.engine import drivers, kernel
-from asyncflow.engine.context import flow_run_var
-from asyncflow.engine.resolve import needs_resolving, resolve
-from asyncflow.engine.run import FlowRunEngine
+from asyncflow.engine import entry
 from asyncflow.exceptions import InvalidDefinitionError
 from asyncflow.naming import RunName, check_template, slugify
+from asyncflow.registry import KIND_FLOW
 from asyncflow.states import State
 
 if TYPE_CHECKING:
@@ -55,6 +51,7 @@ class Flow(Spec, Generic[P, R]):
     """
 
     decorator = "@flow"
+    run_kind = KIND_FLOW
     option_names = FlowOptions.__optional_keys__
 
     def with_options(self, **changes: Unpack[FlowOptions]) -> Flow[P, R]:
@@ -120,42 +117,30 @@ class Flow(Spec, Generic[P, R]):
             return None
 
     # -- calling --------------------------------------------------------------------------------
-    @overload
-    def __call__(  # type: ignore[overload-overlap]
-        self: Flow[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
-    ) -> Coroutine[Any, Any, T]: ...
-    @overload
-    def __call__(self: Flow[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
-    @overload
-    def __call__(  # type: ignore[valid-type]
-        self: Flow[P, Coroutine[Any, Any, T]],
-        *args: P.args,
-        return_state: Literal[True],
-        **kwargs: P.kwargs,
-    ) -> Coroutine[Any, Any, State[T]]: ...
-    @overload
-    def __call__(  # type: ignore[valid-type]
-        self: Flow[P, T], *args: P.args, return_state: Literal[True], **kwargs: P.kwargs
-    ) -> State[T]: ...
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return_state = kwargs.pop("return_state", False)
-        args = self._args(args)
-        parent = flow_run_var.get()
-        kind = self.kind
-        if kind == "sync":
-            return run_flow_sync(self, args, kwargs, parent, return_state)
-        if kind == "async":
-            coro = run_flow_async(self, args, kwargs, parent, return_state)
-            if _in_sync_flow_thread(parent):
-                return kernel.run(coro)  # an async child of a sync flow: run it to completion
-            return coro
-        if kind == "generator":
-            return run_flow_generator(self, args, kwargs, parent)
-        return run_flow_async_generator(self, args, kwargs, parent)
+    if TYPE_CHECKING:  # the types of a call; the call itself is `entry.call` (a frame less)
 
+        @overload
+        def __call__(  # type: ignore[overload-overlap]
+            self: Flow[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+        ) -> Coroutine[Any, Any, T]: ...
+        @overload
+        def __call__(self: Flow[P, T], *args: P.args, **kwargs: P.kwargs) -> T: ...
+        @overload
+        def __call__(  # type: ignore[valid-type]
+            self: Flow[P, Coroutine[Any, Any, T]],
+            *args: P.args,
+            return_state: Literal[True],
+            **kwargs: P.kwargs,
+        ) -> Coroutine[Any, Any, State[T]]: ...
+        @overload
+        def __call__(  # type: ignore[valid-type]
+            self: Flow[P, T], *args: P.args, return_state: Literal[True], **kwargs: P.kwargs
+        ) -> State[T]: ...
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            """A run of it (see the class docstring)."""
 
-def _in_sync_flow_thread(parent: FlowRunEngine | None) -> bool:
-    return parent is not None and not parent.is_async and parent.thread_id == threading.get_ident()
+    else:
+        __call__ = entry.call
 
 
 def _check_runner(runner: Any, owner: str) -> Any:
@@ -170,98 +155,6 @@ def _check_runner(runner: Any, owner: str) -> Any:
             f"{owner}: task_runner must be a TaskRunner instance or class, got {runner!r}."
         )
     return runner
-
-
-def _prepare(
-    flow: Flow[Any, Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    parent: FlowRunEngine | None,
-    is_async: bool,
-) -> tuple[FlowRunEngine, State[Any] | None]:
-    """Bind arguments, create the run, validate parameters (shared by every call path)."""
-    if parent is not None:
-        parent.check_deadline()
-        if needs_resolving(args, kwargs):  # futures and states become data on subflow entry
-            args, kwargs = resolve(args), resolve(kwargs)
-    parameters, explicit = flow.signature.bind(args, kwargs)
-    engine = FlowRunEngine(flow, parameters, explicit, parent, is_async)
-    return engine, engine.start()
-
-
-def _call_fn(engine: FlowRunEngine) -> Any:
-    """The flow's function called with the run's (validated) parameters."""
-    flow = engine.spec
-    if flow.signature.plain is not None:  # every parameter can be passed by keyword
-        return flow.fn(**engine.parameters)
-    args, kwargs = flow.signature.to_call(engine.parameters)
-    return flow.fn(*args, **kwargs)
-
-
-# A returned generator is consumed into a list inside the run (so its errors fail the run).
-def _sync_body(engine: FlowRunEngine) -> Any:
-    value = _call_fn(engine)
-    return list(value) if isinstance(value, types.GeneratorType) else value
-
-
-async def _async_body(engine: FlowRunEngine) -> Any:
-    value = await _call_fn(engine)
-    return list(value) if isinstance(value, types.GeneratorType) else value
-
-
-def _finish(state: State[Any], return_state: bool) -> Any:
-    return state if return_state else state.result()
-
-
-def run_flow_sync(
-    flow: Flow[Any, Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    parent: FlowRunEngine | None,
-    return_state: bool = False,
-) -> Any:
-    engine, failed = _prepare(flow, args, kwargs, parent, is_async=False)
-    if failed is not None:
-        return _finish(failed, return_state)
-    return _finish(drivers.drive_sync(engine, _sync_body, (engine,)), return_state)
-
-
-async def run_flow_async(
-    flow: Flow[Any, Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    parent: FlowRunEngine | None,
-    return_state: bool = False,
-) -> Any:
-    engine, failed = _prepare(flow, args, kwargs, parent, is_async=True)
-    if failed is not None:
-        return _finish(failed, return_state)
-    state = await drivers.drive_async(engine, drivers.in_task_group, (engine, _async_body))
-    return _finish(state, return_state)
-
-
-def run_flow_generator(
-    flow: Flow[Any, Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    parent: FlowRunEngine | None,
-) -> Any:
-    engine, failed = _prepare(flow, args, kwargs, parent, is_async=False)
-    if failed is not None:
-        return failed.result()
-    return drivers.drive_sync_generator(engine, _call_fn(engine))
-
-
-def run_flow_async_generator(
-    flow: Flow[Any, Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    parent: FlowRunEngine | None,
-) -> Any:
-    engine, failed = _prepare(flow, args, kwargs, parent, is_async=True)
-    if failed is not None:
-        return failed.result()
-    return drivers.drive_async_generator(engine, _call_fn(engine))
 
 
 @overload

@@ -54,21 +54,20 @@ def drive_sync(
     plain = engine.kind != KIND_FLOW and engine.spec.timeout_seconds is None
     try:
         while True:
-            engine.begin_attempt()
-            try:
-                value = fn(*args, **kwargs) if plain else _call_guarded(engine, fn, args, kwargs)
-                state = engine.outcome_of_value(value)
-            except BaseException as exc:
-                state = engine.outcome_of_error(exc)
-                if state.type is _CRASHED or _passes_through(engine, exc):
-                    engine.finish(state)
-                    raise
-            if (
-                engine.deadline is not None
-                and state.type is StateType.COMPLETED
-                and time.monotonic() > engine.deadline
-            ):
-                state = engine.timed_out()  # never report Completed after the deadline
+            state = engine.begin_attempt()
+            if state is None:
+                try:
+                    value = (
+                        fn(*args, **kwargs) if plain else _call_guarded(engine, fn, args, kwargs)
+                    )
+                    state = engine.outcome_of_value(value)
+                except BaseException as exc:
+                    state = engine.outcome_of_error(exc)
+                    if state.type is _CRASHED or _passes_through(engine, exc):
+                        engine.finish(state)
+                        raise
+            if engine.deadline is not None or engine.hooks:
+                state = engine.conclude(state)
             delay = engine.retry_delay(state)
             if delay is None:
                 return engine.finish(state)
@@ -155,26 +154,36 @@ def _call_guarded(
     concurrency, as in the async flow's task group.
     """
     flow_engine = engine if isinstance(engine, FlowRunEngine) else None
+    if flow_engine is None:
+        return _guarded(engine, fn, args, kwargs)
     try:
-        with interrupts.guard() as target:
-            engine.interrupt_target = target
-            try:
-                if engine.cancel_requested:
-                    raise engine.interrupt_error(timeout=False)
-                if engine.deadline is not None:
-                    # A partial, not a lambda: a lambda would make a cell on every call.
-                    make_exc = functools.partial(engine.interrupt_error, True)
-                    interrupts.at_deadline(engine.deadline, target, make_exc)
-                return fn(*args, **kwargs)
-            except BaseException:
-                if flow_engine is not None:
-                    flow_engine.cancel_children()
-                raise
-            finally:
-                engine.interrupt_target = None
+        return _guarded(engine, fn, args, kwargs)
+    except BaseException:
+        flow_engine.cancel_children()
+        raise
     finally:
-        if flow_engine is not None:
-            wait_for_children(flow_engine)
+        wait_for_children(flow_engine)
+
+
+def _guarded(
+    engine: RunEngine, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """`fn(*args, **kwargs)` in this thread, interruptible for the run's deadline and
+    cancellation (a sync body, or one step of a sync generator)."""
+    with interrupts.guard() as target:
+        engine.interrupt_target = target
+        try:
+            if engine.cancel_requested:
+                raise engine.interrupt_error(timeout=False)
+            if engine.deadline is not None:
+                if time.monotonic() > engine.deadline:
+                    raise engine.interrupt_error(timeout=True)
+                # A partial, not a lambda: a lambda would make a cell on every call.
+                make_exc = functools.partial(engine.interrupt_error, True)
+                interrupts.at_deadline(engine.deadline, target, make_exc)
+            return fn(*args, **kwargs)
+        finally:
+            engine.interrupt_target = None
 
 
 def wait_for_children(engine: FlowRunEngine) -> None:
@@ -209,42 +218,37 @@ async def drive_async(
         engine.awaiting_hooks = []
     try:
         while True:
-            engine.begin_attempt()
+            state = engine.begin_attempt()
             scope: anyio.CancelScope | None = None
-            try:
-                if engine.deadline is not None:
-                    timeout = engine.spec.timeout_seconds or 0.0
-                    with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+            if state is None:
+                try:
+                    if engine.deadline is not None:
+                        timeout = engine.spec.timeout_seconds or 0.0
+                        with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+                            value = await fn(*args, **kwargs)
+                    else:
                         value = await fn(*args, **kwargs)
-                else:
-                    value = await fn(*args, **kwargs)
-            except BaseException as raised:
-                exc = _ungrouped(engine, raised, scope is not None and scope.cancel_called)
-                if isinstance(exc, anyio.get_cancelled_exc_class()):
-                    engine.finish(engine.cancelled())
-                    if exc is raised:
+                except BaseException as raised:
+                    exc = _ungrouped(engine, raised, scope is not None and scope.cancel_called)
+                    if isinstance(exc, anyio.get_cancelled_exc_class()):
+                        engine.finish(engine.cancelled())
+                        if exc is raised:
+                            raise
+                        raise exc from None
+                    state = engine.outcome_of_error(exc)
+                    if state.type is _CRASHED or _passes_through(engine, exc):
+                        engine.finish(state)
                         raise
-                    raise exc from None
-                state = engine.outcome_of_error(exc)
-                if state.type is _CRASHED or _passes_through(engine, exc):
-                    engine.finish(state)
-                    raise
-            else:
-                if scope is not None and scope.cancelled_caught:
-                    state = engine.timed_out()
                 else:
-                    state = engine.outcome_of_value(value)
-                    if (
-                        scope is not None
-                        and state.type is StateType.COMPLETED
-                        and time.monotonic() > (engine.deadline or 0.0)
-                    ):
-                        # It blocked the loop past its deadline without a checkpoint, so the
-                        # scope never fired: its result came late, as in the sync driver.
+                    if scope is not None and scope.cancelled_caught:
                         state = engine.timed_out()
+                    else:
+                        state = engine.outcome_of_value(value)
+            if engine.deadline is not None or engine.hooks:
+                state = engine.conclude(state)
             delay = engine.retry_delay(state)
             if delay is None:
-                engine.finish(state)
+                state = engine.finish(state)
                 if engine.awaiting_hooks:
                     await _await_hooks(engine)
                 return state
@@ -389,27 +393,33 @@ async def _settle_children(engine: FlowRunEngine) -> None:
 
 
 def drive_sync_generator(
-    engine: RunEngine, gen: Generator[Any, Any, Any]
+    open_run: Callable[[], tuple[RunEngine, Generator[Any, Any, Any]]],
 ) -> Generator[Any, Any, Any]:
     """Running while the generator yields, Completed when exhausted or closed early.
 
-    The lifecycle of a plain run, step by step: each step (the body up to its next yield)
-    is interruptible like a sync flow body, the run's deadline and `cancel_run` stop it, and
-    a flow's submitted task runs are waited for (cancelled, on failure) and its task runner
-    shut down when it ends. The time the consumer takes between steps counts toward the
-    deadline: it is the run's. Generators are not retried.
+    `open_run()` registers the run and makes its generator when iteration starts (a
+    generator never iterated is no run). Then the lifecycle of a plain run, step by step:
+    each step (the body up to its next yield) is interruptible like a sync flow body, the
+    run's deadline and `cancel_run` stop it, and a flow's submitted task runs are waited for
+    (cancelled, on failure) and its task runner shut down when it ends. The time the
+    consumer takes between steps counts toward the deadline: it is the run's. Generators
+    are not retried.
     """
+    engine, gen = open_run()
     var = _var(engine)
     flow_engine = engine if isinstance(engine, FlowRunEngine) else None
-    engine.begin_attempt()
+    replaced = engine.begin_attempt()
     to_send: Any = None
     try:
+        if replaced is not None:
+            _end_sync(engine, flow_engine, gen, None, _REPLACED, replaced).result()
+            return None
         while True:
             token = var.set(engine)
             if flow_engine is not None:  # its task calls check "the flow's own thread"
                 flow_engine.thread_id = threading.get_ident()
             try:
-                value = _step_guarded(engine, gen.send, to_send)
+                value = _guarded(engine, gen.send, (to_send,), _NO_KWARGS)
             except StopIteration as stop:
                 state = _end_sync(engine, flow_engine, gen, None, stop.value)
                 if state.type is not StateType.COMPLETED:
@@ -432,22 +442,29 @@ def drive_sync_generator(
 
 
 _CLOSED = object()  # the consumer closed the generator before it was exhausted
+_REPLACED = object()  # a `before_body` hook supplied the outcome: no step ran
 
 
 def _end_state(
-    engine: RunEngine, exc: BaseException | None, result: Any, native_cancel: bool = False
+    engine: RunEngine,
+    exc: BaseException | None,
+    result: Any,
+    replaced: State[Any] | None,
+    native_cancel: bool = False,
 ) -> State[Any]:
-    """A generator run's final state: its error's, or Cancelled / TimedOut when it was
-    cancelled or is past its deadline, else Completed."""
-    if exc is not None:
+    """A generator run's final state: its error's, or Cancelled when it was cancelled, else
+    Completed (TimedOut past its deadline: `conclude`)."""
+    if replaced is not None:
+        state = replaced
+    elif exc is not None:
         return engine.cancelled() if native_cancel else engine.outcome_of_error(exc)
-    if engine.cancel_requested:
+    elif engine.cancel_requested:
         return engine.cancelled()
-    if engine.deadline is not None and time.monotonic() > engine.deadline:
-        return engine.timed_out()
-    if result is _CLOSED:
-        return State(StateType.COMPLETED, message="Generator closed before it was exhausted.")
-    return State(StateType.COMPLETED, data=result)
+    elif result is _CLOSED:
+        state = State(StateType.COMPLETED, message="Generator closed before it was exhausted.")
+    else:
+        state = State(StateType.COMPLETED, data=result)
+    return engine.conclude(state)
 
 
 def _end_sync(
@@ -456,6 +473,7 @@ def _end_sync(
     gen: Generator[Any, Any, Any],
     exc: BaseException | None,
     result: Any,
+    replaced: State[Any] | None = None,
 ) -> State[Any]:
     """Close the generator and settle a flow's children, then finish the run, exactly once
     (a Ctrl-C or an error while settling ends it too)."""
@@ -468,24 +486,7 @@ def _end_sync(
     except BaseException as cleanup:
         engine.finish(engine.outcome_of_error(cleanup))
         raise
-    return engine.finish(_end_state(engine, exc, result))
-
-
-def _step_guarded(engine: RunEngine, step: Callable[[Any], Any], arg: Any) -> Any:
-    """One step of a sync generator run, interruptible for its deadline and cancellation."""
-    with interrupts.guard() as target:
-        engine.interrupt_target = target
-        try:
-            if engine.cancel_requested:
-                raise engine.interrupt_error(timeout=False)
-            if engine.deadline is not None:
-                if time.monotonic() > engine.deadline:
-                    raise engine.interrupt_error(timeout=True)
-                make_exc = functools.partial(engine.interrupt_error, True)
-                interrupts.at_deadline(engine.deadline, target, make_exc)
-            return step(arg)
-        finally:
-            engine.interrupt_target = None
+    return engine.finish(_end_state(engine, exc, result, replaced))
 
 
 def _raise_cancelled(engine: RunEngine, exc: BaseException, state: State[Any]) -> None:
@@ -497,7 +498,7 @@ def _raise_cancelled(engine: RunEngine, exc: BaseException, state: State[Any]) -
 
 
 async def drive_async_generator(
-    engine: RunEngine, agen: AsyncGenerator[Any, Any]
+    open_run: Callable[[], Awaitable[tuple[RunEngine, AsyncGenerator[Any, Any]]]],
 ) -> AsyncGenerator[Any, Any]:
     """The async form of `drive_sync_generator`.
 
@@ -505,11 +506,15 @@ async def drive_async_generator(
     task group of its own on the caller's loop, so the async task runs it submits run there
     (on trio too) and finish before the step yields: a yield cannot sit inside a task group.
     """
+    engine, agen = await open_run()
     var = _var(engine)
     flow_engine = engine if isinstance(engine, FlowRunEngine) else None
-    engine.begin_attempt()
+    replaced = engine.begin_attempt()
     to_send: Any = None
     try:
+        if replaced is not None:
+            (await _end_async(engine, flow_engine, agen, None, _REPLACED, replaced)).result()
+            return
         while True:
             token = var.set(engine)
             scope = anyio.CancelScope()
@@ -559,6 +564,7 @@ async def _end_async(
     agen: AsyncGenerator[Any, Any],
     exc: BaseException | None,
     result: Any,
+    replaced: State[Any] | None = None,
 ) -> State[Any]:
     """`_end_sync` for async generators, shielded: a cancelled consumer still ends the run."""
     with anyio.CancelScope(shield=True):
@@ -575,7 +581,7 @@ async def _end_async(
             engine.finish(engine.outcome_of_error(cleanup))
             raise
         native = exc is not None and isinstance(exc, anyio.get_cancelled_exc_class())
-        state = engine.finish(_end_state(engine, exc, result, native))
+        state = engine.finish(_end_state(engine, exc, result, replaced, native))
     return state
 
 

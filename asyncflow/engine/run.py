@@ -16,6 +16,7 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
@@ -56,6 +57,7 @@ from asyncflow.states import (
 )
 
 if TYPE_CHECKING:
+    from asyncflow.engine.lifecycle import RunHook
     from asyncflow.flows import Flow
     from asyncflow.futures import TaskRunFuture
     from asyncflow.task_runners import TaskRunner
@@ -76,6 +78,7 @@ class RunEngine:
         "cancel_requested",
         "deadline",
         "end_time",
+        "hooks",
         "interrupt_target",
         "log_prints",
         "name",
@@ -86,6 +89,7 @@ class RunEngine:
         "spec",
         "start_time",
         "state",
+        "stop",
     )
     kind: ClassVar[int]
     label_word: ClassVar[str]  # "Flow" or "Task"
@@ -100,6 +104,7 @@ class RunEngine:
 
     def _init_common(self, spec: Any, parent: FlowRunEngine | None) -> None:
         self.spec = spec
+        self.hooks: tuple[RunHook, ...] = spec.lifecycle
         self.parent = parent
         self.registry = parent.registry if parent is not None else get_registry()
         self.run_count = 0
@@ -109,6 +114,7 @@ class RunEngine:
         self.deadline: float | None = None
         self.interrupt_target: Any = None  # set while sync code of this run can be interrupted
         self.cancel_requested = False
+        self.stop: Callable[[], None] | None = None  # how a cancel request stops the body
         self.awaiting_hooks: list[tuple[Any, Any]] | None = None  # set by the async driver
         self.log_prints: bool = (
             spec.log_prints
@@ -146,8 +152,12 @@ class RunEngine:
     ) -> None:
         self.registry.add_transition(self.row, type_, time.time(), name, message)
 
-    def begin_attempt(self) -> None:
-        """Enter Running (first attempt) or Retrying (later ones)."""
+    def begin_attempt(self) -> State[Any] | None:
+        """Enter Running (first attempt) or Retrying (later ones).
+
+        Lifecycle point `before_body`: returns the state that stands for this attempt's
+        outcome when a hook supplies one (the body is then not called), else None.
+        """
         self.run_count += 1
         if self.run_count == 1:
             self.start_time = now = time.time()
@@ -157,6 +167,29 @@ class RunEngine:
         timeout = self.spec.timeout_seconds
         if timeout is not None:
             self.deadline = time.monotonic() + timeout
+        if self.hooks:
+            for hook in self.hooks:
+                replaced = hook.before_body(self)
+                if replaced is not None:
+                    return replaced
+        return None
+
+    def conclude(self, state: State[Any]) -> State[Any]:
+        """An attempt's outcome as the run keeps it (lifecycle point `after_outcome`).
+
+        A Completed outcome past the deadline is TimedOut: its result came late (sync code
+        that no interrupt reached, an async body that blocked the loop). Drivers may skip
+        the call for a run with neither a deadline nor hooks: it would change nothing.
+        """
+        if (
+            self.deadline is not None
+            and state.type is _COMPLETED
+            and time.monotonic() > self.deadline
+        ):
+            state = self.timed_out()
+        for hook in self.hooks:
+            state = hook.after_outcome(self, state)
+        return state
 
     def outcome_of_value(self, value: Any) -> State[Any]:
         state = state_from_return_value(value)
@@ -280,7 +313,11 @@ class RunEngine:
         return delay
 
     def finish(self, state: State[Any]) -> State[Any]:
-        """Record the terminal state and log it. Called exactly once per run."""
+        """Record the terminal state and log it (lifecycle point `before_terminal` first).
+        Called exactly once per run."""
+        if self.hooks:
+            for hook in self.hooks:
+                state = hook.before_terminal(self, state)
         state._details = (self.registry, self.row)
         self.state = state
         self.end_time = ts = state._ts
@@ -332,6 +369,17 @@ class RunEngine:
             except Exception as exc:
                 self.hook_failed(hook, exc)
 
+    def request_cancel(self) -> None:
+        """Cancel this run, from any thread: what `cancel_run` and `future.cancel()` call.
+
+        The flag stops the run at its next check; `stop`, set by whoever runs the body,
+        stops a body already running (a thread interrupt, a cancel scope).
+        """
+        self.cancel_requested = True
+        stop = self.stop
+        if stop is not None:
+            stop()
+
     def hook_failed(self, hook: Any, exc: Exception) -> None:
         name = getattr(hook, "__name__", repr(hook))
         self._log(
@@ -370,7 +418,7 @@ def retry_delay_for(setting: Any, attempt: int, retries: int, jitter: float | No
 
 
 #: Nesting from which a subflow checks how close the stack is to Python's recursion limit
-#: (a level costs 7 frames, 6 for async), and the frames it keeps free for the engine's own
+#: (a level costs 6 frames, sync or async), and the frames it keeps free for the engine's own
 #: work and for logging the failure: past that the subflow fails at once, cleanly, instead
 #: of a RecursionError somewhere inside the engine leaving runs open.
 _DEEP = 32
@@ -402,6 +450,7 @@ class FlowRunEngine(RunEngine):
         "call_soon",
         "counts",
         "depth",
+        "early",
         "explicit",
         "is_async",
         "last_progress",
@@ -443,6 +492,7 @@ class FlowRunEngine(RunEngine):
         self.call_soon: Any = None  # thread-safe scheduling onto an async flow's loop
         self.scope_type: Any = None  # the cancel scope class for that loop
         self.task_group: Any = None
+        self.early: State[Any] | None = None  # its final state when it could not start
         self.parent_task_row = _NO_ROW  # the task run standing for this one in its parent
         self.depth: int = 0 if parent is None else parent.depth + 1  # nesting levels above
         self.tasks_started = 0
@@ -454,16 +504,17 @@ class FlowRunEngine(RunEngine):
         self.name = ""
         self.row = _NO_ROW
 
-    def start(self) -> State[Any] | None:
+    def start(self, not_ready: Exception | None = None) -> State[Any] | None:
         """Register the run and enter Pending; validate parameters.
 
         Returns None when the run may proceed, or its Failed state when the parameters are
-        invalid: such a run never enters Running.
+        invalid (or `not_ready`, an upstream that did not complete): such a run never
+        enters Running.
         """
         setup_logging()
         flow = self.spec
-        error: Exception | None = None
-        if flow.validate_parameters and self.explicit:
+        error: Exception | None = not_ready
+        if error is None and flow.validate_parameters and self.explicit:
             try:
                 self.parameters = flow.signature.validate(
                     self.parameters, self.explicit, "Flow run"
@@ -503,7 +554,8 @@ class FlowRunEngine(RunEngine):
                 )
         cancellation.track(self.registry, self.row, self.request_cancel)
         if error is not None:
-            return self.finish(State(_FAILED, message=str(error), data=error))
+            name = "NotReady" if error is not_ready else None
+            return self.finish(State(_FAILED, name, message=str(error), data=error))
         return None
 
     def _render_name(self, parameters_valid: bool) -> str:
@@ -518,10 +570,12 @@ class FlowRunEngine(RunEngine):
         finally:
             flow_run_var.reset(token)
 
-    def begin_attempt(self) -> None:
-        super().begin_attempt()
-        if self.parent_task_row != _NO_ROW and self.run_count == 1:
-            self.registry.add_transition(self.parent_task_row, _RUNNING, self.start_time or 0.0)
+    def begin_attempt(self) -> State[Any] | None:
+        if self.run_count == 0 and self.parent_task_row != _NO_ROW:
+            # Its stand-in task run enters Running with it, before any hook runs.
+            self.start_time = now = time.time()
+            self.registry.add_transition(self.parent_task_row, _RUNNING, now)
+        return super().begin_attempt()
 
     def finish(self, state: State[Any]) -> State[Any]:
         if self.tasks_started > self.log_threshold:
@@ -630,7 +684,7 @@ class TaskRunEngine(RunEngine):
             self.quiet = parent.tasks_started > parent.log_threshold
             parent_row = parent.row
         else:
-            index = next(_orphan_counter)
+            index = next(_orphan_counters.setdefault(task.name, itertools.count()))
             self.quiet = False
             parent_row = _NO_ROW
         name = None
@@ -666,4 +720,5 @@ class TaskRunEngine(RunEngine):
         return state
 
 
-_orphan_counter = itertools.count()
+#: Task runs outside any flow run are numbered per task, as a flow run numbers its own.
+_orphan_counters: dict[str, itertools.count[int]] = {}
