@@ -117,6 +117,7 @@ def _ungrouped(engine: RunEngine, exc: BaseException, timed_out: bool) -> BaseEx
     return cancellation if cancellation is not None else exc
 
 
+@interrupts.interruptible
 def _sleep_sync(engine: RunEngine, delay: float) -> State[Any] | None:
     """A retry delay that `cancel_run` can cut short.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from asyncflow.task_runners.base import TaskRunner
@@ -76,10 +77,8 @@ class ThreadPoolTaskRunner(TaskRunner):
             self._queue.put(_STOP)
         if wait:
             for thread in threads:
-                # A thread whose start() was interrupted (a cancellation delivered into the
-                # submitting thread at that moment) never ran: nothing to wait for.
-                if thread is not threading.current_thread() and thread.ident is not None:
-                    thread.join()
+                if thread is not threading.current_thread():
+                    _join(thread)
 
     def _drop_queued(self) -> None:
         while True:
@@ -93,6 +92,18 @@ class ThreadPoolTaskRunner(TaskRunner):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(max_workers={self.max_workers})"
+
+
+def _join(thread: threading.Thread) -> None:
+    """Wait for a worker, also one whose `start()` was interrupted in the submitting thread
+    (a cancellation delivered at that moment): it never ran, or it runs but `join` refuses
+    it until it has told `start` so ("cannot join thread before it is started")."""
+    while thread.ident is not None:
+        try:
+            thread.join()
+            return
+        except RuntimeError:
+            time.sleep(0.001)
 
 
 __all__ = [
