@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import functools
 import importlib
 import inspect
@@ -10,7 +9,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
-from asyncflow.exceptions import InvalidDefinitionError
+from asyncflow.exceptions import InvalidDefinitionError, InvalidNameError, ReservedArgumentError
 from asyncflow.parameters import Signature, callable_name
 from asyncflow.states import State, StateType
 
@@ -52,11 +51,6 @@ def load_by_name(module: str, qualname: str) -> Any:
 
 
 def check_callable(fn: Any, decorator: str) -> None:
-    if isinstance(fn, (classmethod, staticmethod)):
-        raise InvalidDefinitionError(
-            f"{decorator} must be applied below @{type(fn).__name__}: write "
-            f"@{type(fn).__name__} on top, then {decorator}."
-        )
     if isinstance(fn, str):
         raise InvalidDefinitionError(
             f"{decorator} got the string {fn!r} where a function was expected; pass options as "
@@ -68,7 +62,33 @@ def check_callable(fn: Any, decorator: str) -> None:
         )
 
 
+#: Characters Prefect refuses in flow and task names (they break its URLs and keys).
+BANNED_NAME_CHARACTERS = ("/", "%", "&", ">", "<")
+#: Keywords a run call takes for itself: a function cannot have parameters by these names.
+RESERVED_ARGUMENTS = ("return_state", "wait_for")
+MAX_RETRY_DELAYS = 50
+
+
+def check_name(name: Any, decorator: str) -> None:
+    """A given name: a non-empty string without the characters Prefect bans."""
+    if name is None:
+        return
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidDefinitionError(f"{decorator}: name must be a non-empty string, got {name!r}.")
+    bad = [c for c in BANNED_NAME_CHARACTERS if c in name]
+    if bad:
+        raise InvalidNameError(
+            f"{decorator}: name {name!r} contains {', '.join(map(repr, bad))}; names must not "
+            f"contain any of {', '.join(BANNED_NAME_CHARACTERS)}."
+        )
+
+
 def check_retries(retries: Any, delay: Any, owner: str) -> int:
+    if isinstance(delay, (list, tuple)) and len(delay) > MAX_RETRY_DELAYS:
+        raise ValueError(
+            f"{owner}: retry_delay_seconds lists at most {MAX_RETRY_DELAYS} delays, got "
+            f"{len(delay)}."
+        )
     if retries is None:
         return 0
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
@@ -97,12 +117,14 @@ def _non_negative(value: Any) -> bool:
 
 
 def check_timeout(timeout: Any, owner: str) -> float | None:
-    if timeout is None:
+    """Seconds, or None for no timeout; 0 also means none, as in Prefect (so that
+    `with_options(timeout_seconds=0)` unsets one)."""
+    if timeout is None or (_non_negative(timeout) and timeout == 0):
         return None
-    if not _non_negative(timeout) or timeout == 0:
+    if not _non_negative(timeout):
         raise InvalidDefinitionError(
-            f"{owner}: timeout_seconds must be a finite number > 0 (at most "
-            f"{threading.TIMEOUT_MAX:g}); use None for no timeout, got {timeout!r}."
+            f"{owner}: timeout_seconds must be a finite number >= 0 (at most "
+            f"{threading.TIMEOUT_MAX:g}; 0 or None for no timeout), got {timeout!r}."
         )
     return float(timeout)
 
@@ -121,11 +143,23 @@ class Spec:
     _bound: Any
 
     def _wrap(self, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+        # Above @classmethod / @staticmethod (Prefect accepts both orders): wrap the function
+        # and bind the way the method kind says (`__get__`).
+        self._method_kind: type | None = None
+        if isinstance(fn, (classmethod, staticmethod)):
+            self._method_kind = type(fn)
+            fn = fn.__func__
         check_callable(fn, self.decorator)
         self.fn = fn
         self.kind = function_kind(fn)
         self.isasync = self.kind in ("async", "async_generator")
         self.signature = Signature(fn)
+        for reserved in RESERVED_ARGUMENTS:
+            if reserved in self.signature.names:
+                raise ReservedArgumentError(
+                    f"{self.decorator} {callable_name(fn)!r}: {reserved!r} is a reserved "
+                    "argument name (every run call takes it); rename the parameter."
+                )
         self._options = options
         self._bound = UNBOUND
         self.__doc__ = fn.__doc__
@@ -160,14 +194,26 @@ class Spec:
         check_option_names(changes, type(self))
         cls: Any = type(self)
         clone: S = cls(self.fn, **{**self._options, **changes})
+        clone._method_kind = self._method_kind
         clone._bound = self._bound
         return clone
 
     def __get__(self: S, instance: Any, owner: type | None = None) -> S:
-        """Bind to an instance (instance methods) or class (@classmethod on top)."""
+        """Bind to an instance (instance methods) or class (@classmethod on top or below)."""
+        kind = self._method_kind
+        if kind is staticmethod:
+            return self
+        if kind is classmethod:
+            instance = owner if owner is not None else type(instance)
         if instance is None:
             return self
-        bound = copy.copy(self)
+        return self._rebound(instance)
+
+    def _rebound(self: S, instance: Any) -> S:
+        """A shallow copy bound to `instance`. Not `copy.copy`: it would go through
+        `__reduce__`, which a task defines to travel by name to worker processes."""
+        bound: S = object.__new__(type(self))
+        bound.__dict__.update(self.__dict__)
         bound._bound = instance
         return bound
 

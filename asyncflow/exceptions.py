@@ -13,7 +13,31 @@ class InvalidDefinitionError(AsyncflowException, TypeError):
     """A decorator was used on something it cannot wrap, or with bad options."""
 
 
-class ParameterBindError(AsyncflowException, TypeError):
+class InvalidNameError(AsyncflowException, ValueError):
+    """A flow or task name with a character Prefect forbids there (`/ % & > <`)."""
+
+
+class ReservedArgumentError(AsyncflowException, TypeError):
+    """A flow or task function with a parameter named `return_state` or `wait_for`."""
+
+
+class SignatureMismatchError(AsyncflowException, TypeError):
+    """Arguments that do not fit the function's signature (Prefect's name)."""
+
+
+class MissingResult(AsyncflowException):
+    """A result that was not kept (not persisted) is asked for."""
+
+
+class UnfinishedRun(AsyncflowException):
+    """The result of a run that is not final yet is asked for."""
+
+
+class PausedRun(AsyncflowException):
+    """The result of a paused run is asked for."""
+
+
+class ParameterBindError(SignatureMismatchError):
     """The call's arguments do not fit the function's signature."""
 
 
@@ -137,6 +161,9 @@ class RunInterrupted(BaseException):
     run: Any = None
 
 
+#: Prefect's name for the base class, so `except PrefectException` keeps working.
+PrefectException = AsyncflowException
+
 __all__ = [
     "AsyncflowException",
     "CancelledRun",
@@ -146,15 +173,21 @@ __all__ = [
     "FlowRunTimeoutError",
     "FutureUsageError",
     "InvalidDefinitionError",
+    "InvalidNameError",
     "MappingLengthMismatch",
     "MappingMissingIterable",
     "MissingContextError",
+    "MissingResult",
     "ParameterBindError",
     "ParameterSizeError",
     "ParameterTypeError",
+    "PausedRun",
+    "PrefectException",
+    "ReservedArgumentError",
     "RunInterrupted",
     "RunTimeoutError",
     "SerializationError",
+    "SignatureMismatchError",
     "StoreCorruptError",
     "StoreError",
     "StoreFullError",
@@ -164,5 +197,6 @@ __all__ = [
     "StoreReplacedError",
     "StoreVersionError",
     "TaskRunTimeoutError",
+    "UnfinishedRun",
     "UpstreamTaskError",
 ]

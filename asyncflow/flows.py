@@ -7,7 +7,14 @@ import inspect
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, TypeVar, overload
 
-from asyncflow._spec import Spec, StateHook, check_option_names, check_retries, check_timeout
+from asyncflow._spec import (
+    Spec,
+    StateHook,
+    check_name,
+    check_option_names,
+    check_retries,
+    check_timeout,
+)
 from asyncflow.engine import entry
 from asyncflow.exceptions import InvalidDefinitionError
 from asyncflow.naming import RunName, check_template, slugify
@@ -71,9 +78,11 @@ class Flow(Spec, Generic[P, R]):
         validate_parameters = options.get("validate_parameters", True)
         log_prints = options.get("log_prints")
         task_runner = options.get("task_runner")
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise InvalidDefinitionError(f"@flow: name must be a non-empty string, got {name!r}.")
-        self.name: str = name or slugify(self.__name__)
+        check_name(name, "@flow")
+        # A lambda's name is "<lambda>": Prefect names such flows "unknown-lambda".
+        self.name: str = name or (
+            "unknown-lambda" if self.__name__ == "<lambda>" else slugify(self.__name__)
+        )
         self.description = description if description is not None else inspect.getdoc(fn)
         self._version = version
         owner = f"@flow {self.name!r}"

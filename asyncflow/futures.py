@@ -18,6 +18,7 @@ import anyio
 from asyncflow.backend import threadsafe_caller
 from asyncflow.exceptions import FutureUsageError
 from asyncflow.states import State, StateType
+from asyncflow.task_runners.base import waiting
 
 R = TypeVar("R")
 
@@ -110,7 +111,8 @@ class TaskRunFuture(Generic[R]):
             )
         event = threading.Event()
         self.add_done_callback(lambda _: event.set())
-        event.wait(timeout)
+        with waiting():  # a pool worker's slot goes to others meanwhile
+            event.wait(timeout)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
         """The task's result; raises its exception if it failed (unless told not to).
@@ -220,7 +222,8 @@ def as_completed(
     while pending:
         try:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            f = finished.get(timeout=remaining)
+            with waiting():
+                f = finished.get(timeout=remaining)
         except queue.Empty:
             raise TimeoutError(f"{len(pending)} futures unfinished after {timeout} s.") from None
         pending.discard(f)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, TypeVar, overload
@@ -11,6 +10,7 @@ from asyncflow._spec import (
     UNBOUND,
     Spec,
     StateHook,
+    check_name,
     check_option_names,
     check_retries,
     check_timeout,
@@ -85,8 +85,7 @@ class Task(Spec, Generic[P, R]):
         timeout_seconds = options.get("timeout_seconds")
         task_run_name = options.get("task_run_name")
         log_prints = options.get("log_prints")
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise InvalidDefinitionError(f"@task: name must be a non-empty string, got {name!r}.")
+        check_name(name, "@task")
         self.name: str = name or self.__name__
         self.description = description if description is not None else inspect.getdoc(fn)
         self.tags = frozenset(tags or ())
@@ -142,7 +141,7 @@ class Task(Spec, Generic[P, R]):
         __call__ = entry.call
 
     # -- submission -----------------------------------------------------------------------------
-    def submit(self, *args: Any, **kwargs: Any) -> TaskRunFuture[Any]:
+    def submit(self, /, *args: Any, **kwargs: Any) -> TaskRunFuture[Any]:
         """Start a task run concurrently and return its future.
 
         Futures and states among the arguments (and in ``wait_for=[...]``) are waited for
@@ -150,7 +149,7 @@ class Task(Spec, Generic[P, R]):
         """
         return submission.submit(self, args, kwargs)
 
-    def map(self, *args: Any, **kwargs: Any) -> FutureList[Any]:
+    def map(self, /, *args: Any, **kwargs: Any) -> FutureList[Any]:
         """Submit one task run per element of the iterable arguments.
 
         Wrap constant arguments in `unmapped(...)`; strings and bytes are never iterated.
@@ -183,7 +182,7 @@ class Task(Spec, Generic[P, R]):
                 + ". Wrap arguments that should not be mapped in unmapped(...)."
             )
         n = next(iter(lengths.values()))
-        self_unbound = self if self._bound is UNBOUND else self._unbound()
+        self_unbound = self if self._bound is UNBOUND else self._rebound(UNBOUND)
         futures: FutureList[Any] = FutureList()
         for i in range(n):
             call_args, call_kwargs = self.signature.to_call(
@@ -191,11 +190,6 @@ class Task(Spec, Generic[P, R]):
             )
             futures.append(self_unbound.submit(*call_args, wait_for=wait_for, **call_kwargs))
         return futures
-
-    def _unbound(self) -> Task[P, R]:
-        clone = copy.copy(self)
-        clone._bound = UNBOUND
-        return clone
 
 
 def _iterable(value: Any) -> bool:

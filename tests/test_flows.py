@@ -436,15 +436,27 @@ def test_instance_method_flow_binds_per_instance():
     assert (a.my_instance_method(), b.my_instance_method()) == ("instance value", "other")
 
 
-def test_flow_below_classmethod_is_rejected_with_hint():
-    """`@flow` applied on top of `@classmethod` is refused with a hint about the order."""
-    with pytest.raises(InvalidDefinitionError, match="below @classmethod"):
+def test_flow_above_classmethod_and_staticmethod_is_accepted():
+    """Prefect accepts `@flow` on top of `@classmethod` / `@staticmethod`, so does asyncflow."""
 
-        class Wrong:
-            @flow  # type: ignore[arg-type]
-            @classmethod
-            def m(cls):
-                pass
+    class EitherOrder:
+        value = "class value"
+
+        @flow  # type: ignore[arg-type]
+        @classmethod
+        def from_class(cls) -> str:
+            return cls.value
+
+        @flow  # type: ignore[arg-type]
+        @staticmethod
+        def plain(x: int) -> int:
+            return x + 1
+
+    assert EitherOrder.from_class() == "class value"
+    assert EitherOrder().from_class() == "class value"
+    assert EitherOrder.plain(1) == 2
+    assert EitherOrder().plain(2) == 3
+    assert EitherOrder.from_class.with_options(name="renamed")() == "class value"
 
 
 # -- generators -------------------------------------------------------------------------------
@@ -1228,7 +1240,7 @@ def test_invalid_option_values_are_rejected():
     with pytest.raises(InvalidDefinitionError, match="retries"):
         flow(retries=-1)(lambda: None)
     with pytest.raises(InvalidDefinitionError, match="timeout_seconds"):
-        flow(timeout_seconds=0)(lambda: None)
+        flow(timeout_seconds=-1)(lambda: None)
     with pytest.raises(InvalidDefinitionError, match="name"):
         flow(name="")(lambda: None)
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 Body = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 
 
-def call(spec: Any, *args: Any, **kwargs: Any) -> Any:
+def call(spec: Any, /, *args: Any, **kwargs: Any) -> Any:
     """A flow or task called directly (this is `Flow.__call__` and `Task.__call__`): its
     result, or its final State with `return_state=True`; a coroutine for async ones, a
     generator for generator ones."""

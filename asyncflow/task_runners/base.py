@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -77,6 +79,34 @@ class TaskRunner(abc.ABC):
         await anyio.to_thread.run_sync(self.shutdown)
 
 
+
+
+_worker = threading.local()  # `.pool`: the pool whose worker this thread is, if any
+
+
+def set_worker_pool(pool: Any) -> None:
+    """Mark this thread as a worker of `pool` (which has `worker_blocked` / `_unblocked`)."""
+    _worker.pool = pool
+
+
+@contextlib.contextmanager
+def waiting() -> Iterator[None]:
+    """Around a blocking wait for other runs: a pool worker that waits tells its pool, which
+    may start another thread in its place (a parent waiting for its children must not hold
+    the slot they need)."""
+    pool = getattr(_worker, "pool", None)
+    if pool is None:
+        yield
+        return
+    pool.worker_blocked()
+    try:
+        yield
+    finally:
+        pool.worker_unblocked()
+
+
 __all__ = [
     "TaskRunner",
+    "set_worker_pool",
+    "waiting",
 ]

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from asyncflow.task_runners.base import TaskRunner
+from asyncflow.task_runners.base import TaskRunner, set_worker_pool
 
 _STOP = None
 
@@ -17,7 +17,9 @@ class ThreadPoolTaskRunner(TaskRunner):
     """Runs submitted sync tasks on a bounded pool of threads.
 
     `max_workers` bounds the threads (default ``min(32, cpus + 4)``, as the stdlib's pool);
-    submissions past that queue up, so 100k submissions never mean 100k threads.
+    submissions past that queue up, so 100k submissions never mean 100k threads. A worker
+    blocked waiting for other task runs (`future.result()` inside a task) does not count:
+    the pool starts another thread in its place, so nested submissions never deadlock.
 
     Not a `concurrent.futures.ThreadPoolExecutor`: the engine already has a future per task
     run, and the executor's own Future, work item and semaphore per submission doubled the
@@ -35,6 +37,7 @@ class ThreadPoolTaskRunner(TaskRunner):
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._closed = False
+        self._blocked = 0  # workers waiting for other runs: they do not count toward the limit
 
     def duplicate(self) -> ThreadPoolTaskRunner:
         return type(self)(self.max_workers)
@@ -43,12 +46,22 @@ class ThreadPoolTaskRunner(TaskRunner):
         if self._closed:
             raise RuntimeError(f"{self!r} is shut down; no new task runs can be submitted.")
         self._queue.put(work)
-        if len(self._threads) < self._limit:
+        if len(self._threads) < self._limit + self._blocked:
             self._add_thread()
+
+    def worker_blocked(self) -> None:
+        with self._lock:
+            self._blocked += 1
+        if not self._queue.empty():  # what it waits for may be queued behind it
+            self._add_thread()
+
+    def worker_unblocked(self) -> None:
+        with self._lock:
+            self._blocked -= 1
 
     def _add_thread(self) -> None:
         with self._lock:
-            if len(self._threads) >= self._limit or self._closed:
+            if len(self._threads) >= self._limit + self._blocked or self._closed:
                 return
             thread = threading.Thread(
                 target=self._worker,
@@ -59,6 +72,7 @@ class ThreadPoolTaskRunner(TaskRunner):
         thread.start()
 
     def _worker(self) -> None:
+        set_worker_pool(self)
         get = self._queue.get
         while True:
             work = get()

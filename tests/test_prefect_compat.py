@@ -1,0 +1,236 @@
+"""Where a migrating Prefect 3 user's code can tell the difference (issue 13)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from asyncflow import flow, task
+
+
+# -- 4: tasks and flows as methods bind per instance --------------------------------------------
+class Counter:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    @task
+    def get(self) -> int:
+        return self.value
+
+    @task
+    async def aget(self) -> int:
+        return self.value
+
+    @flow
+    def total(self) -> int:
+        return self.get() + self.get.submit().result()
+
+
+def test_two_instances_do_not_share_a_binding() -> None:
+    """`a.get()` returned `b`'s value: the bound copy went through pickling by name and was
+    the one module-level task, re-bound by every attribute access."""
+    a, b = Counter(1), Counter(2)
+    get_a, get_b = a.get, b.get
+    assert (get_a.fn, get_b.fn) == (Counter.get.fn, Counter.get.fn)
+
+    @flow
+    def both() -> tuple[int, int]:
+        return get_a(), get_b()
+
+    assert both() == (1, 2)
+    assert (a.total(), b.total()) == (2, 4)
+
+
+@pytest.mark.anyio
+async def test_async_task_methods_bind_per_instance() -> None:
+    a, b = Counter(10), Counter(20)
+
+    @flow
+    async def both() -> list[int]:
+        return [await a.aget(), await b.aget(), await a.aget.submit()]
+
+    assert await both() == [10, 20, 10]
+
+
+def test_task_method_on_a_class_defined_in_a_function() -> None:
+    """It raised AttributeError: the copy looked the task up by its qualified name, which
+    has `<locals>` in it."""
+
+    class Local:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        @task
+        def double(self) -> int:
+            return 2 * self.n
+
+    @flow
+    def run_plain() -> list[int]:
+        return [Local(3).double(), Local(4).double.submit().result()]
+
+    assert run_plain() == [6, 8]
+
+
+def test_bound_method_map_keeps_the_instance() -> None:
+    class Scaler:
+        def __init__(self, k: int) -> None:
+            self.k = k
+
+        @task
+        def scale(self, x: int) -> int:
+            return self.k * x
+
+    @flow
+    def run() -> list[int]:
+        return Scaler(3).scale.map([1, 2, 3]).result()
+
+    assert run() == [3, 6, 9]
+
+
+def test_with_options_on_a_bound_method_keeps_its_instance() -> None:
+    @flow
+    def run() -> int:
+        return Counter(7).get.with_options(name="renamed")()
+
+    assert run() == 7
+
+
+def test_rebinding_does_not_touch_the_class_attribute() -> None:
+    before = Counter.__dict__["get"]
+    bound = Counter(1).get
+    assert bound is not before
+    assert Counter.__dict__["get"] is before
+    assert before._bound is not None  # UNBOUND sentinel, not an instance
+    assert not isinstance(before._bound, Counter)
+
+
+# -- 5: nested submission never deadlocks the bounded pool --------------------------------------
+@task
+def nested(depth: int) -> int:
+    if depth == 0:
+        return 0
+    return nested.submit(depth - 1).result() + 1
+
+
+def test_deep_recursive_submission_does_not_deadlock() -> None:
+    """33 levels of `.submit()` + `.result()` inside tasks hung: each waiting parent held one
+    of the pool's 6 (cpus + 4) threads. A waiting worker no longer counts."""
+    import threading
+
+    @flow
+    def deep() -> int:
+        return nested.submit(40).result()
+
+    done: list[int] = []
+    thread = threading.Thread(target=lambda: done.append(deep()), daemon=True)
+    thread.start()
+    thread.join(60)
+    assert done == [40]
+
+
+def test_as_completed_in_a_worker_frees_its_slot() -> None:
+    from asyncflow import as_completed
+    from asyncflow.task_runners import ThreadPoolTaskRunner
+
+    @task
+    def leaf(i: int) -> int:
+        return i
+
+    @task
+    def fan_out(n: int) -> int:
+        return sum(f.result() for f in as_completed([leaf.submit(i) for i in range(n)]))
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def run() -> list[int]:
+        return [f.result() for f in [fan_out.submit(5), fan_out.submit(6)]]
+
+    import threading
+
+    done: list[list[int]] = []
+    thread = threading.Thread(target=lambda: done.append(run()), daemon=True)
+    thread.start()
+    thread.join(60)
+    assert done == [[10, 15]]
+
+
+# -- 11: validation and names as Prefect has them -----------------------------------------------
+@pytest.mark.parametrize("char", ["/", "%", "&", ">", "<"])
+def test_names_with_banned_characters_raise_invalid_name_error(char: str) -> None:
+    from asyncflow.exceptions import InvalidNameError
+
+    with pytest.raises(InvalidNameError, match="must not contain"):
+        flow(name=f"a{char}b")(lambda: None)
+    with pytest.raises(InvalidNameError):
+        task(name=f"a{char}b")(lambda: None)
+    assert issubclass(InvalidNameError, ValueError)
+
+
+@pytest.mark.parametrize("reserved", ["return_state", "wait_for"])
+def test_reserved_parameter_names_are_refused(reserved: str) -> None:
+    from asyncflow.exceptions import ReservedArgumentError
+
+    namespace: dict[str, Any] = {}
+    exec(f"def fn({reserved}=None): pass", namespace)
+    with pytest.raises(ReservedArgumentError, match=f"'{reserved}' is a reserved argument"):
+        flow(namespace["fn"])
+    with pytest.raises(ReservedArgumentError):
+        task(namespace["fn"])
+
+
+def test_more_than_50_retry_delays_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="at most 50 delays"):
+        task(retries=60, retry_delay_seconds=[1] * 51)(lambda: None)
+    task(retries=60, retry_delay_seconds=[1] * 50)(lambda: None)  # 50 is fine
+
+
+def test_timeout_zero_means_no_timeout() -> None:
+    @task(timeout_seconds=5)
+    def t() -> int:
+        return 1
+
+    assert t.timeout_seconds == 5
+    assert t.with_options(timeout_seconds=0).timeout_seconds is None
+    assert flow(timeout_seconds=0)(lambda: None).timeout_seconds is None
+
+
+def test_lambda_flows_are_named_unknown_lambda() -> None:
+    assert flow(lambda: 1).name == "unknown-lambda"
+
+
+def test_prefect_exception_names() -> None:
+    from asyncflow import exceptions
+
+    assert exceptions.PrefectException is exceptions.AsyncflowException
+    assert issubclass(exceptions.ParameterBindError, exceptions.SignatureMismatchError)
+    for name in ("MissingResult", "UnfinishedRun", "PausedRun", "SignatureMismatchError"):
+        assert issubclass(getattr(exceptions, name), exceptions.PrefectException)
+
+
+def test_bad_call_arguments_raise_signature_mismatch() -> None:
+    from asyncflow.exceptions import SignatureMismatchError
+
+    @flow
+    def takes_one(x: int) -> int:
+        return x
+
+    with pytest.raises(SignatureMismatchError):
+        takes_one(1, 2)  # type: ignore[call-arg]
+
+
+def test_parameters_named_like_the_engines_own_arguments() -> None:
+    """`spec=` / `self=` by keyword reached the engine's own parameters."""
+
+    @task
+    def takes(spec: int, self: int) -> int:
+        return spec + self
+
+    @flow
+    def run() -> list[int]:
+        return [
+            takes(spec=1, self=2),
+            takes.submit(spec=3, self=4).result(),
+            *takes.map(spec=[5], self=[6]).result(),
+        ]
+
+    assert run() == [3, 7, 11]
