@@ -23,6 +23,7 @@ _HOOK_TYPES = {
     "on_failure": StateType.FAILED,
     "on_cancellation": StateType.CANCELLED,
     "on_crashed": StateType.CRASHED,
+    "on_running": StateType.RUNNING,
 }
 
 
@@ -185,6 +186,16 @@ class Spec:
 
     def hooks_for(self, state: State[Any]) -> list[Callable[..., Any]]:
         return self._hooks.get(state.type, [])
+
+    def _add_hook(self, option: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`@my_flow.on_completion`-style registration: `fn` joins the option's hooks (and
+        copies made with `with_options` keep it); returns `fn` unchanged."""
+        if not callable(fn):
+            raise InvalidDefinitionError(f"{self.decorator}: {option} hooks must be callables.")
+        self._options[option] = [*(self._options.get(option) or ()), fn]
+        self._hooks.setdefault(_HOOK_TYPES[option], []).append(fn)
+        self.has_hooks = True
+        return fn
 
     #: the option names the decorator takes (its TypedDict's keys)
     option_names: ClassVar[frozenset[str]]

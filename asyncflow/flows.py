@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+H = TypeVar("H", bound=StateHook)
 
 
 class FlowOptions(TypedDict, total=False):
@@ -48,6 +49,7 @@ class FlowOptions(TypedDict, total=False):
     on_failure: list[StateHook] | None
     on_cancellation: list[StateHook] | None
     on_crashed: list[StateHook] | None
+    on_running: list[StateHook] | None
 
 
 class Flow(Spec, Generic[P, R]):
@@ -106,8 +108,30 @@ class Flow(Spec, Generic[P, R]):
                 "on_failure": options.get("on_failure"),
                 "on_cancellation": options.get("on_cancellation"),
                 "on_crashed": options.get("on_crashed"),
+                "on_running": options.get("on_running"),
             }
         )
+
+    # -- hook decorators, as in Prefect: `@my_flow.on_failure` -------------------------------------
+    def on_completion(self, fn: H) -> H:
+        """Add a hook called when a run of this flow completes; returns `fn`."""
+        return self._add_hook("on_completion", fn)  # type: ignore[return-value]
+
+    def on_failure(self, fn: H) -> H:
+        """Add a hook called when a run of this flow fails; returns `fn`."""
+        return self._add_hook("on_failure", fn)  # type: ignore[return-value]
+
+    def on_cancellation(self, fn: H) -> H:
+        """Add a hook called when a run of this flow is cancelled; returns `fn`."""
+        return self._add_hook("on_cancellation", fn)  # type: ignore[return-value]
+
+    def on_crashed(self, fn: H) -> H:
+        """Add a hook called when a run of this flow crashes; returns `fn`."""
+        return self._add_hook("on_crashed", fn)  # type: ignore[return-value]
+
+    def on_running(self, fn: H) -> H:
+        """Add a hook called when a run of this flow enters Running; returns `fn`."""
+        return self._add_hook("on_running", fn)  # type: ignore[return-value]
 
     @functools.cached_property
     def version(self) -> str | None:

@@ -303,10 +303,17 @@ def state_from_return_value(value: Any) -> State[Any]:
 
 def _aggregate(value: Iterable[Any], states: list[State[Any]]) -> State[Any]:
     data = type(value)(states) if isinstance(value, (tuple, set)) else states
-    bad = [s for s in states if s.type in _ERROR_TYPES]
-    if bad:
+    failed = [s for s in states if s.type in (StateType.FAILED, StateType.CRASHED)]
+    if failed:
         return State(
-            StateType.FAILED, message=f"{len(bad)}/{len(states)} states failed.", data=data
+            StateType.FAILED, message=f"{len(failed)}/{len(states)} states failed.", data=data
+        )
+    cancelled = [s for s in states if s.type is StateType.CANCELLED]
+    if cancelled:  # cancellations, not failures (as in Prefect): the run ends Cancelled
+        return State(
+            StateType.CANCELLED,
+            message=f"{len(cancelled)}/{len(states)} states cancelled.",
+            data=data,
         )
     not_done = [s for s in states if s.type is not StateType.COMPLETED]
     if not_done:

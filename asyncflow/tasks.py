@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+H = TypeVar("H", bound=StateHook)
 
 RetryCondition = Callable[["Task[Any, Any]", Any, State[Any]], bool]
 
@@ -54,6 +55,7 @@ class TaskOptions(TypedDict, total=False):
     log_prints: bool | None
     on_completion: list[StateHook] | None
     on_failure: list[StateHook] | None
+    on_running: list[StateHook] | None
 
 
 class Task(Spec, Generic[P, R]):
@@ -114,8 +116,25 @@ class Task(Spec, Generic[P, R]):
 
             enable_log_prints()  # patched once, at decoration, so no run pays for it
         self._set_hooks(
-            {"on_completion": options.get("on_completion"), "on_failure": options.get("on_failure")}
+            {
+                "on_completion": options.get("on_completion"),
+                "on_failure": options.get("on_failure"),
+                "on_running": options.get("on_running"),
+            }
         )
+
+    # -- hook decorators, as in Prefect: `@my_task.on_failure` -------------------------------------
+    def on_completion(self, fn: H) -> H:
+        """Add a hook called when a run of this task completes; returns `fn`."""
+        return self._add_hook("on_completion", fn)  # type: ignore[return-value]
+
+    def on_failure(self, fn: H) -> H:
+        """Add a hook called when a run of this task fails; returns `fn`."""
+        return self._add_hook("on_failure", fn)  # type: ignore[return-value]
+
+    def on_running(self, fn: H) -> H:
+        """Add a hook called when a run of this task enters Running; returns `fn`."""
+        return self._add_hook("on_running", fn)  # type: ignore[return-value]
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by reference (module + name), so process pools can ship it."""

@@ -234,3 +234,90 @@ def test_parameters_named_like_the_engines_own_arguments() -> None:
         ]
 
     assert run() == [3, 7, 11]
+
+
+# -- 7: returned Cancelled states are cancellations ----------------------------------------------
+def test_returned_cancelled_states_cancel_the_flow(registry: Any) -> None:
+    from asyncflow.states import Cancelled, Completed
+
+    seen: list[str] = []
+
+    @flow(on_cancellation=[lambda f, r, s: seen.append(s.message)])
+    def returns_states() -> Any:
+        return Completed(data=1), Cancelled(), Completed(data=2)
+
+    state = returns_states(return_state=True)
+    assert state.type.value == "CANCELLED"
+    assert state.message == "1/3 states cancelled."
+    assert seen == ["1/3 states cancelled."]
+
+
+def test_a_failure_outweighs_a_cancellation() -> None:
+    from asyncflow.states import Cancelled, Failed
+
+    @flow
+    def returns_states() -> Any:
+        return Failed(), Cancelled()
+
+    state = returns_states(return_state=True)
+    assert state.type.value == "FAILED" and state.message == "1/2 states failed."
+
+
+# -- 8: hook decorators and on_running -----------------------------------------------------------
+def test_hook_decorator_methods() -> None:
+    seen: list[tuple[str, str]] = []
+
+    @flow
+    def my_flow(fail: bool) -> None:
+        if fail:
+            raise ValueError("no")
+
+    @my_flow.on_completion
+    def done(f: Any, run: Any, state: Any) -> None:
+        seen.append(("completion", state.type.value))
+
+    @my_flow.on_failure
+    def failed(f: Any, run: Any, state: Any) -> None:
+        seen.append(("failure", state.type.value))
+
+    @my_flow.on_running
+    def running(f: Any, run: Any, state: Any) -> None:
+        seen.append(("running", state.type.value))
+
+    assert done.__name__ == "done"  # the decorator returns the function itself
+    my_flow(False)
+    my_flow(True, return_state=True)
+    assert seen == [
+        ("running", "RUNNING"),
+        ("completion", "COMPLETED"),
+        ("running", "RUNNING"),
+        ("failure", "FAILED"),
+    ]
+    seen.clear()
+    my_flow.with_options(name="copy")(False)  # copies keep the hooks
+    assert seen == [("running", "RUNNING"), ("completion", "COMPLETED")]
+
+
+@pytest.mark.anyio
+async def test_task_on_running_hooks_async_and_per_attempt() -> None:
+    seen: list[str | None] = []
+
+    async def async_hook(t: Any, run: Any, state: Any) -> None:
+        seen.append(state.name)
+
+    attempts: list[int] = []
+
+    @task(retries=1, on_running=[async_hook])
+    async def flaky() -> int:
+        attempts.append(1)
+        assert seen, "the on_running hook ran before the body"
+        if len(attempts) == 1:
+            raise ValueError("first attempt")
+        return 1
+
+    @flow
+    async def run() -> int:
+        return await flaky()
+
+    assert await run() == 1
+    assert seen == ["Running", "Retrying"]

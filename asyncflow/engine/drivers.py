@@ -220,6 +220,8 @@ async def drive_async(
     try:
         while True:
             state = engine.begin_attempt()
+            if engine.awaiting_hooks:  # async on_running hooks
+                await _await_hooks(engine)
             scope: anyio.CancelScope | None = None
             if state is None:
                 try:
@@ -265,7 +267,7 @@ async def drive_async(
 
 
 async def _await_hooks(engine: RunEngine) -> None:
-    hooks, engine.awaiting_hooks = engine.awaiting_hooks, None
+    hooks, engine.awaiting_hooks = engine.awaiting_hooks, []
     for hook, awaitable in hooks or ():
         try:
             await awaitable

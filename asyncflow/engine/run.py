@@ -167,6 +167,10 @@ class RunEngine:
         timeout = self.spec.timeout_seconds
         if timeout is not None:
             self.deadline = time.monotonic() + timeout
+        if self.spec.has_hooks:  # on_running
+            running: State[Any] = State(_RUNNING, None if self.run_count == 1 else "Retrying")
+            if self.spec.hooks_for(running):
+                self._run_hooks(running)
         if self.hooks:
             for hook in self.hooks:
                 replaced = hook.before_body(self)
