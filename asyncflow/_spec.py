@@ -17,6 +17,7 @@ Kind = Literal["sync", "async", "generator", "async_generator"]
 #: A state hook: called with (flow or task, run, state); may be async.
 StateHook = Callable[[Any, Any, "State[Any]"], Any]
 S = TypeVar("S", bound="Spec")
+H = TypeVar("H", bound=StateHook)
 UNBOUND: Any = object()
 _HOOK_TYPES = {
     "on_completion": StateType.COMPLETED,
@@ -187,7 +188,20 @@ class Spec:
     def hooks_for(self, state: State[Any]) -> list[Callable[..., Any]]:
         return self._hooks.get(state.type, [])
 
-    def _add_hook(self, option: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    # -- hook decorators, as in Prefect: `@my_flow.on_failure` (flows add two more) ------------
+    def on_completion(self, fn: H) -> H:
+        """Add a hook called when a run of this flow or task completes; returns `fn`."""
+        return self._add_hook("on_completion", fn)
+
+    def on_failure(self, fn: H) -> H:
+        """Add a hook called when a run of this flow or task fails; returns `fn`."""
+        return self._add_hook("on_failure", fn)
+
+    def on_running(self, fn: H) -> H:
+        """Add a hook called when a run of this flow or task enters Running; returns `fn`."""
+        return self._add_hook("on_running", fn)
+
+    def _add_hook(self, option: str, fn: H) -> H:
         """`@my_flow.on_completion`-style registration: `fn` joins the option's hooks (and
         copies made with `with_options` keep it); returns `fn` unchanged."""
         if not callable(fn):

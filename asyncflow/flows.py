@@ -112,26 +112,14 @@ class Flow(Spec, Generic[P, R]):
             }
         )
 
-    # -- hook decorators, as in Prefect: `@my_flow.on_failure` -------------------------------------
-    def on_completion(self, fn: H) -> H:
-        """Add a hook called when a run of this flow completes; returns `fn`."""
-        return self._add_hook("on_completion", fn)  # type: ignore[return-value]
-
-    def on_failure(self, fn: H) -> H:
-        """Add a hook called when a run of this flow fails; returns `fn`."""
-        return self._add_hook("on_failure", fn)  # type: ignore[return-value]
-
+    # -- hook decorators beyond `Spec`'s (on_completion, on_failure, on_running) ------------------
     def on_cancellation(self, fn: H) -> H:
         """Add a hook called when a run of this flow is cancelled; returns `fn`."""
-        return self._add_hook("on_cancellation", fn)  # type: ignore[return-value]
+        return self._add_hook("on_cancellation", fn)
 
     def on_crashed(self, fn: H) -> H:
         """Add a hook called when a run of this flow crashes; returns `fn`."""
-        return self._add_hook("on_crashed", fn)  # type: ignore[return-value]
-
-    def on_running(self, fn: H) -> H:
-        """Add a hook called when a run of this flow enters Running; returns `fn`."""
-        return self._add_hook("on_running", fn)  # type: ignore[return-value]
+        return self._add_hook("on_crashed", fn)
 
     @functools.cached_property
     def version(self) -> str | None:

@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-H = TypeVar("H", bound=StateHook)
 
 RetryCondition = Callable[["Task[Any, Any]", Any, State[Any]], bool]
 
@@ -122,19 +121,6 @@ class Task(Spec, Generic[P, R]):
                 "on_running": options.get("on_running"),
             }
         )
-
-    # -- hook decorators, as in Prefect: `@my_task.on_failure` -------------------------------------
-    def on_completion(self, fn: H) -> H:
-        """Add a hook called when a run of this task completes; returns `fn`."""
-        return self._add_hook("on_completion", fn)  # type: ignore[return-value]
-
-    def on_failure(self, fn: H) -> H:
-        """Add a hook called when a run of this task fails; returns `fn`."""
-        return self._add_hook("on_failure", fn)  # type: ignore[return-value]
-
-    def on_running(self, fn: H) -> H:
-        """Add a hook called when a run of this task enters Running; returns `fn`."""
-        return self._add_hook("on_running", fn)  # type: ignore[return-value]
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by reference (module + name), so process pools can ship it."""

@@ -58,39 +58,31 @@ print(sorted({t.value for t in types}), len(types))
 """
 
 
-def test_timeouts_under_heavy_logging_never_hang_or_leak_a_lock(tmp_path: Any) -> None:
+def _load(tmp_path: Any, inline: int, submitted: int, in_main_thread: bool = False) -> list[str]:
+    """Run the load script in a fresh process; its last two output lines."""
     script = tmp_path / "load.py"
-    script.write_text(LOAD_SCRIPT)
+    text = LOAD_SCRIPT
+    if in_main_thread:
+        text = text.replace("threading.Thread(target=main, daemon=True).start()\n", "main()\n")
+    script.write_text(text)
     env = {**os.environ, "ASYNCFLOW_STORE": "memory", "ASYNCFLOW_LOGGING_LEVEL": "CRITICAL"}
     result = subprocess.run(
-        [sys.executable, str(script), "0", "2000"],
+        [sys.executable, str(script), str(inline), str(submitted)],
         env=env,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    assert lines[-2] == "lock free"
-    assert lines[-1] == "['FAILED'] 2000"  # every run ended TimedOut
+    return result.stdout.strip().splitlines()[-2:]
+
+
+def test_timeouts_under_heavy_logging_never_hang_or_leak_a_lock(tmp_path: Any) -> None:
+    # every run ended TimedOut (type FAILED), and the handler's lock is free
+    assert _load(tmp_path, 0, 2000) == ["lock free", "['FAILED'] 2000"]
 
 
 def test_main_thread_timeouts_under_heavy_logging(tmp_path: Any) -> None:
     """The same in the main thread, where SIGALRM delivers the interrupt: held back while
     the thread holds a logging lock, the signal comes again a moment later."""
-    script = tmp_path / "load.py"
-    script.write_text(
-        LOAD_SCRIPT.replace("threading.Thread(target=main, daemon=True).start()\n", "main()\n")
-    )
-    env = {**os.environ, "ASYNCFLOW_STORE": "memory", "ASYNCFLOW_LOGGING_LEVEL": "CRITICAL"}
-    result = subprocess.run(
-        [sys.executable, str(script), "300", "0"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
-    assert lines[-2] == "lock free"
-    assert lines[-1] == "['FAILED'] 300"
+    assert _load(tmp_path, 300, 0, in_main_thread=True) == ["lock free", "['FAILED'] 300"]
