@@ -16,6 +16,7 @@ from uuid import UUID
 import anyio
 
 from asyncflow.backend import threadsafe_caller
+from asyncflow.engine.interrupts import interruptible
 from asyncflow.exceptions import FutureUsageError
 from asyncflow.states import State, StateType
 from asyncflow.task_runners.base import waiting
@@ -100,6 +101,7 @@ class TaskRunFuture(Generic[R]):
         fn(self)
 
     # -- sync waiting -------------------------------------------------------------------------
+    @interruptible  # a run's timeout or cancellation may stop it while it waits here
     def wait(self, timeout: float | None = None) -> None:
         """Block until the run is final or `timeout` seconds passed."""
         if self._state is not None:
@@ -208,6 +210,7 @@ async def wait_async(
     return DoneAndNotDone(done, set(futures) - done)
 
 
+@interruptible
 def as_completed(
     futures: Iterable[TaskRunFuture[R]], timeout: float | None = None
 ) -> Iterator[TaskRunFuture[R]]:

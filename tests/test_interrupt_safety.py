@@ -14,6 +14,8 @@ import subprocess
 import sys
 from typing import Any
 
+from asyncflow import flow, task
+
 LOAD_SCRIPT = """
 import io, logging, sys, threading
 from asyncflow import flow, task
@@ -86,3 +88,105 @@ def test_main_thread_timeouts_under_heavy_logging(tmp_path: Any) -> None:
     """The same in the main thread, where SIGALRM delivers the interrupt: held back while
     the thread holds a logging lock, the signal comes again a moment later."""
     assert _load(tmp_path, 300, 0, in_main_thread=True) == ["lock free", "['FAILED'] 300"]
+
+
+# -- what a review of the first version found ---------------------------------------------------
+AS_COMPLETED_SCRIPT = """
+import time
+from asyncflow import as_completed, flow, task
+
+@task
+def slow():
+    for _ in range(60):  # slices: the cancellation reaches it between them
+        time.sleep(0.01)
+
+@flow(timeout_seconds=0.2)
+def waits():
+    for _ in as_completed([slow.submit()]):
+        pass
+
+started = time.monotonic()
+state = waits(return_state=True)
+print(state.name, round(time.monotonic() - started, 1))
+time.sleep(0.3)  # a retry SIGALRM left over from the held-back interrupt ended the process
+print("survived")
+"""
+
+
+def test_a_wait_in_as_completed_is_interrupted_and_no_stray_alarm_follows(tmp_path: Any) -> None:
+    """The wait inside `as_completed` (asyncflow code) held the interrupt back until the child
+    finished, and the retry SIGALRM armed meanwhile arrived after the run: 'Alarm clock'."""
+    script = tmp_path / "waits.py"
+    script.write_text(AS_COMPLETED_SCRIPT)
+    env = {**os.environ, "ASYNCFLOW_STORE": "memory", "ASYNCFLOW_LOGGING_LEVEL": "CRITICAL"}
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, seconds = result.stdout.split()[:2]
+    assert name == "TimedOut" and float(seconds) < 0.5
+    assert result.stdout.strip().endswith("survived")
+
+
+def test_a_pool_shrinks_back_to_its_limit_after_a_waiting_worker() -> None:
+    import threading
+    import time
+
+    from asyncflow.task_runners import ThreadPoolTaskRunner
+
+    active, peak, lock = [0], [0], threading.Lock()
+
+    @task
+    def leaf() -> int:
+        return 1
+
+    @task
+    def parent() -> int:
+        return leaf.submit().result()
+
+    @task
+    def busy() -> None:
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.1)
+        with lock:
+            active[0] -= 1
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    def run() -> None:
+        parent.submit().result()  # a stand-in thread served `leaf` meanwhile
+        for future in [busy.submit() for _ in range(4)]:
+            future.wait()
+
+    run()
+    assert peak[0] == 1
+
+
+def test_cancel_reaches_a_submitted_task_after_its_retry_delay() -> None:
+    """The retry delay's guard reset the run's interrupt target to None, so a later
+    `future.cancel()` could not interrupt the second attempt (it ran to completion)."""
+    import time
+
+    attempts = [0]
+
+    @task(retries=1, retry_delay_seconds=0.05)
+    def slow_second_attempt() -> str:
+        attempts[0] += 1
+        if attempts[0] == 1:
+            raise ValueError("first attempt")
+        for _ in range(30):
+            time.sleep(0.05)
+        return "ran to completion"
+
+    @flow
+    def run() -> tuple[str, float]:
+        future = slow_second_attempt.submit()
+        time.sleep(0.3)
+        started = time.monotonic()
+        future.cancel()
+        future.wait()
+        return future.state.type.value, time.monotonic() - started
+
+    kind, seconds = run()
+    assert kind == "CANCELLED" and seconds < 0.5

@@ -124,6 +124,7 @@ def _sleep_sync(engine: RunEngine, delay: float) -> State[Any] | None:
     Returns the run's final state when it was stopped for its own sake (cancelled); what is
     aimed at an ancestor, or crashes the run, is re-raised after recording.
     """
+    outer = engine.interrupt_target  # a submitted run's own guard, restored after
     with interrupts.guard() as target:
         engine.interrupt_target = target
         try:
@@ -142,7 +143,7 @@ def _sleep_sync(engine: RunEngine, delay: float) -> State[Any] | None:
                 raise
             return state
         finally:
-            engine.interrupt_target = None
+            engine.interrupt_target = outer
     return None
 
 
@@ -171,6 +172,7 @@ def _guarded(
 ) -> Any:
     """`fn(*args, **kwargs)` in this thread, interruptible for the run's deadline and
     cancellation (a sync body, or one step of a sync generator)."""
+    outer = engine.interrupt_target  # a submitted run's own guard, restored after
     with interrupts.guard() as target:
         engine.interrupt_target = target
         try:
@@ -184,7 +186,7 @@ def _guarded(
                 interrupts.at_deadline(engine.deadline, target, make_exc)
             return fn(*args, **kwargs)
         finally:
-            engine.interrupt_target = None
+            engine.interrupt_target = outer
 
 
 def wait_for_children(engine: FlowRunEngine) -> None:

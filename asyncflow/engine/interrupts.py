@@ -13,15 +13,15 @@ exception is withdrawn, so it can never surface in unrelated code. Each exceptio
 `.run`, the engine it was aimed at, so an ancestor's timeout is told apart from the run's own.
 
 An interrupt is held back, and tried again every `_RETRY` seconds, while the thread is where
-an exception must not land (`_unsafe`): holding one of `logging`'s locks (a handler takes its
-lock before the `try` that releases it, so an exception between the two left the lock held
-and every later log call hung; and a handler's `emit` swallows exceptions, so the run went
-on), or in asyncflow's own bookkeeping (a run half-finished). A worker thread held back by a
-handler's lock raises the exception itself as it releases that lock (`Handler.release` is
-wrapped, once, on first need): under heavy logging a thread is almost always holding or
-waiting for a lock, and a retry alone might never find it outside. An exception sent to a
-thread that is still inside its guard `_RESEND` seconds later was swallowed (by an `except
-Exception` in logging's record-making, or in the run's own code) and is sent again.
+an exception must not land (`_unsafe`): holding or taking one of `logging`'s locks, or inside
+logging at all (a handler takes its lock before the `try` that releases it, so an exception
+between the two left the lock held and every later log call hung; `emit` and `LogRecord`
+swallow exceptions, so the run went on), or in asyncflow's own bookkeeping (a run
+half-recorded). Frames of the standard library are looked through to the code that called
+them. A worker thread held back raises the exception itself as it releases a handler's lock
+(`Handler.release` is wrapped, once, on first need), when it releases it back to code where
+the exception may land: under heavy logging a thread is almost always in logging, and a retry
+alone might never find it outside.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ import ctypes
 import functools
 import heapq
 import itertools
+import logging
 import signal
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +43,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 _lock = threading.RLock()
 _counter = itertools.count()
 _RETRY = 0.002  # seconds between attempts while the thread is in code an interrupt must not enter
-_RESEND = 0.25  # seconds after which an interrupt the thread swallowed is sent again
+_WALK = 16  # frames looked at, innermost first
+# (site-packages below these paths is not the standard library: `_stdlib`)
+_STDLIB = tuple({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]})
 #: asyncflow functions that wait in a C call on purpose, to be interrupted there
 _INTERRUPTIBLE: set[Any] = set()
 
@@ -56,35 +60,36 @@ def interruptible(fn: F) -> F:
 def _unsafe(thread_id: int, frame: Any) -> bool:
     """Whether an exception raised now in thread `thread_id`, whose innermost Python frame
     is `frame`, could leave a lock held, be swallowed, or leave a run half-recorded."""
-    if frame is not None:
+    return _holds_logging_lock(thread_id) or _unsafe_code(frame, logging_ok=False)
+
+
+def _unsafe_code(frame: Any, logging_ok: bool) -> bool:
+    """Walk out from `frame` through the standard library: True at logging (unless
+    `logging_ok`) or at asyncflow code not marked interruptible, False at the first other
+    frame (the run's own code, or a library's)."""
+    for _ in range(_WALK):
+        if frame is None:
+            return False
+        code = frame.f_code
         name = frame.f_globals.get("__name__", "")
-        if name.startswith("asyncflow.") and frame.f_code not in _INTERRUPTIBLE:
-            return True
-        if frame.f_code in _lock_takers():  # (it may be blocked there, about to hold it)
-            return True
-    return _holds_logging_lock(thread_id)
+        if name == "asyncflow" or name.startswith("asyncflow."):
+            return code not in _INTERRUPTIBLE
+        if name == "logging" or name.startswith("logging."):
+            if not logging_ok:
+                return True
+        elif not _stdlib(code.co_filename):
+            return False
+        frame = frame.f_back
+    return False
 
 
-def _lock_takers() -> frozenset[Any]:
-    """The code of logging's functions that take a lock and return holding it."""
-    global _LOCK_TAKERS
-    if _LOCK_TAKERS is None:
-        import logging
-
-        fns = [logging.Handler.acquire, getattr(logging, "_acquireLock", None)]
-        _LOCK_TAKERS = frozenset(fn.__code__ for fn in fns if fn is not None)
-    return _LOCK_TAKERS
-
-
-_LOCK_TAKERS: frozenset[Any] | None = None
+def _stdlib(filename: str) -> bool:
+    return filename.startswith(_STDLIB) and "-packages" not in filename
 
 
 def _holds_logging_lock(thread_id: int) -> bool:
     """Whether the thread holds logging's module lock or a handler's lock (an RLock's repr
     names its owner: no other API tells another thread's ownership)."""
-    logging = sys.modules.get("logging")
-    if logging is None:
-        return False
     locks = [getattr(logging, "_lock", None)]
     for ref in list(getattr(logging, "_handlerList", ())):
         handler = ref()
@@ -97,7 +102,7 @@ def _holds_logging_lock(thread_id: int) -> bool:
 class _Target:
     """One guarded stretch of sync code in one thread (the context manager `guard` returns)."""
 
-    __slots__ = ("active", "exc", "held", "in_main", "lock", "sent_at", "thread_id")
+    __slots__ = ("active", "exc", "held", "in_main", "lock", "thread_id")
 
     def __init__(self) -> None:
         self.thread_id = threading.get_ident()
@@ -108,7 +113,6 @@ class _Target:
         self.active = True
         self.exc: BaseException | None = None  # set when an interrupt was sent
         self.held: BaseException | None = None  # an interrupt held back (worker threads)
-        self.sent_at = 0.0
 
     def __enter__(self) -> _Target:
         if self.in_main:
@@ -123,18 +127,22 @@ class _Target:
             self.active = False
             if self.held is not None:
                 self.held = None
-                _held.pop(self.thread_id, None)
+                if _held.get(self.thread_id) is self:
+                    del _held[self.thread_id]
             if self.exc is not None and not self.in_main:
                 _set_async_exc(self.thread_id, None)  # withdraw an undelivered interrupt
             self.exc = None
             if self.in_main:
                 _main_targets.remove(self)
+                if not _main_targets and _rearmed:
+                    signal.setitimer(signal.ITIMER_REAL, 0)  # no one left to retry for
 
 
 _MAIN_ID = threading.main_thread().ident
 _main_targets: list[_Target] = []  # innermost last
 _previous_handler: Any = None
 _handler_installed = False
+_rearmed = False  # a retry SIGALRM is on its way (setitimer)
 
 
 def _install_handler() -> None:
@@ -148,14 +156,20 @@ def _install_handler() -> None:
 
 
 def _on_sigalrm(signum: int, frame: Any) -> None:
+    global _rearmed
     with _lock:
+        retry, _rearmed = _rearmed, False
         for target in reversed(_main_targets):
             if target.active and target.exc is not None:
                 if _unsafe(target.thread_id, frame):  # not here: SIGALRM comes again soon
+                    _rearmed = True
                     signal.setitimer(signal.ITIMER_REAL, _RETRY)
                     return
-                exc, target.exc = target.exc, None  # (sent again if it is swallowed)
+                exc, target.exc = target.exc, None
+                target.active = False
                 raise exc
+        if retry:
+            return  # our own retry, after its run left the guard: nobody else's signal
     handler = _previous_handler
     if callable(handler):
         handler(signum, frame)
@@ -172,20 +186,14 @@ def guard() -> _Target:
 def interrupt(target: _Target, exc: BaseException) -> bool:
     """Raise `exc` in the guarded thread, if it is still inside its guard (now, or as soon
     as the thread is out of code an exception must not enter)."""
-    held_back = sent = False
+    held_back = False
     with target.lock:
-        if not target.active:
+        if not target.active or target.exc is not None:
             return False
-        if target.exc is not None:  # sent before: swallowed, if it is ours and long enough ago
-            if target.exc is not exc or time.monotonic() - target.sent_at < _RESEND:
-                return False
-            target.exc = None
         if target.in_main:
             if signal.getsignal(signal.SIGALRM) is not _on_sigalrm:
                 return False  # the program took SIGALRM over; the run stops at its next call
             target.exc = exc
-            target.sent_at = time.monotonic()
-            sent = True
             signal.pthread_kill(target.thread_id, signal.SIGALRM)
         else:
             if _traced():
@@ -199,10 +207,9 @@ def interrupt(target: _Target, exc: BaseException) -> bool:
                 held_back = True
             else:
                 target.held = None
-                _held.pop(tid, None)
+                if _held.get(tid) is target:
+                    del _held[tid]
                 target.exc = exc
-                target.sent_at = time.monotonic()
-                sent = True
                 # The C API takes an exception class; a subclass per interrupt carries `.run`.
                 cls = type(type(exc).__name__, (type(exc),), {"run": getattr(exc, "run", None)})
                 cls.__module__ = type(exc).__module__
@@ -212,16 +219,13 @@ def interrupt(target: _Target, exc: BaseException) -> bool:
                 if _unsafe(tid, sys._current_frames().get(tid)):
                     _set_async_exc(target.thread_id, None)
                     target.exc = None
-                    held_back, sent = True, False
+                    held_back = True
             if held_back:
                 target.held = exc
                 _held[tid] = target
-    # (Outside `target.lock`: the timer thread takes the two locks the other way round.)
-    if held_back:
+    if held_back:  # (outside `target.lock`, which is never held while taking `_lock`)
         _wrap_logging_release()
         at_deadline(time.monotonic() + _RETRY, target, functools.partial(_same, exc))
-    elif sent:
-        at_deadline(time.monotonic() + _RESEND, target, functools.partial(_same, exc))
     return True
 
 
@@ -232,35 +236,37 @@ _original_release: Any = None
 
 def _wrap_logging_release() -> None:
     """Make `logging.Handler.release` deliver a held-back interrupt once the thread holds
-    none of logging's locks: the earliest moment it can land safely."""
+    none of logging's locks and returns to code where it may land: the earliest safe moment."""
     global _original_release
-    if _original_release is not None:
-        return
-    import logging
+    with _lock:
+        if _original_release is not None:
+            return
+        original = logging.Handler.release
 
-    original = logging.Handler.release
+        def release(self: logging.Handler) -> None:
+            original(self)
+            if _held:
+                target = _held.get(threading.get_ident())
+                if (
+                    target is not None
+                    and not _holds_logging_lock(target.thread_id)
+                    and not _unsafe_code(sys._getframe(1), logging_ok=True)
+                ):
+                    _deliver_held(target)
 
-    def release(self: logging.Handler) -> None:
-        original(self)
-        if _held:
-            target = _held.get(threading.get_ident())
-            if target is not None and not _holds_logging_lock(target.thread_id):
-                _deliver_held(target)
-
-    release.__wrapped__ = original  # type: ignore[attr-defined]
-    _original_release = original
-    logging.Handler.release = release  # type: ignore[method-assign]
+        release.__wrapped__ = original  # type: ignore[attr-defined]
+        _original_release = original
+        logging.Handler.release = release  # type: ignore[method-assign]
 
 
 def _deliver_held(target: _Target) -> None:
     with target.lock:
         exc, target.held = target.held, None
-        _held.pop(target.thread_id, None)
+        if _held.get(target.thread_id) is target:
+            del _held[target.thread_id]
         if exc is None or not target.active or target.exc is not None:
             return
         target.exc = exc
-        target.sent_at = time.monotonic()
-    at_deadline(target.sent_at + _RESEND, target, functools.partial(_same, exc))
     raise exc
 
 
@@ -305,16 +311,20 @@ def at_deadline(deadline: float, target: _Target, make_exc: Callable[[], BaseExc
 
 
 def _timer_loop() -> None:
-    with _wakeup:
-        while True:
-            if not _heap:
-                _wakeup.wait()
-                continue
-            deadline, _, target, make_exc = _heap[0]
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                _wakeup.wait(delay)
-                continue
-            heapq.heappop(_heap)
-            if target.active:
-                interrupt(target, make_exc())
+    while True:
+        with _wakeup:
+            while True:
+                if not _heap:
+                    _wakeup.wait()
+                    continue
+                deadline, _, target, make_exc = _heap[0]
+                delay = deadline - time.monotonic()
+                if delay > 0:
+                    _wakeup.wait(delay)
+                    continue
+                heapq.heappop(_heap)
+                break
+        # Outside `_lock`: `interrupt` takes a worker's target lock, and a thread holding that
+        # one may be waiting for `_lock` (the main thread's SIGALRM handler).
+        if target.active:
+            interrupt(target, make_exc())

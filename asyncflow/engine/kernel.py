@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from asyncflow.engine.interrupts import interruptible
+
 T = TypeVar("T")
 
 _lock = threading.Lock()
@@ -38,6 +40,7 @@ def portal() -> BlockingPortal:
     return _portal
 
 
+@interruptible  # a sync run's timeout or cancellation may stop its wait for the kernel loop
 def run(awaitable: Awaitable[T]) -> T:
     """Block this thread until `awaitable` has run to completion on the kernel loop."""
     return portal().call(_await, awaitable)

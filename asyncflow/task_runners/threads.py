@@ -80,6 +80,16 @@ class ThreadPoolTaskRunner(TaskRunner):
                 return
             work()
             work = None  # an idle worker must not keep its last run (and registry) alive
+            if self._blocked == 0 and len(self._threads) > self._limit and self._retire():
+                return  # a stand-in for a worker that waited is no longer needed
+
+    def _retire(self) -> bool:
+        """Leave the pool if it has more threads than its limit (and no waiting workers)."""
+        with self._lock:
+            if len(self._threads) <= self._limit + self._blocked or self._closed:
+                return False
+            self._threads.remove(threading.current_thread())
+            return True
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
