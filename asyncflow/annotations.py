@@ -40,6 +40,10 @@ class quote(_Annotation[T]):
 
     __slots__ = ()
 
+    def unquote(self) -> T:
+        """The quoted value (Prefect's name for `unwrap`)."""
+        return self.value
+
 
 __all__ = [
     "allow_failure",

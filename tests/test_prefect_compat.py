@@ -321,3 +321,10 @@ async def test_task_on_running_hooks_async_and_per_attempt() -> None:
 
     assert await run() == 1
     assert seen == ["Running", "Retrying"]
+
+
+def test_quote_unquote() -> None:
+    from asyncflow import quote
+
+    value = [1, 2]
+    assert quote(value).unquote() is value
