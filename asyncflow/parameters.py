@@ -99,6 +99,14 @@ class Signature:
         bound.apply_defaults()
         return dict(bound.arguments), explicit
 
+    def not_mapped(self, explicit: frozenset[str], bound: bool) -> frozenset[str]:
+        """Parameters `.map()` never iterates: defaults (not in `explicit`), `**kwargs`,
+        and the instance of a bound method (the first parameter, when `bound`)."""
+        names = [n for n, p in self.params.items() if n not in explicit or p.kind is _P.VAR_KEYWORD]
+        if bound and self.params:
+            names.append(next(iter(self.params)))
+        return frozenset(names)
+
     def name_fields(self, parameters: dict[str, Any]) -> dict[str, Any]:
         """`parameters` with a **kwargs entry spread out, for run-name templates."""
         if not self.has_var_keyword:

@@ -146,7 +146,11 @@ class Task(Spec, Generic[P, R]):
         __call__ = entry.call
 
     # -- submission -----------------------------------------------------------------------------
-    def submit(self, /, *args: Any, **kwargs: Any) -> TaskRunFuture[Any]:
+    @overload
+    def submit(self, /, *args: Any, return_state: Literal[True], **kwargs: Any) -> State[Any]: ...
+    @overload
+    def submit(self, /, *args: Any, **kwargs: Any) -> TaskRunFuture[Any]: ...
+    def submit(self, /, *args: Any, **kwargs: Any) -> Any:
         """Start a task run concurrently and return its future.
 
         Futures and states among the arguments (and in ``wait_for=[...]``) are waited for
@@ -154,19 +158,23 @@ class Task(Spec, Generic[P, R]):
         """
         return submission.submit(self, args, kwargs)
 
-    def map(self, /, *args: Any, **kwargs: Any) -> FutureList[Any]:
+    def map(self, /, *args: Any, **kwargs: Any) -> Any:
         """Submit one task run per element of the iterable arguments.
 
-        Wrap constant arguments in `unmapped(...)`; strings and bytes are never iterated.
-        All iterables must have the same length.
+        Wrap constant arguments in `unmapped(...)`; strings and bytes are never iterated,
+        nor are defaults, `**kwargs` or the instance of a method. All iterables must have
+        the same length. With `return_state=True`, waits and returns the final States.
         """
         wait_for = kwargs.pop("wait_for", None)
-        kwargs.pop("return_state", None)
-        parameters, _ = self.signature.bind(self._args(args), kwargs)
+        return_state = kwargs.pop("return_state", False)
+        parameters, explicit = self.signature.bind(self._args(args), kwargs)
+        fixed = self.signature.not_mapped(explicit, self._bound is not UNBOUND)
         mapped: dict[str, list[Any]] = {}
         static: dict[str, Any] = {}
         for key, value in parameters.items():
-            if isinstance(value, (unmapped, quote)):
+            if key in fixed:
+                static[key] = value
+            elif isinstance(value, (unmapped, quote)):
                 static[key] = value.value if isinstance(value, unmapped) else value
             elif isinstance(value, TaskRunFuture) and _iterable(value.result()):
                 mapped[key] = list(value.result())
@@ -194,6 +202,9 @@ class Task(Spec, Generic[P, R]):
                 {**static, **{k: v[i] for k, v in mapped.items()}}
             )
             futures.append(self_unbound.submit(*call_args, wait_for=wait_for, **call_kwargs))
+        if return_state:
+            futures.wait()
+            return [future.state for future in futures]
         return futures
 
 

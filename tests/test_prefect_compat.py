@@ -328,3 +328,40 @@ def test_quote_unquote() -> None:
 
     value = [1, 2]
     assert quote(value).unquote() is value
+
+
+# -- 6: what .map() iterates, and return_state on .submit() / .map() ----------------------------
+def test_map_does_not_iterate_defaults_kwargs_or_the_instance() -> None:
+    @task
+    def add(x: int, extra: tuple[int, ...] = (10, 20, 30, 40), **options: Any) -> int:
+        return x + len(extra) + len(options)
+
+    class Items(list[int]):
+        @task
+        def at(self, i: int) -> int:
+            return self[i]
+
+    @flow
+    def run() -> tuple[list[int], list[int]]:
+        return (
+            add.map([1, 2], scale=[0, 0, 0]).result(),  # `scale` lands in **options
+            Items([7, 8, 9]).at.map([0, 2]).result(),
+        )
+
+    assert run() == ([6, 7], [7, 9])
+
+
+def test_return_state_on_submit_and_map() -> None:
+    from asyncflow.states import State
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @flow
+    def run() -> tuple[Any, Any]:
+        return double.submit(2, return_state=True), double.map([1, 2], return_state=True)
+
+    one, many = run()
+    assert isinstance(one, State) and one.result() == 4
+    assert [s.result() for s in many] == [2, 4]

@@ -26,10 +26,14 @@ from asyncflow.states import State
 from asyncflow.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 
-def submit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskRunFuture[Any]:
-    """Register a task run, start it when its inputs are ready, and return its future."""
+def submit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Register a task run, start it when its inputs are ready, and return its future (or,
+    with `return_state=True`, wait and return its final State, as Prefect does)."""
     wait_for = kwargs.pop("wait_for", None)
-    kwargs.pop("return_state", None)
+    if kwargs.pop("return_state", False):
+        future = submit(task, args, kwargs)
+        future.wait()
+        return future.state
     args = task._args(args)
     parent = flow_run_var.get()
     if parent is not None:
