@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
 from asyncflow.exceptions import InvalidDefinitionError, InvalidNameError, ReservedArgumentError
+from asyncflow.naming import check_template
 from asyncflow.parameters import Signature, callable_name
 from asyncflow.states import State, StateType
 
@@ -169,6 +170,31 @@ class Spec:
         self.__qualname__ = getattr(fn, "__qualname__", self.__name__)
         self.__module__ = getattr(fn, "__module__", None)  # type: ignore[assignment]
         self.__wrapped__ = fn
+
+    def _set_common(self, options: Mapping[str, Any], default_name: str, run_name: str) -> str:
+        """The options flows and tasks share: name, description, retries, timeout,
+        log_prints, the run-name template (option `run_name`) and the state hooks the class
+        takes. Returns the owner label for error messages."""
+        name = options.get("name")
+        check_name(name, self.decorator)
+        self.name = name or default_name
+        description = options.get("description")
+        self.description = description if description is not None else inspect.getdoc(self.fn)
+        owner = f"{self.decorator} {self.name!r}"
+        delay = options.get("retry_delay_seconds")
+        self.retries = check_retries(options.get("retries"), delay, owner)
+        self.retry_delay_seconds = delay or 0
+        self.timeout_seconds = check_timeout(options.get("timeout_seconds"), owner)
+        self.log_prints = options.get("log_prints")
+        if self.log_prints:
+            from asyncflow.logging import enable_log_prints
+
+            enable_log_prints()  # patched once, at decoration, so no run pays for it
+        template = options.get(run_name)
+        check_template(template, self.signature.names, self.signature.has_var_keyword, run_name)
+        setattr(self, run_name, template)  # `flow_run_name` / `task_run_name`
+        self._set_hooks({k: options.get(k) for k in _HOOK_TYPES if k in self.option_names})
+        return owner
 
     def _set_hooks(self, hooks: dict[str, Any]) -> None:
         """Store state hooks by the state type that triggers them; check they are callables."""

@@ -10,14 +10,11 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, T
 from asyncflow._spec import (
     Spec,
     StateHook,
-    check_name,
     check_option_names,
-    check_retries,
-    check_timeout,
 )
 from asyncflow.engine import entry
 from asyncflow.exceptions import InvalidDefinitionError
-from asyncflow.naming import RunName, check_template, slugify
+from asyncflow.naming import RunName, slugify
 from asyncflow.registry import KIND_FLOW
 from asyncflow.states import State
 
@@ -62,6 +59,7 @@ class Flow(Spec, Generic[P, R]):
     decorator = "@flow"
     run_kind = KIND_FLOW
     option_names = FlowOptions.__optional_keys__
+    flow_run_name: RunName  # (set by `_set_common`)
 
     def with_options(self, **changes: Unpack[FlowOptions]) -> Flow[P, R]:
         """A copy with some options changed; the original is untouched."""
@@ -70,47 +68,12 @@ class Flow(Spec, Generic[P, R]):
     def __init__(self, fn: Callable[P, R], **options: Unpack[FlowOptions]) -> None:
         check_option_names(options, type(self))
         self._wrap(fn, dict(options))
-        name = options.get("name")
-        description = options.get("description")
-        version = options.get("version")
-        flow_run_name = options.get("flow_run_name")
-        retries = options.get("retries")
-        retry_delay_seconds = options.get("retry_delay_seconds")
-        timeout_seconds = options.get("timeout_seconds")
-        validate_parameters = options.get("validate_parameters", True)
-        log_prints = options.get("log_prints")
-        task_runner = options.get("task_runner")
-        check_name(name, "@flow")
         # A lambda's name is "<lambda>": Prefect names such flows "unknown-lambda".
-        self.name: str = name or (
-            "unknown-lambda" if self.__name__ == "<lambda>" else slugify(self.__name__)
-        )
-        self.description = description if description is not None else inspect.getdoc(fn)
-        self._version = version
-        owner = f"@flow {self.name!r}"
-        self.retries = check_retries(retries, retry_delay_seconds, owner)
-        self.retry_delay_seconds = retry_delay_seconds or 0
-        self.timeout_seconds = check_timeout(timeout_seconds, owner)
-        self.validate_parameters = bool(validate_parameters)
-        self.log_prints = log_prints
-        if log_prints:
-            from asyncflow.logging import enable_log_prints
-
-            enable_log_prints()  # patched once, at decoration, so no run pays for it
-        self.flow_run_name = flow_run_name
-        check_template(
-            flow_run_name, self.signature.names, self.signature.has_var_keyword, "flow_run_name"
-        )
-        self.task_runner = _check_runner(task_runner, owner)
-        self._set_hooks(
-            {
-                "on_completion": options.get("on_completion"),
-                "on_failure": options.get("on_failure"),
-                "on_cancellation": options.get("on_cancellation"),
-                "on_crashed": options.get("on_crashed"),
-                "on_running": options.get("on_running"),
-            }
-        )
+        default = "unknown-lambda" if self.__name__ == "<lambda>" else slugify(self.__name__)
+        owner = self._set_common(options, default, "flow_run_name")
+        self._version = options.get("version")
+        self.validate_parameters = bool(options.get("validate_parameters", True))
+        self.task_runner = _check_runner(options.get("task_runner"), owner)
 
     # -- hook decorators beyond `Spec`'s (on_completion, on_failure, on_running) ------------------
     def on_cancellation(self, fn: H) -> H:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, TypeVar, overload
 
@@ -10,10 +9,7 @@ from asyncflow._spec import (
     UNBOUND,
     Spec,
     StateHook,
-    check_name,
     check_option_names,
-    check_retries,
-    check_timeout,
     load_by_name,
 )
 from asyncflow.annotations import quote, unmapped
@@ -24,7 +20,7 @@ from asyncflow.exceptions import (
     MappingMissingIterable,
 )
 from asyncflow.futures import FutureList, TaskRunFuture
-from asyncflow.naming import RunName, check_template
+from asyncflow.naming import RunName
 from asyncflow.registry import KIND_TASK
 from asyncflow.states import State
 
@@ -67,6 +63,7 @@ class Task(Spec, Generic[P, R]):
     decorator = "@task"
     run_kind = KIND_TASK
     option_names = TaskOptions.__optional_keys__
+    task_run_name: RunName  # (set by `_set_common`)
 
     def with_options(self, **changes: Unpack[TaskOptions]) -> Task[P, R]:
         """A copy with some options changed; the original is untouched."""
@@ -75,25 +72,10 @@ class Task(Spec, Generic[P, R]):
     def __init__(self, fn: Callable[P, R], **options: Unpack[TaskOptions]) -> None:
         check_option_names(options, type(self))
         self._wrap(fn, dict(options))
-        name = options.get("name")
-        description = options.get("description")
-        tags = options.get("tags")
-        version = options.get("version")
-        retries = options.get("retries")
-        retry_delay_seconds = options.get("retry_delay_seconds")
+        owner = self._set_common(options, self.__name__, "task_run_name")
+        self.tags = frozenset(options.get("tags") or ())
+        self.version = options.get("version")
         retry_jitter_factor = options.get("retry_jitter_factor")
-        retry_condition_fn = options.get("retry_condition_fn")
-        timeout_seconds = options.get("timeout_seconds")
-        task_run_name = options.get("task_run_name")
-        log_prints = options.get("log_prints")
-        check_name(name, "@task")
-        self.name: str = name or self.__name__
-        self.description = description if description is not None else inspect.getdoc(fn)
-        self.tags = frozenset(tags or ())
-        self.version = version
-        owner = f"@task {self.name!r}"
-        self.retries = check_retries(retries, retry_delay_seconds, owner)
-        self.retry_delay_seconds = retry_delay_seconds or 0
         if retry_jitter_factor is not None and (
             not isinstance(retry_jitter_factor, (int, float)) or retry_jitter_factor < 0
         ):
@@ -101,26 +83,10 @@ class Task(Spec, Generic[P, R]):
                 f"{owner}: retry_jitter_factor must be a number >= 0, got {retry_jitter_factor!r}."
             )
         self.retry_jitter_factor = retry_jitter_factor
+        retry_condition_fn = options.get("retry_condition_fn")
         if retry_condition_fn is not None and not callable(retry_condition_fn):
             raise InvalidDefinitionError(f"{owner}: retry_condition_fn must be callable.")
         self.retry_condition_fn = retry_condition_fn
-        self.timeout_seconds = check_timeout(timeout_seconds, owner)
-        self.task_run_name = task_run_name
-        check_template(
-            task_run_name, self.signature.names, self.signature.has_var_keyword, "task_run_name"
-        )
-        self.log_prints = log_prints
-        if log_prints:
-            from asyncflow.logging import enable_log_prints
-
-            enable_log_prints()  # patched once, at decoration, so no run pays for it
-        self._set_hooks(
-            {
-                "on_completion": options.get("on_completion"),
-                "on_failure": options.get("on_failure"),
-                "on_running": options.get("on_running"),
-            }
-        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by reference (module + name), so process pools can ship it."""
