@@ -125,7 +125,7 @@ class TaskRunFuture(Generic[R]):
         state = self._state
         if state is None:
             raise TimeoutError(f"Task run {self.task_run_id} did not finish within {timeout} s.")
-        return state.result(raise_on_failure=raise_on_failure)  # type: ignore[no-any-return]
+        return state._result(raise_on_failure)  # type: ignore[no-any-return]
 
     # -- async waiting ------------------------------------------------------------------------
     async def wait_async(self, timeout: float | None = None) -> None:
@@ -150,7 +150,7 @@ class TaskRunFuture(Generic[R]):
         state = self._state
         if state is None:
             raise TimeoutError(f"Task run {self.task_run_id} did not finish within {timeout} s.")
-        return state.result(raise_on_failure=raise_on_failure)  # type: ignore[no-any-return]
+        return state._result(raise_on_failure)  # type: ignore[no-any-return]
 
     def __await__(self) -> Generator[Any, None, R]:
         return self.result_async().__await__()

@@ -9,11 +9,17 @@ from __future__ import annotations
 import datetime
 import enum
 import time
-from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
-from asyncflow.exceptions import CancelledRun, CrashedRun, FailedRun
+from asyncflow._awaiting import awaited_by_caller
+from asyncflow.exceptions import (
+    CancelledRun,
+    CrashedRun,
+    FailedRun,
+    PausedRun,
+    UnfinishedRun,
+)
 
 R = TypeVar("R")
 
@@ -166,15 +172,33 @@ class State(Generic[R]):
         """The run's result. A failed, crashed or cancelled state raises its error; with
         `raise_on_failure=False` it returns its data instead, as Prefect does: the exception,
         the states of an aggregate (`'1/3 states failed.'`), or what a manual
-        `Failed(data=...)` holds (its error, when it holds nothing)."""
-        if self.type in _ERROR_TYPES:
+        `Failed(data=...)` holds (its error, when it holds nothing). A state that is not
+        final raises `UnfinishedRun` (`PausedRun` when paused).
+
+        `await state.result()`, as code written for Prefect says in async functions, works
+        too: awaited at the call, it returns an awaitable of the same."""
+        if awaited_by_caller():
+            return self.aresult(raise_on_failure)
+        return self._result(raise_on_failure)
+
+    async def aresult(self, raise_on_failure: bool = True) -> Any:
+        """`result()` as a coroutine."""
+        return self._result(raise_on_failure)
+
+    def _result(self, raise_on_failure: bool = True) -> Any:
+        type_ = self.type
+        if type_ is StateType.COMPLETED:
+            return self.data
+        if type_ in _ERROR_TYPES:
             if not raise_on_failure and self.data is not None:
                 return self.data
             exc = state_exception(self)
             if raise_on_failure:
                 raise exc
             return exc
-        return self.data
+        if type_ is StateType.PAUSED:
+            raise PausedRun("Run is paused, its result is not available.")
+        raise UnfinishedRun(f"Run is in {type_.value} state, its result is not available.")
 
     # -- display --------------------------------------------------------------------------
     def __str__(self) -> str:
@@ -207,8 +231,17 @@ class State(Generic[R]):
 _ERROR_TYPES = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
 
 
+_WRAPPERS = {
+    StateType.FAILED: (FailedRun, "Run failed."),
+    StateType.CRASHED: (CrashedRun, "Run crashed."),
+    StateType.CANCELLED: (CancelledRun, "Run cancelled."),
+}
+
+
 def state_exception(state: State[Any]) -> BaseException:
-    """The exception a failed, crashed or cancelled state stands for."""
+    """The exception a failed, crashed or cancelled state stands for: the one it holds,
+    that of the first failed state it holds, or FailedRun / CrashedRun / CancelledRun with
+    its message (or the string it holds)."""
     data = state.data
     if isinstance(data, BaseException):
         return data
@@ -219,10 +252,25 @@ def state_exception(state: State[Any]) -> BaseException:
             inner = getattr(item, "state", item)
             if isinstance(inner, State) and inner.type in _ERROR_TYPES:
                 return state_exception(inner)
-    cls = {StateType.CRASHED: CrashedRun, StateType.CANCELLED: CancelledRun}.get(
-        state.type, FailedRun
-    )
-    return cls(state.message or f"Run ended in state {state}")
+    wrapper, default = _WRAPPERS.get(state.type, _WRAPPERS[StateType.FAILED])
+    return wrapper(data if isinstance(data, str) else state.message or default)
+
+
+get_state_exception = state_exception  # Prefect's name
+
+
+def raise_state_exception(state: State[Any]) -> Any:
+    """Raise the exception a failed, crashed or cancelled state stands for; do nothing
+    for other states. (`await raise_state_exception(state)` works as well.)"""
+    if state.type in _ERROR_TYPES:
+        raise state_exception(state)
+    if awaited_by_caller():
+        return _nothing()
+    return None
+
+
+async def _nothing() -> None:
+    return None
 
 
 # -- constructors ---------------------------------------------------------------------------
@@ -279,11 +327,12 @@ def _recorded(state: State[Any]) -> bool:
 
 
 def state_from_return_value(value: Any) -> State[Any]:
-    """Apply the final-state rules to what a flow body returned.
+    """Apply the final-state rules to what a run's body returned (Prefect's rules).
 
-    A State the user made is used as is; a run's state or future counts as a group of one;
-    a list/tuple/set of states or futures fails when any of
-    them did not complete; anything else completes with the value as result.
+    A State the user made is used as is. A run's state or future, or a list/tuple/set made
+    only of them, is judged as a group: Completed when all completed, else Cancelled when
+    any was cancelled, else Failed; the group is the new state's data. Anything else
+    completes with the value as result.
     """
     if isinstance(value, _PLAIN):
         return State(StateType.COMPLETED, data=value)
@@ -291,9 +340,7 @@ def state_from_return_value(value: Any) -> State[Any]:
     if single is not None:
         if not _recorded(single):  # made by the user: used as is
             return single
-        # A run's state (a returned future or `return_state=True`): judged like a group of
-        # one, keeping that run's result (or exception) as the flow's.
-        return _aggregate((single,), [single]).copy(data=single.data)
+        return _aggregate(single, [single])
     if isinstance(value, (list, tuple, set)) and value:
         states = [_as_state(item) for item in value]
         if all(s is not None for s in states):
@@ -301,28 +348,58 @@ def state_from_return_value(value: Any) -> State[Any]:
     return State(StateType.COMPLETED, data=value)
 
 
-def _aggregate(value: Iterable[Any], states: list[State[Any]]) -> State[Any]:
-    data = type(value)(states) if isinstance(value, (tuple, set)) else states
-    failed = [s for s in states if s.type in (StateType.FAILED, StateType.CRASHED)]
-    if failed:
-        return State(
-            StateType.FAILED, message=f"{len(failed)}/{len(states)} states failed.", data=data
-        )
-    cancelled = [s for s in states if s.type is StateType.CANCELLED]
-    if cancelled:  # cancellations, not failures (as in Prefect): the run ends Cancelled
-        return State(
-            StateType.CANCELLED,
-            message=f"{len(cancelled)}/{len(states)} states cancelled.",
-            data=data,
-        )
-    not_done = [s for s in states if s.type is not StateType.COMPLETED]
-    if not_done:
-        return State(
-            StateType.FAILED,
-            message=f"{len(not_done)}/{len(states)} states are not final.",
-            data=data,
-        )
-    return State(StateType.COMPLETED, message="All states completed.", data=data)
+def _aggregate(value: Any, states: list[State[Any]]) -> State[Any]:
+    if isinstance(value, State) or all(s is v for s, v in zip(states, value, strict=True)):
+        data = value
+    else:
+        data = type(value)(states) if isinstance(value, (tuple, set)) else states
+    total = len(states)
+    counts: dict[StateType, int] = {}
+    for s in states:
+        counts[s.type] = counts.get(s.type, 0) + 1
+    if counts.get(StateType.COMPLETED) == total:
+        return State(StateType.COMPLETED, message="All states completed.", data=data)
+    if StateType.CANCELLED in counts:  # cancellations, not failures (as in Prefect)
+        message = f"{counts[StateType.CANCELLED]}/{total} states cancelled."
+        return State(StateType.CANCELLED, message=message, data=data)
+    failed = counts.get(StateType.FAILED, 0) + counts.get(StateType.CRASHED, 0)
+    if StateType.PAUSED in counts:
+        message = f"{counts[StateType.PAUSED]}/{total} states paused."
+    elif failed:
+        message = f"{failed}/{total} states failed."
+    else:
+        not_final = sum(n for t, n in counts.items() if t not in TERMINAL_TYPES)
+        message = f"{not_final}/{total} states are not final."
+    return State(StateType.FAILED, message=message, data=data)
+
+
+_SCALARS = (int, float, str, bytes, bool, type(None))
+
+
+def resolve_futures_to_states(value: Any, _depth: int = 0) -> Any:
+    """`value` with each future in it replaced by its final state (waiting for it), in
+    lists, tuples, sets and dicts down to 32 levels; the same object when none is in it.
+    What a flow returns goes through this, as in Prefect."""
+    if isinstance(value, _SCALARS) or _depth > 32:
+        return value
+    final = getattr(type(value), "_final_state_for_return", None)
+    if final is not None:
+        return final(value)
+    kind = type(value)
+    if kind is dict:
+        if all(isinstance(v, _SCALARS) for v in value.values()):
+            return value
+        resolved = {k: resolve_futures_to_states(v, _depth + 1) for k, v in value.items()}
+        return value if all(resolved[k] is v for k, v in value.items()) else resolved
+    named_tuple = kind.__base__ is tuple and hasattr(kind, "_fields")
+    if kind in (list, tuple, set, frozenset) or named_tuple:
+        if all(isinstance(v, _SCALARS) for v in value):
+            return value
+        items = [resolve_futures_to_states(v, _depth + 1) for v in value]
+        if all(new is old for new, old in zip(items, value, strict=True)):
+            return value
+        return kind(*items) if named_tuple else kind(items)
+    return value
 
 
 __all__ = [
@@ -343,4 +420,6 @@ __all__ = [
     "StateDetails",
     "StateType",
     "TimedOut",
+    "get_state_exception",
+    "raise_state_exception",
 ]

@@ -670,7 +670,8 @@ def always_succeeds_task():
 
 
 def test_seed_return_a_future(registry, logs, capsys):
-    """Seed 'Return a future': the flow returns the succeeding task's future -> Completed."""
+    """Seed 'Return a future': the flow returns the succeeding task's future -> Completed;
+    the call gives back that task run's state, as in Prefect."""
 
     @flow
     def always_succeeds_flow():
@@ -678,7 +679,8 @@ def test_seed_return_a_future(registry, logs, capsys):
         y = always_succeeds_task.submit(wait_for=[x])
         return y
 
-    assert always_succeeds_flow() == "success"
+    returned = always_succeeds_flow()
+    assert returned.is_completed() and returned.result() == "success"
     (record,) = registry.runs(kind="flow")
     assert record.spec_name == "always-succeeds-flow"
     assert record.state.is_completed()
@@ -738,8 +740,11 @@ def test_seed_return_multiple_states(registry, logs):
     )
     assert finished.levelname == "ERROR"
     assert getattr(finished, "run_label", None) == f"Flow run '{parent.name}'"
+    # the call gives back the returned states, failed or not (Prefect does the same)
+    x, y, z = always_fails_flow()
+    assert (x.is_failed(), y.is_completed(), z.result()) == (True, True, "bar")
     with pytest.raises(ValueError, match="I am bad task"):
-        always_fails_flow()
+        always_fails_flow(return_state=True).result()
 
 
 def test_seed_return_multiple_states_repr(registry):

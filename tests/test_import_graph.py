@@ -132,6 +132,7 @@ def test_the_checker_sees_a_cycle() -> None:
 
 #: The lowest floor: it imports nothing but itself.
 LOWEST = {
+    "asyncflow._awaiting",
     "asyncflow.backend",
     "asyncflow.exceptions",
     "asyncflow.settings",

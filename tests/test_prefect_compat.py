@@ -252,7 +252,7 @@ def test_returned_cancelled_states_cancel_the_flow(registry: Any) -> None:
     assert seen == ["1/3 states cancelled."]
 
 
-def test_a_failure_outweighs_a_cancellation() -> None:
+def test_a_cancellation_outweighs_a_failure_as_in_prefect() -> None:
     from asyncflow.states import Cancelled, Failed
 
     @flow
@@ -260,7 +260,7 @@ def test_a_failure_outweighs_a_cancellation() -> None:
         return Failed(), Cancelled()
 
     state = returns_states(return_state=True)
-    assert state.type.value == "FAILED" and state.message == "1/2 states failed."
+    assert state.type.value == "CANCELLED" and state.message == "1/2 states cancelled."
 
 
 # -- 8: hook decorators and on_running -----------------------------------------------------------
@@ -365,3 +365,245 @@ def test_return_state_on_submit_and_map() -> None:
     one, many = run()
     assert isinstance(one, State) and one.result() == 4
     assert [s.result() for s in many] == [2, 4]
+
+
+# -- 1: what a flow or task call gives back ------------------------------------------------------
+@task
+def _one() -> int:
+    return 1
+
+
+@task
+def _boom() -> None:
+    raise ValueError("boom")
+
+
+def test_a_flow_returning_a_task_state_gives_back_that_state() -> None:
+    @flow
+    def returns_state() -> Any:
+        return _one(return_state=True)
+
+    @flow
+    def returns_future() -> Any:
+        return _one.submit()
+
+    for fl in (returns_state, returns_future):
+        returned = fl()
+        assert returned.is_completed() and returned.result() == 1
+        assert fl(return_state=True).result().result() == 1
+
+    @flow
+    def returns_failed_state() -> Any:
+        return _boom(return_state=True)
+
+    with pytest.raises(ValueError, match="boom"):
+        returns_failed_state()
+    state = returns_failed_state(return_state=True)
+    assert state.message == "1/1 states failed."
+    inner = state.result(raise_on_failure=False)
+    assert inner.is_failed() and isinstance(inner.data, ValueError)
+
+
+def test_a_flow_returning_states_gives_them_back_even_when_one_failed() -> None:
+    @flow
+    def pair() -> Any:
+        return _one(return_state=True), _boom(return_state=True)
+
+    good, bad = pair()  # recorded Failed, yet the call does not raise (as in Prefect)
+    assert good.is_completed() and bad.is_failed()
+    state = pair(return_state=True)
+    assert state.is_failed() and state.message == "1/2 states failed."
+    with pytest.raises(ValueError, match="boom"):
+        state.result()
+    assert [s.type.value for s in state.result(raise_on_failure=False)] == ["COMPLETED", "FAILED"]
+
+
+def test_futures_anywhere_in_a_flow_return_value_become_states() -> None:
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", "left right")
+
+    @flow
+    def nested() -> Any:
+        return {"a": _one.submit(), "b": [(_one.submit(), 2)], "c": Pair(_one.submit(), 3)}
+
+    value = nested()
+    assert value["a"].is_completed() and value["a"].result() == 1
+    assert value["b"][0][0].result() == 1 and value["b"][0][1] == 2
+    assert isinstance(value["c"], Pair) and value["c"].left.result() == 1
+
+
+def test_a_flow_returning_plain_data_keeps_the_same_object() -> None:
+    data = {"x": [1, 2, {"y": (3,)}]}
+
+    @flow
+    def plain() -> Any:
+        return data
+
+    assert plain() is data
+
+
+def test_manual_states_returned_by_a_flow() -> None:
+    from asyncflow.exceptions import FailedRun
+    from asyncflow.states import Completed, Failed
+
+    @flow
+    def completed() -> Any:
+        return Completed(data=5)
+
+    @flow
+    def failed() -> Any:
+        return Failed(data="hello!")
+
+    assert completed() == 5
+    with pytest.raises(FailedRun, match="hello!"):
+        failed()
+    assert failed(return_state=True).result(raise_on_failure=False) == "hello!"
+
+
+def test_a_task_call_gives_back_what_the_task_returned() -> None:
+    from asyncflow.states import Completed, Failed
+
+    @task
+    def manual_failed() -> Any:
+        return Failed(message="nope")
+
+    @task
+    def manual_completed() -> Any:
+        return Completed(data=7)
+
+    @task
+    def states() -> Any:
+        return _one(return_state=True), _boom(return_state=True)
+
+    @flow
+    def calls() -> Any:
+        a, b, c = manual_failed(), manual_completed(), states()
+        return a, b, c, manual_completed.submit().result(), manual_failed.submit()
+
+    a, b, c, seven, failed_future_state = calls(return_state=True).data
+    assert a.is_failed() and a.message == "nope"
+    assert b.is_completed() and b.data == 7 and seven == 7
+    assert [s.type.value for s in c] == ["COMPLETED", "FAILED"]
+    assert failed_future_state.is_failed()
+
+
+def test_default_messages_of_state_exceptions() -> None:
+    from asyncflow.exceptions import CancelledRun, CrashedRun, FailedRun
+    from asyncflow.states import Cancelled, Crashed, Failed
+
+    for make, error, text in (
+        (Failed, FailedRun, "Run failed."),
+        (Crashed, CrashedRun, "Run crashed."),
+        (Cancelled, CancelledRun, "Run cancelled."),
+    ):
+        with pytest.raises(error) as info:
+            make().result()
+        assert str(info.value) == text
+
+
+def test_raise_state_exception() -> None:
+    from asyncflow.states import Completed, Failed, raise_state_exception
+
+    assert raise_state_exception(Completed(data=1)) is None
+    with pytest.raises(KeyError):
+        raise_state_exception(Failed(data=KeyError("k")))
+
+
+def test_result_of_an_unfinished_or_paused_state() -> None:
+    from asyncflow.exceptions import PausedRun, UnfinishedRun
+    from asyncflow.states import Paused, Pending, Running
+
+    with pytest.raises(UnfinishedRun, match="Run is in PENDING state"):
+        Pending().result()
+    with pytest.raises(UnfinishedRun, match="RUNNING"):
+        Running().result()
+    with pytest.raises(PausedRun):
+        Paused().result()
+
+
+# -- 2: `await state.result()` -----------------------------------------------------------------
+@pytest.mark.anyio
+async def test_await_state_result_and_plain_result_both_work() -> None:
+    from asyncflow.states import Completed, Failed, raise_state_exception
+
+    @task
+    async def two() -> int:
+        return 2
+
+    @flow
+    async def uses_both() -> tuple[int, int, int]:
+        state = await two(return_state=True)
+        return state.result(), await state.result(), await state.aresult()
+
+    assert await uses_both() == (2, 2, 2)
+    state = Completed(data=3)
+    assert await state.result() == 3
+    assert state.result() == 3
+    assert await state.result(raise_on_failure=False) == 3
+    with pytest.raises(ValueError):
+        await Failed(data=ValueError("x")).result()
+    assert await raise_state_exception(state) is None
+    with pytest.raises(ValueError):
+        await raise_state_exception(Failed(data=ValueError("x")))
+
+
+@pytest.mark.anyio
+async def test_await_result_inside_an_async_generator_and_comprehension() -> None:
+    from asyncflow.states import Completed
+
+    states = [Completed(data=i) for i in range(3)]
+
+    async def agen() -> Any:
+        for s in states:
+            yield await s.result()
+
+    assert [v async for v in agen()] == [0, 1, 2]
+    assert [await s.result() for s in states] == [0, 1, 2]
+    assert [s.result() for s in states] == [0, 1, 2]
+
+
+# -- 3: blocking on futures in async code -------------------------------------------------------
+@pytest.mark.anyio
+async def test_blocking_on_thread_futures_in_async_code_works() -> None:
+    @task
+    def inc(x: int) -> int:
+        return x + 1
+
+    @flow
+    def sync_child() -> int:
+        return 3
+
+    @flow
+    async def parent() -> Any:
+        future = inc.submit(1)
+        waited = inc.submit(2)
+        waited.wait()
+        return (
+            future.result(),
+            waited.state.is_completed(),
+            inc.map([1, 2]).result(),
+            sync_child(wait_for=[inc.submit(1)]),
+        )
+
+    assert await parent() == (2, True, [2, 3], 3)
+
+
+@pytest.mark.anyio
+async def test_blocking_on_an_async_task_future_on_its_own_loop_is_a_clear_error() -> None:
+    from asyncflow.exceptions import FutureUsageError
+
+    @task
+    async def ainc(x: int) -> int:
+        return x + 1
+
+    @flow
+    async def parent() -> Any:
+        future = ainc.submit(1)
+        with pytest.raises(FutureUsageError, match="await future"):
+            future.result()
+        with pytest.raises(FutureUsageError):
+            ainc.map([1, 2]).result()
+        return await future
+
+    assert await parent() == 2

@@ -296,14 +296,13 @@ def test_process_pool_unpicklable_argument_fails_with_serialization_error(regist
 
     state = send_lock(return_state=True)
     assert state.is_completed()
-    ok, _, future = state.result()
+    ok, _, bad = state.result()  # the returned future stands for its final state
     assert ok == "fine"
-    bad = future.state
     assert bad.is_failed()
     assert isinstance(bad.data, SerializationError)
     assert "'echo'" in str(bad.data)
     with pytest.raises(SerializationError, match="echo"):
-        future.result()
+        bad.result()
 
 
 def test_process_pool_worker_exception_fails_run():

@@ -417,7 +417,7 @@ def drive_sync_generator(
     to_send: Any = None
     try:
         if replaced is not None:
-            _end_sync(engine, flow_engine, gen, None, _REPLACED, replaced).result()
+            _end_sync(engine, flow_engine, gen, None, _REPLACED, replaced)._result()
             return None
         while True:
             token = var.set(engine)
@@ -518,7 +518,7 @@ async def drive_async_generator(
     to_send: Any = None
     try:
         if replaced is not None:
-            (await _end_async(engine, flow_engine, agen, None, _REPLACED, replaced)).result()
+            (await _end_async(engine, flow_engine, agen, None, _REPLACED, replaced))._result()
             return
         while True:
             token = var.set(engine)
@@ -538,7 +538,7 @@ async def drive_async_generator(
             except StopAsyncIteration:
                 state = await _end_async(engine, flow_engine, agen, None, None)
                 if state.type is not StateType.COMPLETED:
-                    state.result()
+                    state._result()
                 return
             except BaseException as exc:
                 state = await _end_async(engine, flow_engine, agen, exc, None)

@@ -51,14 +51,14 @@ def call(spec: Any, /, *args: Any, **kwargs: Any) -> Any:
     kind = spec.kind
     if kind == "sync":
         if spec.run_kind == KIND_FLOW:
-            flow_engine = open_run(spec, parent, args, kwargs, wait_for, False)
-            state = flow_engine.early or drivers.drive_sync(flow_engine, _sync_body, (flow_engine,))
+            engine = open_run(spec, parent, args, kwargs, wait_for, False)
+            state = engine.early or drivers.drive_sync(engine, _sync_body, (engine,))
         else:  # the hot path: `open_run`, `ready` and `body` without their calls
             engine = TaskRunEngine(spec, parent, args, kwargs)
             state = ready(engine, wait_for) if wait_for or needs_resolving(args, kwargs) else None
             if state is None:
                 state = drivers.drive_sync(engine, spec.fn, engine.args, engine.kwargs)
-        return state if return_state else state.result()
+        return state if return_state else engine.call_result(state)
     if kind == "async":
         coro = run_async(spec, parent, args, kwargs, wait_for, bool(return_state))
         return kernel.run(coro) if blocking_context(parent) else coro
@@ -80,7 +80,7 @@ def _opened(engine: RunEngine, wait_for: Any) -> tuple[RunEngine, Any]:
     """A generator run, ready to step: (engine, the generator); raises when it cannot start."""
     early = ready(engine, wait_for)
     if early is not None:
-        early.result()
+        early._result()
     fn, args, kwargs = body(engine)
     return engine, fn(*args, **kwargs)
 
@@ -101,7 +101,7 @@ async def run_async(
     if engine is None:
         engine = open_run(spec, parent, args, kwargs, wait_for, True)
     state = ready(engine, wait_for) or await drivers.drive_async(engine, *body(engine))
-    return state if return_state else state.result()
+    return state if return_state else engine.call_result(state)
 
 
 def open_run(

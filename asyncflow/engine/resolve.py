@@ -70,7 +70,7 @@ def _state_value(state: State[Any], allow: bool) -> Any:
     if state.type is StateType.COMPLETED:
         return state.data
     if allow:
-        return state.result(raise_on_failure=False)
+        return state._result(False)
     raise UpstreamTaskError(f"Upstream task run did not reach a 'COMPLETED' state (it is {state}).")
 
 

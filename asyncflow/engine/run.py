@@ -53,6 +53,7 @@ from asyncflow.states import (
     TERMINAL_TYPES,
     State,
     StateType,
+    resolve_futures_to_states,
     state_from_return_value,
 )
 
@@ -84,6 +85,7 @@ class RunEngine:
         "name",
         "parent",
         "registry",
+        "returned",
         "row",
         "run_count",
         "spec",
@@ -109,6 +111,8 @@ class RunEngine:
         self.registry = parent.registry if parent is not None else get_registry()
         self.run_count = 0
         self.state: State[Any] | None = None
+        # (state, value) when the body returned states: the call gives back the value
+        self.returned: tuple[State[Any], Any] | None = None
         self.start_time: float | None = None
         self.end_time: float | None = None
         self.deadline: float | None = None
@@ -204,7 +208,21 @@ class RunEngine:
                 "a run must end Completed, Failed, Cancelled or Crashed.",
                 data=state,
             )
+        if state.data is not value or state.type is not _COMPLETED:
+            self.returned = (state, value)  # a state, or states: see `call_result`
         return state
+
+    def call_result(self, state: State[Any]) -> Any:
+        """What calling the flow or task gives back, once it ended in `state`: its
+        result, or (Prefect's rules) what the body returned when that was states. A task
+        gives back what it returned; a flow gives back a returned list, tuple or set of
+        states as it is (even when one failed), and a returned state's result."""
+        returned = self.returned
+        if returned is not None and returned[0] is state:
+            value = returned[1]
+            if self.kind != KIND_FLOW or not isinstance(value, State):
+                return value
+        return state._result()
 
     def outcome_of_error(self, exc: BaseException) -> State[Any]:
         """Failed for the user's exceptions, Crashed for interpreter/kernel ones.
@@ -507,6 +525,10 @@ class FlowRunEngine(RunEngine):
         self.last_progress = 0.0
         self.name = ""
         self.row = _NO_ROW
+
+    def outcome_of_value(self, value: Any) -> State[Any]:
+        # futures in what a flow returns stand for their final states (Prefect's rules)
+        return RunEngine.outcome_of_value(self, resolve_futures_to_states(value))
 
     def start(self, not_ready: Exception | None = None) -> State[Any] | None:
         """Register the run and enter Pending; validate parameters.
