@@ -1,7 +1,8 @@
 """asyncflow: Prefect 3-style flows and tasks on an asyncio/trio structured-concurrency kernel."""
 
 from asyncflow import runtime
-from asyncflow.annotations import allow_failure, quote, unmapped
+from asyncflow.annotations import allow_failure, opaque, quote, unmapped
+from asyncflow.context import tags
 from asyncflow.engine.cancellation import cancel_run
 from asyncflow.flows import Flow, flow
 from asyncflow.futures import FutureList, PrefectFuture, TaskRunFuture, as_completed, wait
@@ -27,8 +28,10 @@ __all__ = [
     "cancel_run",
     "flow",
     "get_run_logger",
+    "opaque",
     "quote",
     "runtime",
+    "tags",
     "task",
     "unmapped",
     "wait",

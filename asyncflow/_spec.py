@@ -132,6 +132,20 @@ def check_timeout(timeout: Any, owner: str) -> float | None:
     return float(timeout)
 
 
+def _flag(
+    options: Mapping[str, Any],
+    key: str,
+    owner: str,
+    default: bool | None = None,
+    allow_none: bool = False,
+) -> bool | None:
+    value = options.get(key, default)
+    if isinstance(value, bool) or (value is None and allow_none):
+        return value
+    expected = "True, False or None" if allow_none else "True or False"
+    raise InvalidDefinitionError(f"{owner}: {key} must be {expected}, got {value!r}.")
+
+
 class Spec:
     """A decorated function plus its options; `Flow` and `Task` build on it."""
 
@@ -190,6 +204,10 @@ class Spec:
             from asyncflow.logging import enable_log_prints
 
             enable_log_prints()  # patched once, at decoration, so no run pays for it
+        # Result options, as Prefect's: accepted and kept. (Persisting results is not built
+        # yet: a run's result lives in memory, in its state, whatever they say.)
+        self.persist_result = _flag(options, "persist_result", owner, allow_none=True)
+        self.cache_result_in_memory = _flag(options, "cache_result_in_memory", owner, default=True)
         template = options.get(run_name)
         check_template(template, self.signature.names, self.signature.has_var_keyword, run_name)
         setattr(self, run_name, template)  # `flow_run_name` / `task_run_name`

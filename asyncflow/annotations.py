@@ -35,6 +35,13 @@ class allow_failure(_Annotation[T]):
     __slots__ = ()
 
 
+class opaque(_Annotation[T]):
+    """Resolve a future or state to its result, but do not look inside the result (nor
+    inside any other value) for more futures: for large values, where that walk costs."""
+
+    __slots__ = ()
+
+
 class quote(_Annotation[T]):
     """Pass the value through untouched: futures and states inside it are not resolved."""
 
@@ -47,6 +54,7 @@ class quote(_Annotation[T]):
 
 __all__ = [
     "allow_failure",
+    "opaque",
     "quote",
     "unmapped",
 ]

@@ -41,6 +41,8 @@ class FlowOptions(TypedDict, total=False):
     timeout_seconds: float | None
     validate_parameters: bool
     log_prints: bool | None
+    persist_result: bool | None
+    cache_result_in_memory: bool
     task_runner: TaskRunner | type[TaskRunner] | None
     on_completion: list[StateHook] | None
     on_failure: list[StateHook] | None

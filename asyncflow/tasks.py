@@ -12,8 +12,9 @@ from asyncflow._spec import (
     check_option_names,
     load_by_name,
 )
-from asyncflow.annotations import quote, unmapped
+from asyncflow.annotations import allow_failure, opaque, quote, unmapped
 from asyncflow.engine import entry, submission
+from asyncflow.engine.resolve import resolve
 from asyncflow.exceptions import (
     InvalidDefinitionError,
     MappingLengthMismatch,
@@ -48,6 +49,8 @@ class TaskOptions(TypedDict, total=False):
     timeout_seconds: float | None
     task_run_name: RunName
     log_prints: bool | None
+    persist_result: bool | None
+    cache_result_in_memory: bool
     on_completion: list[StateHook] | None
     on_failure: list[StateHook] | None
     on_running: list[StateHook] | None
@@ -73,7 +76,10 @@ class Task(Spec, Generic[P, R]):
         check_option_names(options, type(self))
         self._wrap(fn, dict(options))
         owner = self._set_common(options, self.__name__, "task_run_name")
-        self.tags = frozenset(options.get("tags") or ())
+        tags = options.get("tags") or ()
+        if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
+            raise TypeError(f"Task tags must be a list of strings, got {tags!r}.")
+        self.tags: set[str] = set(tags)  # a set, as Prefect's
         self.version = options.get("version")
         retry_jitter_factor = options.get("retry_jitter_factor")
         if retry_jitter_factor is not None and (
@@ -140,12 +146,18 @@ class Task(Spec, Generic[P, R]):
         for key, value in parameters.items():
             if key in fixed:
                 static[key] = value
-            elif isinstance(value, (unmapped, quote)):
-                static[key] = value.value if isinstance(value, unmapped) else value
-            elif isinstance(value, TaskRunFuture) and _iterable(value.result()):
-                mapped[key] = list(value.result())
-            elif _iterable(value):
-                mapped[key] = list(value)
+                continue
+            if isinstance(value, unmapped):
+                static[key] = value.value
+                continue
+            # As Prefect: a future or state is mapped over its result; an annotation over a
+            # list (`quote([...])`, `allow_failure([...])`) wraps each element.
+            wrapper = type(value) if isinstance(value, _WRAPPERS) else None
+            inner = value if wrapper is None else value.value
+            if wrapper is not quote and isinstance(inner, (TaskRunFuture, State)):
+                inner = resolve(inner, wrapper is allow_failure)
+            if _iterable(inner):
+                mapped[key] = list(inner) if wrapper is None else [wrapper(v) for v in inner]
             else:
                 static[key] = value
         if not mapped:
@@ -172,6 +184,9 @@ class Task(Spec, Generic[P, R]):
             futures.wait()
             return [future.state for future in futures]
         return futures
+
+
+_WRAPPERS = (allow_failure, opaque, quote)
 
 
 def _iterable(value: Any) -> bool:

@@ -140,6 +140,7 @@ LOWEST = {
     "asyncflow.registry",
     "asyncflow.engine.context",
     "asyncflow.annotations",
+    "asyncflow.context",
     "asyncflow.task_runners.base",
 }
 #: What the engine must not reach: persistence, the API objects, the CLI.
@@ -189,8 +190,10 @@ PUBLIC = [
     "cancel_run",
     "flow",
     "get_run_logger",
+    "opaque",
     "quote",
     "runtime",
+    "tags",
     "task",
     "unmapped",
     "wait",
@@ -208,6 +211,7 @@ def test_public_api_is_pinned_and_importable() -> None:
 #: Modules users import from: each says what it exports, and all of it is there.
 PUBLIC_MODULES = [
     "asyncflow.annotations",
+    "asyncflow.context",
     "asyncflow.exceptions",
     "asyncflow.flows",
     "asyncflow.futures",

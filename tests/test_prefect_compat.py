@@ -607,3 +607,144 @@ async def test_blocking_on_an_async_task_future_on_its_own_loop_is_a_clear_error
         return await future
 
     assert await parent() == 2
+
+
+# -- 6: what .map() iterates ---------------------------------------------------------------------
+@task
+def _ident(x: Any) -> Any:
+    return x
+
+
+@task
+def _kind(x: Any) -> str:
+    return type(x).__name__
+
+
+@task
+def _three() -> list[int]:
+    return [1, 2, 3]
+
+
+def test_map_over_a_state_or_future_holding_a_list() -> None:
+    @flow
+    def mapping() -> Any:
+        state = _three(return_state=True)
+        return _ident.map(state).result(), _ident.map(_three.submit()).result()
+
+    assert mapping() == ([1, 2, 3], [1, 2, 3])
+
+
+def test_map_over_annotated_lists_wraps_each_element() -> None:
+    from asyncflow import allow_failure, quote
+
+    @flow
+    def mapping() -> Any:
+        futures = [_ident.submit(1), _boom.submit()]
+        quoted_future = _ident.submit(9)
+        return (
+            _kind.map(quote([1, 2])).result(),
+            _kind.map(allow_failure(futures)).result(),
+            _kind.map(quote([quoted_future])).result(),
+        )
+
+    quoted, allowed, futures_quoted = mapping()
+    assert quoted == ["int", "int"]
+    assert allowed == ["int", "ValueError"]
+    assert futures_quoted == ["TaskRunFuture"]
+
+
+def test_map_over_a_failed_upstream_raises_upstream_task_error() -> None:
+    from asyncflow.exceptions import UpstreamTaskError
+
+    @flow
+    def mapping() -> None:
+        with pytest.raises(UpstreamTaskError, match="did not reach a 'COMPLETED' state"):
+            _ident.map(_boom.submit())
+        with pytest.raises(UpstreamTaskError, match="Upstream task run '"):
+            _ident.map(_boom(return_state=True))
+
+    mapping()
+
+
+def test_opaque_resolves_the_top_level_only() -> None:
+    from asyncflow import opaque
+
+    @flow
+    def passing() -> Any:
+        inner = _ident.submit(1)
+        nested = {"f": inner}
+        return (
+            _kind.submit(opaque(_ident.submit(5))).result(),  # resolved: int
+            _ident.submit(opaque(nested)).result()["f"] is inner,  # not walked into
+            _ident.submit(nested).result()["f"],  # walked into by default
+        )
+
+    assert passing() == ("int", True, 1)
+
+
+# -- 8: tags --------------------------------------------------------------------------------------
+def test_tags_context_adds_to_flow_and_task_runs() -> None:
+    from asyncflow import runtime, tags
+
+    @task(tags=["t1"])
+    def tagged() -> tuple[list[str], list[str]]:
+        return runtime.task_run.tags, runtime.flow_run.tags
+
+    @flow
+    def child() -> list[str]:
+        return runtime.flow_run.tags
+
+    @flow
+    def parent() -> Any:
+        with tags("inner") as current:
+            inline, sub, submitted = tagged(), child(), tagged.submit().result()
+        return inline, sub, submitted, runtime.flow_run.tags, tagged(), current
+
+    assert tagged.tags == {"t1"} and isinstance(tagged.tags, set)
+    with tags("outer", "x"):
+        inline, sub, submitted, own, after, current = parent()
+    assert current == {"inner", "outer", "x"}
+    assert inline == submitted == (["inner", "outer", "t1", "x"], ["outer", "x"])
+    assert sub == ["inner", "outer", "x"]
+    assert own == ["outer", "x"]
+    assert after == (["outer", "t1", "x"], ["outer", "x"])
+    assert parent()[3] == []  # outside the block: no tags
+    assert tagged.with_options(tags=["z"]).tags == {"z"}
+
+
+@pytest.mark.anyio
+async def test_tags_reach_async_tasks_in_the_task_group() -> None:
+    from asyncflow import runtime, tags
+
+    @task(tags=["a"])
+    async def tagged() -> list[str]:
+        return runtime.task_run.tags
+
+    @flow
+    async def parent() -> Any:
+        with tags("b"):
+            future = tagged.submit()
+        return await future, await tagged()
+
+    assert await parent() == (["a", "b"], ["a"])
+
+
+def test_bad_tags_are_a_type_error() -> None:
+    from asyncflow import tags
+
+    with pytest.raises(TypeError, match="Tags must be strings"), tags(1):  # type: ignore[arg-type]
+        pass
+    with pytest.raises(TypeError, match="list of strings"):
+
+        @task(tags="abc")
+        def one_string() -> None: ...
+
+
+def test_scheduled_start_time_outside_a_run_is_now() -> None:
+    import datetime
+
+    from asyncflow import runtime
+
+    before = datetime.datetime.now(datetime.timezone.utc)
+    value = runtime.flow_run.scheduled_start_time
+    assert before <= value <= datetime.datetime.now(datetime.timezone.utc)

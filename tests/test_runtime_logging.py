@@ -59,15 +59,17 @@ def test_flow_run_fields_inside_a_run(registry):
 
 
 def test_flow_run_fields_outside_a_run_are_empty():
-    """Outside any run, runtime.flow_run fields are None / {} / 0 and never raise."""
-    assert snapshot_flow_run() == {
+    """Outside any run, runtime.flow_run fields are None / {} / 0 and never raise; the
+    scheduled start time is now, as in Prefect."""
+    fields = snapshot_flow_run()
+    assert isinstance(fields.pop("scheduled_start_time"), datetime.datetime)
+    assert fields == {
         "id": None,
         "name": None,
         "flow_name": None,
         "parameters": {},
         "run_count": 0,
         "parent_flow_run_id": None,
-        "scheduled_start_time": None,
     }
 
 

@@ -10,6 +10,8 @@ if TYPE_CHECKING:
 
 flow_run_var: ContextVar[FlowRunEngine | None] = ContextVar("asyncflow_flow_run", default=None)
 task_run_var: ContextVar[TaskRunEngine | None] = ContextVar("asyncflow_task_run", default=None)
+# tags that `asyncflow.tags(...)` adds to the runs started inside it
+tags_var: ContextVar[frozenset[str]] = ContextVar("asyncflow_tags", default=frozenset())
 
 
 def current_flow_run() -> FlowRunEngine | None:

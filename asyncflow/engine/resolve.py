@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from asyncflow.annotations import allow_failure, quote
+from asyncflow.annotations import allow_failure, opaque, quote
 from asyncflow.exceptions import UpstreamTaskError
 from asyncflow.futures import TaskRunFuture
 from asyncflow.states import State, StateType
@@ -28,6 +28,9 @@ def upstreams(value: Any) -> Iterator[TaskRunFuture[Any]]:
         yield value
     elif isinstance(value, allow_failure):
         yield from upstreams(value.value)
+    elif isinstance(value, opaque):
+        if isinstance(value.value, TaskRunFuture):
+            yield value.value
     elif isinstance(value, dict):
         for item in value.values():
             yield from upstreams(item)
@@ -53,6 +56,9 @@ def resolve(value: Any, allow: bool = False) -> Any:
         return value.value
     if isinstance(value, allow_failure):
         return resolve(value.value, True)
+    if isinstance(value, opaque):
+        inner = value.value
+        return resolve(inner, allow) if isinstance(inner, (TaskRunFuture, State)) else inner
     # Containers are rebuilt only when something inside changed, so a caller's list or dict
     # reaches the task as the same object when it holds no futures or states.
     if isinstance(value, dict):
@@ -71,7 +77,9 @@ def _state_value(state: State[Any], allow: bool) -> Any:
         return state.data
     if allow:
         return state._result(False)
-    raise UpstreamTaskError(f"Upstream task run did not reach a 'COMPLETED' state (it is {state}).")
+    run_id = state.state_details.task_run_id if state._details is not None else None
+    run = "Upstream task run" if run_id is None else f"Upstream task run '{run_id}'"
+    raise UpstreamTaskError(f"{run} did not reach a 'COMPLETED' state (it is {state}).")
 
 
 def check_wait_for(wait_for: Any) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
 from asyncflow.engine import cancellation, interrupts
-from asyncflow.engine.context import flow_run_var
+from asyncflow.engine.context import flow_run_var, tags_var
 from asyncflow.exceptions import (
     FlowRunTimeoutError,
     ParameterSizeError,
@@ -92,6 +92,7 @@ class RunEngine:
         "start_time",
         "state",
         "stop",
+        "tags",
     )
     kind: ClassVar[int]
     label_word: ClassVar[str]  # "Flow" or "Task"
@@ -120,6 +121,7 @@ class RunEngine:
         self.cancel_requested = False
         self.stop: Callable[[], None] | None = None  # how a cancel request stops the body
         self.awaiting_hooks: list[tuple[Any, Any]] | None = None  # set by the async driver
+        self.tags: frozenset[str] | set[str] = tags_var.get()
         self.log_prints: bool = (
             spec.log_prints
             if spec.log_prints is not None
@@ -702,6 +704,8 @@ class TaskRunEngine(RunEngine):
         kwargs: dict[str, Any],
     ) -> None:
         self._init_common(task, parent)
+        if task.tags:
+            self.tags = task.tags.union(self.tags) if self.tags else task.tags
         self.args = args
         self.kwargs = kwargs
         if parent is not None:

@@ -27,16 +27,25 @@ def __getattr__(attr: str) -> Any:
     if getter is None:
         raise AttributeError(f"asyncflow.runtime.flow_run has no attribute {attr!r}")
     run = current_flow_run()
-    return getter(run) if run is not None else _EMPTY.get(attr)
+    if run is not None:
+        return getter(run)
+    # outside a flow run, as Prefect: the time now (a run would start now)
+    return _now() if attr == "scheduled_start_time" else _EMPTY.get(attr)
 
 
 def __dir__() -> list[str]:
     return sorted(__all__)
 
 
-def _start(run: Any) -> datetime.datetime | None:
+def _start(run: Any) -> datetime.datetime:
     ts = run.start_time
-    return None if ts is None else datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+    if ts is None:
+        return _now()
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
 
 
 def _root(run: Any) -> Any:
@@ -58,6 +67,6 @@ _GETTERS: dict[str, Any] = {
     ),
     "root_flow_run_id": _root,
     "scheduled_start_time": _start,
-    "tags": lambda r: [],
+    "tags": lambda r: sorted(r.tags),
 }
 _EMPTY: dict[str, Any] = {"parameters": {}, "run_count": 0, "tags": []}

@@ -28,6 +28,6 @@ _GETTERS: dict[str, Any] = {
     "parameters": lambda r: r.parameters,
     "run_count": lambda r: r.run_count,
     "flow_run_id": lambda r: r.parent.id if r.parent is not None else None,
-    "tags": lambda r: sorted(r.spec.tags),
+    "tags": lambda r: sorted(r.tags),
 }
 _EMPTY: dict[str, Any] = {"parameters": {}, "run_count": 0, "tags": []}
