@@ -28,6 +28,8 @@ from asyncflow.states import State
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
+    from asyncflow.task_runners import TaskRunner
+
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
@@ -130,6 +132,11 @@ class Task(Spec, Generic[P, R]):
         """
         return submission.submit(self, args, kwargs)
 
+    def _submit(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], runner: TaskRunner | None = None
+    ) -> Any:
+        return submission.submit(self, args, kwargs, runner)
+
     def map(self, /, *args: Any, **kwargs: Any) -> Any:
         """Submit one task run per element of the iterable arguments.
 
@@ -137,6 +144,11 @@ class Task(Spec, Generic[P, R]):
         nor are defaults, `**kwargs` or the instance of a method. All iterables must have
         the same length. With `return_state=True`, waits and returns the final States.
         """
+        return self._map(args, kwargs)
+
+    def _map(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], runner: TaskRunner | None = None
+    ) -> Any:
         wait_for = kwargs.pop("wait_for", None)
         return_state = kwargs.pop("return_state", False)
         parameters, explicit = self.signature.bind(self._args(args), kwargs)
@@ -179,7 +191,8 @@ class Task(Spec, Generic[P, R]):
             call_args, call_kwargs = self.signature.to_call(
                 {**static, **{k: v[i] for k, v in mapped.items()}}
             )
-            futures.append(self_unbound.submit(*call_args, wait_for=wait_for, **call_kwargs))
+            call_kwargs["wait_for"] = wait_for
+            futures.append(submission.submit(self_unbound, call_args, call_kwargs, runner))
         if return_state:
             futures.wait()
             return [future.state for future in futures]

@@ -226,7 +226,7 @@ def test_pool_shutdown_skips_a_thread_whose_start_was_interrupted() -> None:
     runner = ThreadPoolTaskRunner(max_workers=2)
     never_started = threading.Thread(target=lambda: None)
     runner._threads.append(never_started)  # what the interrupted start left behind
-    runner.submit(lambda: None)
+    runner.submit_work(lambda: None)
     runner.shutdown(wait=True)  # no RuntimeError
 
 

@@ -748,3 +748,72 @@ def test_scheduled_start_time_outside_a_run_is_now() -> None:
     before = datetime.datetime.now(datetime.timezone.utc)
     value = runtime.flow_run.scheduled_start_time
     assert before <= value <= datetime.datetime.now(datetime.timezone.utc)
+
+
+# -- 9: task runners as Prefect objects ---------------------------------------------------------
+@task
+def _add(x: int, y: int = 10) -> int:
+    return x + y
+
+
+def _record_init(path: str) -> None:
+    with open(path, "a") as f:
+        f.write("init\n")
+
+
+def test_runner_submit_and_map_as_in_prefect() -> None:
+    from asyncflow.task_runners import ThreadPoolTaskRunner
+
+    with ThreadPoolTaskRunner(max_workers=2) as runner:
+        future = runner.submit(_add, {"x": 1})
+        chained = runner.submit(_add, {"x": future, "y": 1}, wait_for=[future])
+        mapped = runner.map(_add, {"x": [1, 2, 3]})
+        assert (future.result(), chained.result(), mapped.result()) == (11, 12, [11, 12, 13])
+
+    @flow
+    def inside() -> Any:
+        with ThreadPoolTaskRunner() as own:
+            return own.submit(_add, {"x": 5, "y": 5}).result()
+
+    assert inside() == 10
+
+
+def test_runner_must_be_started_and_parameters_checked() -> None:
+    from asyncflow.task_runners import ThreadPoolTaskRunner
+
+    runner = ThreadPoolTaskRunner()
+    with pytest.raises(RuntimeError, match="not started"):
+        runner.submit(_add, {"x": 1})
+    with runner:
+        with pytest.raises(TypeError, match="parameters must be a dict"):
+            runner.submit(_add, [1])  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="Expected an asyncflow task"):
+            runner.submit(print, {})
+    with runner:  # entered again after its shutdown: works again
+        assert runner.submit(_add, {"x": 2}).result() == 12
+
+
+def test_runner_equality_name_and_duplicate() -> None:
+    from asyncflow.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+    assert ThreadPoolTaskRunner(4) == ThreadPoolTaskRunner(4) != ThreadPoolTaskRunner(5)
+    assert ThreadPoolTaskRunner() != ProcessPoolTaskRunner()
+    assert ThreadPoolTaskRunner().name == "threadpool"
+    assert ProcessPoolTaskRunner().name == "processpool"
+    runner = ProcessPoolTaskRunner(2, initializer=_record_init, initargs=("x",))
+    assert runner.duplicate() == runner
+    with pytest.raises(TypeError, match="initializer must be callable"):
+        ProcessPoolTaskRunner(initializer=3)  # type: ignore[arg-type]
+
+
+def test_process_pool_initializer_runs_in_each_worker(tmp_path: Any) -> None:
+    from asyncflow.task_runners import ProcessPoolTaskRunner
+
+    marker = tmp_path / "inits"
+
+    @flow(task_runner=ProcessPoolTaskRunner(1, initializer=_record_init, initargs=(str(marker),)))
+    def in_processes() -> list[int]:
+        return _add.map([1, 2]).result()
+
+    assert in_processes() == [11, 12]
+    assert marker.read_text() == "init\n"

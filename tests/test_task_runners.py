@@ -166,7 +166,7 @@ def test_per_flow_runner_is_a_fresh_copy_shut_down_after():
     assert f() == 2
     first, second = RecordingRunner.started
     assert first is not second
-    assert template not in (first, second)
+    assert all(template is not r for r in (first, second))  # equal (same config), not the same
     assert first.max_workers == 2
     assert first.was_shut_down and second.was_shut_down
 
@@ -212,13 +212,13 @@ def test_nested_flows_get_their_own_runner():
 
 
 def test_thread_pool_runner_used_directly():
-    """A runner runs submitted callables; after shutdown it refuses new work."""
+    """A runner runs the engine's work callables; after shutdown it refuses new work."""
     done = threading.Event()
     with ThreadPoolTaskRunner(max_workers=2) as runner:
-        runner.submit(done.set)
+        runner.submit_work(done.set)
         assert done.wait(10)
     with pytest.raises(RuntimeError):
-        runner.submit(lambda: None)
+        runner.submit_work(lambda: None)
     assert isinstance(runner, TaskRunner)
     assert isinstance(runner.duplicate(), ThreadPoolTaskRunner)
 
@@ -421,7 +421,7 @@ class _Holding(TaskRunner):
     def duplicate(self):
         return self
 
-    def submit(self, work):
+    def submit_work(self, work):
         self.held.append(work)
 
     def shutdown(self, wait=True):

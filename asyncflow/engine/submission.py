@@ -26,12 +26,15 @@ from asyncflow.states import State
 from asyncflow.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 
-def submit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def submit(
+    task: Any, args: tuple[Any, ...], kwargs: dict[str, Any], runner: TaskRunner | None = None
+) -> Any:
     """Register a task run, start it when its inputs are ready, and return its future (or,
-    with `return_state=True`, wait and return its final State, as Prefect does)."""
+    with `return_state=True`, wait and return its final State, as Prefect does). A sync
+    task runs on `runner`, by default its flow run's."""
     wait_for = kwargs.pop("wait_for", None)
     if kwargs.pop("return_state", False):
-        future = submit(task, args, kwargs)
+        future = submit(task, args, {**kwargs, "wait_for": wait_for}, runner)
         future.wait()
         return future.state
     args = task._args(args)
@@ -41,7 +44,7 @@ def submit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     engine: TaskRunEngine = entry.open_run(task, parent, args, kwargs, wait_for, task.isasync)
     if task.isasync:
         return _submit_async(engine, parent, wait_for)
-    return _submit_sync(engine, parent, wait_for)
+    return _submit_sync(engine, parent, wait_for, runner or runner_for(parent))
 
 
 class _SyncWork:
@@ -120,9 +123,8 @@ class _SyncWork:
 
 
 def _submit_sync(
-    engine: TaskRunEngine, parent: FlowRunEngine | None, wait_for: Any
+    engine: TaskRunEngine, parent: FlowRunEngine | None, wait_for: Any, runner: TaskRunner
 ) -> TaskRunFuture[Any]:
-    runner = runner_for(parent)
     future: TaskRunFuture[Any] = TaskRunFuture(engine.registry, engine.row)
     future._canceller = engine.request_cancel
     pending = parent.pending if parent is not None else None
@@ -132,9 +134,9 @@ def _submit_sync(
         pending.add(future)
     deps = entry.dependencies(engine.args, engine.kwargs, wait_for)
     if deps:
-        _when_ready(deps, lambda: runner.submit(work))
+        _when_ready(deps, lambda: runner.submit_work(work))
     else:
-        runner.submit(work)
+        runner.submit_work(work)
     return future
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -22,18 +22,60 @@ class TaskRunner(abc.ABC):
 
     Each flow run uses its own copy (`duplicate`), entered when the first task is submitted
     and shut down when the flow run ends.
+
+    Used directly, as in Prefect, a runner is a context manager whose `submit(task,
+    parameters)` and `map(task, parameters)` start task runs on it and return futures.
     """
 
     #: True when task functions run in the worker itself (`body` is not consulted).
     in_thread: bool = True
+    _started = False
+
+    @property
+    def name(self) -> str:
+        """The runner's name, as Prefect's: `threadpool`, `processpool`."""
+        return type(self).__name__.lower().replace("taskrunner", "")
 
     @abc.abstractmethod
     def duplicate(self) -> Self:
         """A fresh, unstarted runner with the same configuration."""
 
     @abc.abstractmethod
-    def submit(self, work: Callable[[], None]) -> None:
-        """Run `work()` eventually, on some worker."""
+    def submit_work(self, work: Callable[[], None]) -> None:
+        """Run `work()` eventually, on some worker (the engine's seam)."""
+
+    def submit(
+        self,
+        task: Any,
+        parameters: dict[str, Any],
+        wait_for: Iterable[Any] | None = None,
+        dependencies: Any = None,
+    ) -> Any:
+        """Start a run of `task` with `parameters` on this runner; return its future.
+
+        Prefect's runner API: the runner must be started (`with runner:`). Async tasks run
+        in the flow's task group (or on asyncflow's loop), as with `task.submit()`.
+        `dependencies` is accepted for Prefect's signature; asyncflow finds a run's
+        upstreams in its parameters itself.
+        """
+        self._check_started()
+        args, kwargs = _call_of(task, parameters)
+        return task._submit(args, {**kwargs, "wait_for": wait_for}, runner=self)
+
+    def map(
+        self, task: Any, parameters: dict[str, Any], wait_for: Iterable[Any] | None = None
+    ) -> Any:
+        """`task.map(**parameters, wait_for=wait_for)` on this runner: a list of futures."""
+        self._check_started()
+        args, kwargs = _call_of(task, parameters)
+        return task._map(args, {**kwargs, "wait_for": wait_for}, runner=self)
+
+    def _check_started(self) -> None:
+        if not self._started:
+            raise RuntimeError(
+                f"{self!r} is not started: use it as `with runner:` before submitting to "
+                "it (or give it to a flow as `task_runner=`, which starts its own copy)."
+            )
 
     def body(
         self, task: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -41,12 +83,14 @@ class TaskRunner(abc.ABC):
         """The call that runs the task function, for runners with `in_thread = False`."""
         return lambda: fn(*args, **kwargs)
 
-    def start(self) -> None:  # noqa: B027 - optional hook, not abstract
-        """Acquire resources (optional; `submit` may start lazily)."""
+    def start(self) -> None:
+        """Acquire resources (`submit_work` may also start lazily). Subclasses call this."""
+        self._started = True
 
     @abc.abstractmethod
     def shutdown(self, wait: bool = True) -> None:
-        """Release workers; with `wait`, after the work already submitted finished."""
+        """Release workers; with `wait`, after the work already submitted finished.
+        Subclasses set `_started = False`."""
 
     def cancel_all(self) -> None:
         """Drop work that has not started yet (running work finishes)."""
@@ -79,6 +123,16 @@ class TaskRunner(abc.ABC):
         await anyio.to_thread.run_sync(self.shutdown)
 
 
+def _call_of(task: Any, parameters: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A task's call arguments from its parameters by name (Prefect's runner API)."""
+    if not isinstance(parameters, dict):
+        raise TypeError(
+            f"parameters must be a dict of the task's parameters by name, got {parameters!r}."
+        )
+    signature = getattr(task, "signature", None)
+    if signature is None:
+        raise TypeError(f"Expected an asyncflow task, got {task!r}.")
+    return signature.to_call(parameters)  # type: ignore[no-any-return]
 
 
 _worker = threading.local()  # `.pool`: the pool whose worker this thread is, if any

@@ -32,22 +32,48 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
 
     The run lifecycle (states, retries, timeouts, logging) stays in this process; only the
     task and its arguments travel, pickled: a module-level task by reference, a task defined
-    inside a function by value (cloudpickle, when installed, also handles lambdas).
+    inside a function by value (cloudpickle, which also handles lambdas).
     A task or argument that cannot be pickled fails its run with a SerializationError naming
     the task.
     """
 
     in_thread = False
 
-    def __init__(self, max_workers: int | None = None) -> None:
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+    ) -> None:
         super().__init__(max_workers)
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, got {initializer!r}.")
+        self.initializer = initializer  # run in each worker process as it starts
+        self.initargs = tuple(initargs)
         self._processes: ProcessPoolExecutor | None = None
+
+    def duplicate(self) -> ProcessPoolTaskRunner:
+        return type(self)(self.max_workers, self.initializer, self.initargs)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(other) is type(self)
+            and other.max_workers == self.max_workers
+            and other.initializer == self.initializer
+            and other.initargs == self.initargs
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.max_workers))
 
     def start(self) -> None:
         super().start()
         if self._processes is None:
             self._processes = ProcessPoolExecutor(
-                self.max_workers, mp_context=multiprocessing.get_context("spawn")
+                self.max_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=self.initializer,
+                initargs=self.initargs,
             )
 
     def body(
@@ -80,10 +106,8 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
 
 
 def _dumps(value: Any) -> bytes:
-    try:
-        import cloudpickle  # type: ignore[import-untyped]
-    except ImportError:
-        return pickle.dumps(value)
+    import cloudpickle  # type: ignore[import-untyped]  # (imported when first needed)
+
     return cloudpickle.dumps(value)  # type: ignore[no-any-return]
 
 

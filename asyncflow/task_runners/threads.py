@@ -42,7 +42,22 @@ class ThreadPoolTaskRunner(TaskRunner):
     def duplicate(self) -> ThreadPoolTaskRunner:
         return type(self)(self.max_workers)
 
-    def submit(self, work: Callable[[], None]) -> None:
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.max_workers == self.max_workers
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.max_workers))
+
+    def start(self) -> None:
+        with self._lock:
+            if self._closed:  # entered again after a shutdown: a fresh pool
+                self._queue = queue.SimpleQueue()
+                self._threads = []
+                self._blocked = 0
+                self._closed = False
+        super().start()
+
+    def submit_work(self, work: Callable[[], None]) -> None:
         if self._closed:
             raise RuntimeError(f"{self!r} is shut down; no new task runs can be submitted.")
         self._queue.put(work)
@@ -92,6 +107,7 @@ class ThreadPoolTaskRunner(TaskRunner):
             return True
 
     def shutdown(self, wait: bool = True) -> None:
+        self._started = False
         with self._lock:
             self._closed = True
             threads = list(self._threads)
