@@ -6,7 +6,7 @@ import functools
 import importlib
 import inspect
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
 from asyncflow.exceptions import InvalidDefinitionError, InvalidNameError, ReservedArgumentError
@@ -76,7 +76,12 @@ def check_name(name: Any, decorator: str) -> None:
     """A given name: a non-empty string without the characters Prefect bans."""
     if name is None:
         return
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(name, str):
+        kind = decorator.lstrip("@")
+        raise InvalidDefinitionError(
+            f"Expected string for {kind} parameter 'name'; got {type(name).__name__} instead."
+        )
+    if not name.strip():
         raise InvalidDefinitionError(f"{decorator}: name must be a non-empty string, got {name!r}.")
     bad = [c for c in BANNED_NAME_CHARACTERS if c in name]
     if bad:
@@ -89,8 +94,8 @@ def check_name(name: Any, decorator: str) -> None:
 def check_retries(retries: Any, delay: Any, owner: str) -> int:
     if isinstance(delay, (list, tuple)) and len(delay) > MAX_RETRY_DELAYS:
         raise ValueError(
-            f"{owner}: retry_delay_seconds lists at most {MAX_RETRY_DELAYS} delays, got "
-            f"{len(delay)}."
+            f"Can not configure more than {MAX_RETRY_DELAYS} retry delays per task "
+            f"({owner} has {len(delay)})."
         )
     if retries is None:
         return 0
@@ -218,11 +223,18 @@ class Spec:
         """Store state hooks by the state type that triggers them; check they are callables."""
         by_type: dict[StateType, list[Callable[..., Any]]] = {}
         for option, value in hooks.items():
+            example = f"{self.decorator}({option}=[hook1, hook2])"
+            if value is not None and (callable(value) or not isinstance(value, Iterable)):
+                raise InvalidDefinitionError(
+                    f"Expected iterable for '{option}'; got {type(value).__name__} instead. "
+                    f"Please provide a list of hooks to '{option}': {example}"
+                )
             funcs = list(value or ())
             for fn in funcs:
                 if not callable(fn):
                     raise InvalidDefinitionError(
-                        f"{self.decorator}: {option} must be a list of callables, got {fn!r}."
+                        f"Expected callables in '{option}'; got {type(fn).__name__} instead. "
+                        f"Please provide a list of hooks to '{option}': {example}"
                     )
             if funcs:
                 by_type.setdefault(_HOOK_TYPES[option], []).extend(funcs)

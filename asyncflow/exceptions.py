@@ -9,8 +9,9 @@ class AsyncflowException(Exception):
     """Base class for every error asyncflow raises on its own account."""
 
 
-class InvalidDefinitionError(AsyncflowException, TypeError):
-    """A decorator was used on something it cannot wrap, or with bad options."""
+class InvalidDefinitionError(AsyncflowException, TypeError, ValueError):
+    """A decorator was used on something it cannot wrap, or with bad options. Both a
+    TypeError and a ValueError: Prefect raises one or the other for the same mistakes."""
 
 
 class InvalidNameError(AsyncflowException, ValueError):
@@ -53,8 +54,9 @@ class ParameterSizeError(AsyncflowException, ValueError):
     """Serialized parameters exceed the size limit (512 KB by default)."""
 
 
-class FlowRunNameError(AsyncflowException, ValueError):
-    """A flow_run_name / task_run_name template or callable could not produce a name."""
+class FlowRunNameError(AsyncflowException, ValueError, TypeError):
+    """A flow_run_name / task_run_name template or callable could not produce a name (a
+    TypeError too, as Prefect's error for a callable that returns no string)."""
 
 
 class RunTimeoutError(AsyncflowException, TimeoutError):

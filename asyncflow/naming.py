@@ -95,8 +95,7 @@ def check_template(
         return
     if not isinstance(template, str):
         raise InvalidDefinitionError(
-            f"{what} must be a string template or a callable returning a string, "
-            f"got {type(template).__name__}."
+            f"Expected string or callable for '{what}'; got {type(template).__name__} instead."
         )
     missing = template_fields(template) - parameter_names
     if missing and not accepts_any:
@@ -120,5 +119,8 @@ def render_run_name(template: RunName, parameters: Mapping[str, Any], what: str)
     except Exception as exc:
         raise FlowRunNameError(f"{what} {template!r} could not be rendered: {exc!r}") from exc
     if not isinstance(name, str):
-        raise FlowRunNameError(f"{what} callable must return a string, got {type(name).__name__}.")
+        raise FlowRunNameError(
+            f"Callable {template!r} for '{what}' returned type {type(name).__name__} but a "
+            "string is required."
+        )
     return name

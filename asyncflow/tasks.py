@@ -88,7 +88,8 @@ class Task(Spec, Generic[P, R]):
             not isinstance(retry_jitter_factor, (int, float)) or retry_jitter_factor < 0
         ):
             raise InvalidDefinitionError(
-                f"{owner}: retry_jitter_factor must be a number >= 0, got {retry_jitter_factor!r}."
+                f"`retry_jitter_factor` must be a number >= 0 "
+                f"({owner} got {retry_jitter_factor!r})."
             )
         self.retry_jitter_factor = retry_jitter_factor
         retry_condition_fn = options.get("retry_condition_fn")

@@ -66,6 +66,7 @@ def test_get_repo_info_logs_slug_name_and_prints(registry, logs, capsys):
     assert re.fullmatch(RUN_NAME, record.name)
     assert logs.lines == [
         f"asyncflow.engine - Created flow run '{record.name}' for flow 'get-repo-info'",
+        f"Flow run '{record.name}' - Beginning flow run '{record.name}' for flow 'get-repo-info'",
         f"Flow run '{record.name}' - Finished in state Completed()",
     ]
     assert capsys.readouterr().out == (
@@ -112,9 +113,12 @@ def test_hello_py_output_and_log_lines(registry, logs, capsys):
     assert (parent.spec_name, child.spec_name) == ("Hello Flow", "Nestedflow")
     assert logs.lines == [
         f"asyncflow.engine - Created flow run '{parent.name}' for flow 'Hello Flow'",
+        # Prefect 3's line, beside the seed's
+        f"Flow run '{parent.name}' - Beginning flow run '{parent.name}' for flow 'Hello Flow'",
         "Task run 'Print Hello-0' - Created task run 'Print Hello-0' for task 'Print Hello'",
         "Task run 'Print Hello-0' - Finished in state Completed()",
         f"Flow run '{parent.name}' - Created subflow run '{child.name}' for flow 'Nestedflow'",
+        f"Flow run '{child.name}' - Beginning subflow run '{child.name}' for flow 'Nestedflow'",
         f"Flow run '{child.name}' - Finished in state Completed()",
         f"Flow run '{parent.name}' - Finished in state Completed()",
     ]

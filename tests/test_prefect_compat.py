@@ -179,7 +179,7 @@ def test_reserved_parameter_names_are_refused(reserved: str) -> None:
 
 
 def test_more_than_50_retry_delays_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match="at most 50 delays"):
+    with pytest.raises(ValueError, match="more than 50 retry delays per task"):
         task(retries=60, retry_delay_seconds=[1] * 51)(lambda: None)
     task(retries=60, retry_delay_seconds=[1] * 50)(lambda: None)  # 50 is fine
 
@@ -817,3 +817,73 @@ def test_process_pool_initializer_runs_in_each_worker(tmp_path: Any) -> None:
 
     assert in_processes() == [11, 12]
     assert marker.read_text() == "init\n"
+
+
+# -- 11: messages and log lines -----------------------------------------------------------------
+def test_option_errors_have_prefects_types_and_words() -> None:
+    def fn() -> None: ...
+
+    with pytest.raises(TypeError, match="Expected string for flow parameter 'name'; got int"):
+        flow(name=3)(fn)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="Expected string or callable for 'flow_run_name'"):
+        flow(flow_run_name=3)(fn)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="Expected iterable for 'on_completion'; got function"):
+        flow(on_completion=lambda *a: None)(fn)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="Expected callables in 'on_failure'; got int"):
+        task(on_failure=[1])(fn)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="`retry_jitter_factor` must be a number >= 0"):
+        task(retry_jitter_factor=-1)(fn)
+
+    @flow(flow_run_name=lambda: 5)  # type: ignore[arg-type,return-value]
+    def badly_named() -> None: ...
+
+    with pytest.raises(TypeError, match="for 'flow_run_name' returned type int but a string"):
+        badly_named()
+
+
+def test_beginning_and_retry_log_lines(logs: Any) -> None:
+    attempts: list[int] = []
+
+    @task(retries=2)
+    def flaky() -> None:
+        attempts.append(1)
+        raise ValueError("nope")
+
+    @task(retries=1, retry_delay_seconds=0.01)
+    def fails_once() -> int:
+        attempts.append(1)
+        if len(attempts) < 5:
+            raise KeyError("k")
+        return 1
+
+    @flow(retries=1)
+    def retried() -> None:
+        if not attempts:
+            attempts.append(0)
+            raise RuntimeError("first")
+
+    @flow
+    def outer() -> None:
+        flaky(return_state=True)
+        fails_once()
+
+    outer()
+    attempts.clear()
+    retried()
+    lines = logs.messages
+    assert any(
+        m.startswith("Beginning flow run '") and m.endswith("for flow 'outer'") for m in lines
+    )
+    assert (
+        "Task run failed with exception: ValueError('nope') - Retry 1/2 will start immediately"
+        in lines
+    )
+    assert "Task run failed with exception: ValueError('nope') - Retries are exhausted" in lines
+    assert (
+        "Task run failed with exception: KeyError('k') - Retry 1/1 will start "
+        "0.01 second(s) from now"
+    ) in lines
+    assert (
+        "Received non-final state 'AwaitingRetry' when proposing final state 'Failed' and will "
+        "attempt to run again..."
+    ) in lines

@@ -304,8 +304,11 @@ def test_console_line_format(registry, logs):
     (record,) = registry.runs(kind="flow")
     formatter = RunFormatter()
     lines = [formatter.format(r) for r in logs.records]
-    assert len(lines) == 2
-    created, finished = (LINE.match(line) for line in lines)
+    assert len(lines) == 3
+    created, beginning, finished = (LINE.match(line) for line in lines)
+    assert beginning["rest"] == (
+        f"Flow run '{record.name}' - Beginning flow run '{record.name}' for flow 'formatted'"
+    )
     assert created["level"] == "INFO   "
     assert created["rest"] == (
         f"asyncflow.engine - Created flow run '{record.name}' for flow 'formatted'"
@@ -379,7 +382,7 @@ def test_console_output_on_stderr_in_a_fresh_process():
     )
     assert re.fullmatch(
         r"\d\d:\d\d:\d\d\.\d{3} \| INFO    \| Flow run '[a-z-]+' - Finished in state Completed\(\)",
-        lines[1],
+        lines[2],
     )
     assert any(" | ERROR   | Flow run '" in line for line in lines)
 

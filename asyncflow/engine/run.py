@@ -301,7 +301,11 @@ class RunEngine:
         Records the failed attempt and AwaitingRetry when a retry is due.
         """
         spec = self.spec
-        if outcome.type is not _FAILED or self.run_count > spec.retries or self.cancel_requested:
+        if outcome.type is not _FAILED or self.cancel_requested:
+            return None
+        if self.run_count > spec.retries:
+            if spec.retries and self.kind != KIND_FLOW:
+                self._log(logging.ERROR, f"{_failure(outcome)} - Retries are exhausted")
             return None
         condition = getattr(spec, "retry_condition_fn", None)
         if condition is not None:
@@ -329,12 +333,18 @@ class RunEngine:
             "AwaitingRetry",
             f"Retry {self.run_count} of {spec.retries} in {delay:g}s",
         )
-        self._log(
-            logging.INFO,
-            f"Attempt {self.run_count} failed; retrying in {delay:g} second(s) "
-            f"({self.run_count}/{spec.retries} retries used).",
-        )
+        self._log(logging.INFO, self._retry_line(outcome, delay))
         return delay
+
+    def _retry_line(self, outcome: State[Any], delay: float) -> str:
+        """The log line of a retry, in Prefect's words."""
+        if self.kind == KIND_FLOW:
+            return (
+                "Received non-final state 'AwaitingRetry' when proposing final state "
+                f"'{outcome.name}' and will attempt to run again..."
+            )
+        when = f"{delay:g} second(s) from now" if delay else "immediately"
+        return f"{_failure(outcome)} - Retry {self.run_count}/{self.spec.retries} will start {when}"
 
     def finish(self, state: State[Any]) -> State[Any]:
         """Record the terminal state and log it (lifecycle point `before_terminal` first).
@@ -464,6 +474,14 @@ def _delay_ok(value: Any) -> bool:
         and not isinstance(value, bool)
         and 0 <= value <= threading.TIMEOUT_MAX
     )
+
+
+def _failure(outcome: State[Any]) -> str:
+    """'Task run failed with exception: ValueError(...)' (or 'with state: ...')."""
+    data = outcome.data
+    if isinstance(data, BaseException):
+        return f"Task run failed with exception: {data!r}"
+    return f"Task run failed with state: {outcome!r}"
 
 
 class FlowRunEngine(RunEngine):
@@ -599,10 +617,17 @@ class FlowRunEngine(RunEngine):
             flow_run_var.reset(token)
 
     def begin_attempt(self) -> State[Any] | None:
-        if self.run_count == 0 and self.parent_task_row != _NO_ROW:
-            # Its stand-in task run enters Running with it, before any hook runs.
-            self.start_time = now = time.time()
-            self.registry.add_transition(self.parent_task_row, _RUNNING, now)
+        if self.run_count == 0:
+            if self.parent_task_row != _NO_ROW:
+                # Its stand-in task run enters Running with it, before any hook runs.
+                self.start_time = now = time.time()
+                self.registry.add_transition(self.parent_task_row, _RUNNING, now)
+            if self.base_logger.isEnabledFor(logging.INFO):  # Prefect 3's line
+                kind = "flow" if self.parent is None else "subflow"
+                self._log(
+                    logging.INFO,
+                    f"Beginning {kind} run '{self.name}' for flow '{self.spec.name}'",
+                )
         return super().begin_attempt()
 
     def finish(self, state: State[Any]) -> State[Any]:
