@@ -75,6 +75,16 @@ class FailedRun(AsyncflowException):
     """Raised by ``State.result()`` for a failed state that holds no exception of its own."""
 
 
+class TerminationSignal(BaseException):
+    """Raised in a sync flow or task run in the main thread when the process gets SIGTERM:
+    the run ends Crashed and the exception ends the program, after the run store has
+    everything (Prefect's name). Not an Exception: code must not swallow it by accident."""
+
+    def __init__(self, signal: int) -> None:
+        super().__init__(f"the process received signal {signal}")
+        self.signal = signal
+
+
 class CrashedRun(AsyncflowException):
     """Raised by ``State.result()`` for a crashed state that holds no exception of its own."""
 
@@ -199,6 +209,7 @@ __all__ = [
     "StoreReplacedError",
     "StoreVersionError",
     "TaskRunTimeoutError",
+    "TerminationSignal",
     "UnfinishedRun",
     "UpstreamTaskError",
 ]

@@ -887,3 +887,17 @@ def test_beginning_and_retry_log_lines(logs: Any) -> None:
         "Received non-final state 'AwaitingRetry' when proposing final state 'Failed' and will "
         "attempt to run again..."
     ) in lines
+
+
+def test_a_returned_cancelling_state_ends_the_flow_cancelled_with_its_hooks() -> None:
+    from asyncflow.states import Cancelling
+
+    seen: list[str] = []
+
+    @flow(on_cancellation=[lambda f, r, s: seen.append(s.type.value)])
+    def cancels() -> Any:
+        return Cancelling(message="stop here")
+
+    state = cancels(return_state=True)
+    assert state.is_cancelled() and state.message == "stop here"
+    assert seen == ["CANCELLED"]

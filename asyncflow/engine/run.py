@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
-from asyncflow.engine import cancellation, interrupts
+from asyncflow.engine import cancellation, interrupts, termination
 from asyncflow.engine.context import flow_run_var, tags_var
 from asyncflow.exceptions import (
     FlowRunTimeoutError,
@@ -203,7 +203,9 @@ class RunEngine:
 
     def outcome_of_value(self, value: Any) -> State[Any]:
         state = state_from_return_value(value)
-        if state.type not in TERMINAL_TYPES:
+        if state.type is StateType.CANCELLING:  # the run ends: Cancelled, its hooks run
+            state = State(StateType.CANCELLED, message=state.message, data=state.data)
+        elif state.type not in TERMINAL_TYPES:
             return State(
                 _FAILED,
                 message=f"{self.label_word} run returned the non-final state {state}; "
@@ -582,6 +584,8 @@ class FlowRunEngine(RunEngine):
         self.name = self._render_name(error is None)
         parent = self.parent
         if parent is None:
+            if not termination.installed():  # once per process: SIGTERM ends runs recorded
+                termination.install()
             self.registry, self.row = add_tree(
                 KIND_FLOW, flow.name, name=self.name, parameters=self.parameters
             )

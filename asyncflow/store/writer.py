@@ -525,6 +525,9 @@ def install() -> None:
     from asyncflow import registry as memory
 
     memory.set_tree_listener(on_first_tree)
+    from asyncflow.engine import termination
+
+    termination.at_termination(stop)
 
 
 def catch_up(url: str) -> None:
