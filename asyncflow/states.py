@@ -373,33 +373,33 @@ def _aggregate(value: Any, states: list[State[Any]]) -> State[Any]:
     return State(StateType.FAILED, message=message, data=data)
 
 
-_SCALARS = (int, float, str, bytes, bool, type(None))
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})  # (exact types)
+_SEQUENCES = frozenset({list, tuple, set, frozenset})
 
 
 def resolve_futures_to_states(value: Any, _depth: int = 0) -> Any:
     """`value` with each future in it replaced by its final state (waiting for it), in
     lists, tuples, sets and dicts down to 32 levels; the same object when none is in it.
     What a flow returns goes through this, as in Prefect."""
-    if isinstance(value, _SCALARS) or _depth > 32:
-        return value
-    final = getattr(type(value), "_final_state_for_return", None)
-    if final is not None:
-        return final(value)
     kind = type(value)
+    if kind in _SCALARS or _depth > 32:
+        return value
+    # A container of scalars only (the usual case) is told by one C-level pass over types.
     if kind is dict:
-        if all(isinstance(v, _SCALARS) for v in value.values()):
+        if _SCALARS.issuperset(map(type, value.values())):
             return value
         resolved = {k: resolve_futures_to_states(v, _depth + 1) for k, v in value.items()}
         return value if all(resolved[k] is v for k, v in value.items()) else resolved
     named_tuple = kind.__base__ is tuple and hasattr(kind, "_fields")
-    if kind in (list, tuple, set, frozenset) or named_tuple:
-        if all(isinstance(v, _SCALARS) for v in value):
+    if kind in _SEQUENCES or named_tuple:
+        if _SCALARS.issuperset(map(type, value)):
             return value
         items = [resolve_futures_to_states(v, _depth + 1) for v in value]
         if all(new is old for new, old in zip(items, value, strict=True)):
             return value
         return kind(*items) if named_tuple else kind(items)
-    return value
+    final = getattr(kind, "_final_state_for_return", None)
+    return value if final is None else final(value)
 
 
 __all__ = [
