@@ -225,6 +225,9 @@ PUBLIC_MODULES = [
     "asyncflow.task_runners.processes",
     "asyncflow.store",
     "asyncflow.runtime",
+    "asyncflow.results",
+    "asyncflow.results.serializers",
+    "asyncflow.results.storage",
 ]
 
 

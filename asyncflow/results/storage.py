@@ -1,0 +1,98 @@
+"""Where persisted results are kept: a directory (the default, `$ASYNCFLOW_HOME/storage`).
+
+Writes are atomic: the bytes go to a temporary file in the same directory, which is then
+renamed over the key's file, so a reader sees the old result or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from asyncflow.exceptions import MissingResult
+
+
+class ResultStorage:
+    """Keeps result bytes by key (a relative, `/`-separated path)."""
+
+    url: str
+
+    def write(self, key: str, blob: bytes) -> None:
+        raise NotImplementedError
+
+    def read(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> bool:
+        raise NotImplementedError
+
+
+def check_key(key: str) -> PurePosixPath:
+    """A storage key as a relative path: no empty, `.` or `..` parts, not absolute."""
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"A result storage key must be a non-empty string, got {key!r}.")
+    path = PurePosixPath(key)
+    if path.is_absolute() or any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(
+            f"Result storage key {key!r} must be a relative path without '.' or '..' parts."
+        )
+    return path
+
+
+class LocalFileSystem(ResultStorage):
+    """Results as files under `basepath` (created when first written to)."""
+
+    def __init__(self, basepath: str | os.PathLike[str]) -> None:
+        self.basepath = Path(basepath).expanduser()
+        self.url = str(self.basepath)
+
+    def _path(self, key: str) -> Path:
+        return self.basepath.joinpath(*check_key(key).parts)
+
+    def write(self, key: str, blob: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            os.replace(temp, path)
+        except BaseException:
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            raise
+
+    def read(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise MissingResult(f"No result is stored at {path} (key {key!r}).") from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> bool:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LocalFileSystem) and other.basepath == self.basepath
+
+    def __hash__(self) -> int:
+        return hash(self.basepath)
+
+    def __repr__(self) -> str:
+        return f"LocalFileSystem({str(self.basepath)!r})"
+
+
+__all__ = ["LocalFileSystem", "ResultStorage", "check_key"]
