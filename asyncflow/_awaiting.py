@@ -18,6 +18,7 @@ _ASYNC_CODE = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 # (id(code), offset of the call) -> (code, awaited). The code object is kept so an id
 # reused by another code object after this one was freed is not taken for it.
 _SITES: dict[tuple[int, int], tuple[CodeType, bool]] = {}
+_MAX_SITES = 10_000
 
 
 def awaited_by_caller(depth: int = 2) -> bool:
@@ -30,6 +31,8 @@ def awaited_by_caller(depth: int = 2) -> bool:
     key = (id(code), frame.f_lasti)
     site = _SITES.get(key)
     if site is None or site[0] is not code:
+        if len(_SITES) >= _MAX_SITES:  # (code made at run time, e.g. exec'd in a notebook)
+            _SITES.clear()
         site = _SITES[key] = (code, _awaits_after(code, frame.f_lasti))
     return site[1]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, Literal, TypeVar
@@ -151,6 +152,36 @@ def _flag(
     raise InvalidDefinitionError(f"{owner}: {key} must be {expected}, got {value!r}.")
 
 
+def _serializer_option(value: Any, owner: str) -> Any:
+    if value is None:
+        return None
+    from asyncflow.results.serializers import resolve_serializer
+
+    try:
+        return resolve_serializer(value)
+    except ValueError as exc:
+        raise InvalidDefinitionError(f"{owner}: {exc}") from None
+
+
+def _storage_option(value: Any, owner: str) -> Any:
+    if value is None:
+        return None
+    from asyncflow.results.storage import LocalFileSystem, ResultStorage
+
+    if isinstance(value, ResultStorage):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        if "://" in str(value):
+            raise InvalidDefinitionError(
+                f"{owner}: result_storage {str(value)!r} is a URL; only local directories are "
+                "supported so far (give a path, or a LocalFileSystem)."
+            )
+        return LocalFileSystem(value)
+    raise InvalidDefinitionError(
+        f"{owner}: result_storage must be a directory path or a ResultStorage, got {value!r}."
+    )
+
+
 class Spec:
     """A decorated function plus its options; `Flow` and `Task` build on it."""
 
@@ -158,6 +189,7 @@ class Spec:
     run_kind: ClassVar[int]  # KIND_FLOW or KIND_TASK: which engine runs it
     #: features attached to every run of it (`asyncflow.engine.lifecycle.RunHook`)
     lifecycle: tuple[Any, ...] = ()
+    lifecycle_inherit = False  # nested flow runs take the inherited hooks of their parent
     fn: Callable[..., Any]
     kind: Kind
     signature: Signature
@@ -209,10 +241,11 @@ class Spec:
             from asyncflow.logging import enable_log_prints
 
             enable_log_prints()  # patched once, at decoration, so no run pays for it
-        # Result options, as Prefect's: accepted and kept. (Persisting results is not built
-        # yet: a run's result lives in memory, in its state, whatever they say.)
+        # Result options, as Prefect's (`asyncflow.results.persistence` acts on them).
         self.persist_result = _flag(options, "persist_result", owner, allow_none=True)
         self.cache_result_in_memory = _flag(options, "cache_result_in_memory", owner, default=True)
+        self.result_serializer = _serializer_option(options.get("result_serializer"), owner)
+        self.result_storage = _storage_option(options.get("result_storage"), owner)
         template = options.get(run_name)
         check_template(template, self.signature.names, self.signature.has_var_keyword, run_name)
         setattr(self, run_name, template)  # `flow_run_name` / `task_run_name`

@@ -16,11 +16,15 @@ from asyncflow.engine import entry
 from asyncflow.exceptions import InvalidDefinitionError
 from asyncflow.naming import RunName, slugify
 from asyncflow.registry import KIND_FLOW
+from asyncflow.results import persistence
 from asyncflow.states import State
 
 if TYPE_CHECKING:
+    import os
+
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
+    from asyncflow.results import ResultStorage, Serializer
     from asyncflow.task_runners import TaskRunner
 
 P = ParamSpec("P")
@@ -43,6 +47,8 @@ class FlowOptions(TypedDict, total=False):
     log_prints: bool | None
     persist_result: bool | None
     cache_result_in_memory: bool
+    result_storage: str | os.PathLike[str] | ResultStorage | None
+    result_serializer: str | Serializer | None
     task_runner: TaskRunner | type[TaskRunner] | None
     on_completion: list[StateHook] | None
     on_failure: list[StateHook] | None
@@ -76,6 +82,9 @@ class Flow(Spec, Generic[P, R]):
         self._version = options.get("version")
         self.validate_parameters = bool(options.get("validate_parameters", True))
         self.task_runner = _check_runner(options.get("task_runner"), owner)
+        self.lifecycle = persistence.lifecycle_for(self, is_flow=True)
+        # with persist_result None, a nested run does as its parent flow run does
+        self.lifecycle_inherit = self.persist_result is None
 
     # -- hook decorators beyond `Spec`'s (on_completion, on_failure, on_running) ------------------
     def on_cancellation(self, fn: H) -> H:

@@ -43,6 +43,12 @@ class Settings:
     progress_interval_seconds: float
     store_exit_timeout: float
     store_backlog: int
+    #: flows whose persist_result is None (and which have no persisting parent) persist
+    results_persist_by_default: bool
+    #: tasks whose persist_result is None persist (read when the task is defined)
+    tasks_persist_result: bool
+    #: where results go when a flow or task names no result_storage
+    result_storage: Path
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -57,6 +63,12 @@ class Settings:
             progress_interval_seconds=float(env.get("ASYNCFLOW_PROGRESS_INTERVAL", "5")),
             store_exit_timeout=_number(env, "ASYNCFLOW_STORE_EXIT_TIMEOUT", 5.0, float),
             store_backlog=_number(env, "ASYNCFLOW_STORE_BACKLOG", 1_000_000, int),
+            results_persist_by_default=_bool(env.get("ASYNCFLOW_RESULTS_PERSIST_BY_DEFAULT", "")),
+            tasks_persist_result=_bool(env.get("ASYNCFLOW_TASKS_PERSIST_RESULT", "")),
+            result_storage=Path(
+                env.get("ASYNCFLOW_RESULTS_STORAGE")
+                or Path(env.get("ASYNCFLOW_HOME", "~/.asyncflow")) / "storage"
+            ).expanduser(),
         )
 
 

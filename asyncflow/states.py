@@ -6,6 +6,7 @@ one per finished run, and that has to cost well under a microsecond.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import enum
 import time
@@ -102,7 +103,7 @@ class State(Generic[R]):
     of upstream states) for FAILED/CRASHED ones.
     """
 
-    __slots__ = ("_details", "_ts", "data", "message", "name", "type")
+    __slots__ = ("_details", "_ts", "data", "message", "name", "result_record", "type")
 
     def __init__(
         self,
@@ -120,6 +121,8 @@ class State(Generic[R]):
         # StateDetails, or (registry, row) to build them from when first asked for
         self._details: Any = state_details
         self._ts = time.time() if timestamp is None else timestamp
+        #: the `ResultRecord` of the run's persisted result (None: not persisted)
+        self.result_record: Any = None
 
     @property
     def timestamp(self) -> datetime.datetime:
@@ -188,7 +191,10 @@ class State(Generic[R]):
     def _result(self, raise_on_failure: bool = True) -> Any:
         type_ = self.type
         if type_ is StateType.COMPLETED:
-            return self.data
+            data = self.data
+            if type(data) is _record_type:  # persisted, not kept in memory: read it back
+                return data.load()
+            return data
         if type_ in _ERROR_TYPES:
             if not raise_on_failure and self.data is not None:
                 return self.data
@@ -219,16 +225,43 @@ class State(Generic[R]):
                 parts.append(f"flow_run_id={details.flow_run_id}")
         return f"{self.name}({', '.join(parts)})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # a recorded state refers to its registry: it travels with its details instead
+        details = self.state_details if self._details is not None else None
+        args = (self.type, self.name, self.message, self.data, details, self._ts)
+        return (_rebuild, (args, self.result_record))
+
     def copy(self, **changes: Any) -> State[R]:
         new: State[R] = State(
             self.type, self.name, self.message, self.data, self._details, self._ts
         )
+        new.result_record = self.result_record
         for key, value in changes.items():
             setattr(new, key, value)
         return new
 
 
 _ERROR_TYPES = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
+
+
+def _rebuild(args: tuple[Any, ...], record: Any) -> State[Any]:
+    state: State[Any] = State(*args)
+    state.result_record = record
+    return state
+
+
+class _NoRecord:  # what `_record_type` is until `asyncflow.results` is imported
+    pass
+
+
+_record_type: Any = _NoRecord
+
+
+def register_result_record_type(cls: type) -> None:
+    """Set by `asyncflow.results.record` (above this floor): the type of a persisted
+    result's reference, which `State.result()` reads back."""
+    global _record_type
+    _record_type = cls
 
 
 _WRAPPERS = {
@@ -256,7 +289,16 @@ def state_exception(state: State[Any]) -> BaseException:
     return wrapper(data if isinstance(data, str) else state.message or default)
 
 
-get_state_exception = state_exception  # Prefect's name
+def get_state_exception(state: State[Any]) -> Any:
+    """`state_exception` by Prefect's name (`await get_state_exception(state)` works too)."""
+    exc = state_exception(state)
+    if awaited_by_caller():
+        return _value(exc)
+    return exc
+
+
+async def _value(value: Any) -> Any:
+    return value
 
 
 def raise_state_exception(state: State[Any]) -> Any:
@@ -265,11 +307,7 @@ def raise_state_exception(state: State[Any]) -> Any:
     if state.type in _ERROR_TYPES:
         raise state_exception(state)
     if awaited_by_caller():
-        return _nothing()
-    return None
-
-
-async def _nothing() -> None:
+        return _value(None)
     return None
 
 
@@ -351,8 +389,12 @@ def state_from_return_value(value: Any) -> State[Any]:
 def _aggregate(value: Any, states: list[State[Any]]) -> State[Any]:
     if isinstance(value, State) or all(s is v for s, v in zip(states, value, strict=True)):
         data = value
+    elif isinstance(value, tuple):
+        data = value._make(states) if hasattr(value, "_make") else tuple(states)
+    elif isinstance(value, (set, frozenset)):
+        data = type(value)(states)
     else:
-        data = type(value)(states) if isinstance(value, (tuple, set)) else states
+        data = states
     total = len(states)
     counts: dict[StateType, int] = {}
     for s in states:
@@ -385,19 +427,31 @@ def resolve_futures_to_states(value: Any, _depth: int = 0) -> Any:
     if kind in _SCALARS or _depth > 32:
         return value
     # A container of scalars only (the usual case) is told by one C-level pass over types.
-    if kind is dict:
+    if isinstance(value, dict):
         if _SCALARS.issuperset(map(type, value.values())):
             return value
         resolved = {k: resolve_futures_to_states(v, _depth + 1) for k, v in value.items()}
-        return value if all(resolved[k] is v for k, v in value.items()) else resolved
-    named_tuple = kind.__base__ is tuple and hasattr(kind, "_fields")
-    if kind in _SEQUENCES or named_tuple:
+        if all(resolved[k] is v for k, v in value.items()):
+            return value
+        if kind is dict:
+            return resolved
+        copied = copy.copy(value)  # OrderedDict, defaultdict...: the same kind, resolved
+        copied.update(resolved)
+        return copied
+    if isinstance(value, (list, tuple, set, frozenset)):
         if _SCALARS.issuperset(map(type, value)):
             return value
         items = [resolve_futures_to_states(v, _depth + 1) for v in value]
         if all(new is old for new, old in zip(items, value, strict=True)):
             return value
-        return kind(*items) if named_tuple else kind(items)
+        if kind in _SEQUENCES:
+            return kind(items)
+        if isinstance(value, tuple) and hasattr(value, "_make"):  # a namedtuple
+            return value._make(items)
+        # other subclasses (FutureList, what .map() returns): the plain kind
+        for base in (list, tuple, set, frozenset):
+            if isinstance(value, base):
+                return base(items)
     final = getattr(kind, "_final_state_for_return", None)
     return value if final is None else final(value)
 

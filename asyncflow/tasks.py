@@ -23,11 +23,15 @@ from asyncflow.exceptions import (
 from asyncflow.futures import FutureList, TaskRunFuture
 from asyncflow.naming import RunName
 from asyncflow.registry import KIND_TASK
+from asyncflow.results import persistence
 from asyncflow.states import State
 
 if TYPE_CHECKING:
+    import os
+
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
+    from asyncflow.results import ResultStorage, Serializer
     from asyncflow.task_runners import TaskRunner
 
 P = ParamSpec("P")
@@ -53,6 +57,9 @@ class TaskOptions(TypedDict, total=False):
     log_prints: bool | None
     persist_result: bool | None
     cache_result_in_memory: bool
+    result_storage: str | os.PathLike[str] | ResultStorage | None
+    result_serializer: str | Serializer | None
+    result_storage_key: str | None
     on_completion: list[StateHook] | None
     on_failure: list[StateHook] | None
     on_running: list[StateHook] | None
@@ -78,7 +85,8 @@ class Task(Spec, Generic[P, R]):
         check_option_names(options, type(self))
         self._wrap(fn, dict(options))
         owner = self._set_common(options, self.__name__, "task_run_name")
-        tags = options.get("tags") or ()
+        given = options.get("tags") or ()
+        tags = given if isinstance(given, str) else list(given)
         if isinstance(tags, str) or not all(isinstance(t, str) for t in tags):
             raise TypeError(f"Task tags must be a list of strings, got {tags!r}.")
         self.tags: set[str] = set(tags)  # a set, as Prefect's
@@ -96,6 +104,11 @@ class Task(Spec, Generic[P, R]):
         if retry_condition_fn is not None and not callable(retry_condition_fn):
             raise InvalidDefinitionError(f"{owner}: retry_condition_fn must be callable.")
         self.retry_condition_fn = retry_condition_fn
+        key = options.get("result_storage_key")
+        if key is not None and not isinstance(key, str):
+            raise InvalidDefinitionError(f"{owner}: result_storage_key must be a string template.")
+        self.result_storage_key = key
+        self.lifecycle = persistence.lifecycle_for(self, is_flow=False)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by reference (module + name), so process pools can ship it."""

@@ -901,3 +901,105 @@ def test_a_returned_cancelling_state_ends_the_flow_cancelled_with_its_hooks() ->
     state = cancels(return_state=True)
     assert state.is_cancelled() and state.message == "stop here"
     assert seen == ["CANCELLED"]
+
+
+# -- review findings ------------------------------------------------------------------------------
+def test_futures_in_container_subclasses_become_states() -> None:
+    import collections
+
+    @flow
+    def returns_map() -> Any:
+        return _ident.map([1, 2])
+
+    @flow
+    def returns_dicts() -> Any:
+        ordered = collections.OrderedDict(a=_one.submit())
+        default = collections.defaultdict(list, b=_one.submit())
+        return ordered, default
+
+    mapped = returns_map()
+    assert type(mapped) is list and [s.result() for s in mapped] == [1, 2]
+    ordered, default = returns_dicts()
+    assert type(ordered) is collections.OrderedDict and ordered["a"].result() == 1
+    assert type(default) is collections.defaultdict and default.default_factory is list
+    assert default["b"].result() == 1
+
+    @flow
+    def returns_failed_map() -> Any:
+        return _boom.map([1, 2]) if False else [_boom.submit(), _boom.submit()]
+
+    assert returns_failed_map(return_state=True).message == "2/2 states failed."
+
+
+def test_a_task_returning_a_namedtuple_of_states() -> None:
+    from collections import namedtuple
+
+    Pair = namedtuple("Pair", "a b")
+
+    @task
+    def pair() -> Any:
+        return Pair(_one(return_state=True), _one(return_state=True))
+
+    @flow
+    def runs() -> Any:
+        return pair(return_state=True)
+
+    state = runs()
+    assert state.is_completed() and isinstance(state.data, Pair)
+    assert [s.result() for s in state.data] == [1, 1]
+
+
+def test_a_non_final_state_as_an_allowed_upstream_is_not_ready() -> None:
+    from asyncflow import allow_failure
+    from asyncflow.exceptions import UpstreamTaskError
+    from asyncflow.states import Running
+
+    @flow
+    def runs() -> Any:
+        with pytest.raises(UpstreamTaskError):
+            _ident(allow_failure(Running()))
+        return _ident(allow_failure(Running()), return_state=True)
+
+    assert runs(return_state=True).result(raise_on_failure=False).name == "NotReady"
+
+
+@pytest.mark.anyio
+async def test_await_get_state_exception() -> None:
+    from asyncflow.states import Failed, get_state_exception
+
+    error = ValueError("x")
+    assert await get_state_exception(Failed(data=error)) is error
+    assert get_state_exception(Failed(data=error)) is error
+
+
+def test_tags_from_a_generator() -> None:
+    @task(tags=(t for t in ("a", "b")))
+    def tagged() -> None: ...
+
+    assert tagged.tags == {"a", "b"}
+
+
+def test_a_runner_restarted_while_an_old_worker_waits_still_runs_work() -> None:
+    import threading
+
+    from asyncflow.task_runners import ThreadPoolTaskRunner
+    from asyncflow.task_runners.base import waiting
+
+    release = threading.Event()
+    inside = threading.Event()
+
+    def blocked_worker() -> None:
+        with waiting():
+            inside.set()
+            release.wait(10)
+
+    runner = ThreadPoolTaskRunner(max_workers=1)
+    runner.start()
+    runner.submit_work(blocked_worker)
+    assert inside.wait(10)
+    runner.shutdown(wait=False)
+    ran = threading.Event()
+    with runner:  # entered again while the old worker still waits
+        release.set()
+        runner.submit_work(ran.set)
+        assert ran.wait(10)

@@ -153,3 +153,71 @@ def test_sigterm_where_it_must_not_land_is_tried_again(monkeypatch: pytest.Monke
         waits()
     assert asked == [True, False]
     assert time.monotonic() - started < 5
+
+
+CHILDREN_SCRIPT = """
+    import time
+    from asyncflow import flow, task
+
+    @task
+    def sleeps():
+        time.sleep(30)
+
+    @task
+    async def waits():
+        import anyio
+        await anyio.sleep(30)
+
+    @flow
+    def parent():
+        future = sleeps.submit()
+        print("ready", flush=True)
+        waits()  # an async task on the kernel loop, from a sync flow
+
+    parent()
+"""
+
+DEFERRED_SCRIPT = """
+    import time
+    from asyncflow import flow, task
+
+    def condition(task, run, state):
+        print("ready", flush=True)
+        time.sleep(0.5)  # SIGTERM arrives here: code the engine calls, not a run's body
+        return True
+
+    @task(retries=1, retry_condition_fn=condition)
+    def flaky():
+        if flaky_calls.append(1) or len(flaky_calls) == 1:
+            raise ValueError("first")
+        time.sleep(30)  # ... and lands here, in the body of the next attempt
+
+    flaky_calls = []
+
+    @flow
+    def parent():
+        flaky()
+
+    parent()
+"""
+
+
+def test_sigterm_does_not_wait_for_the_children_of_a_sync_flow(tmp_path: Path) -> None:
+    import time
+
+    started = time.monotonic()
+    code, _, err = _terminate(CHILDREN_SCRIPT, tmp_path)
+    assert code == 1 and "TerminationSignal" in err
+    assert time.monotonic() - started < 15  # the children sleep 30 s
+    (run,) = _runs(tmp_path, "flow")
+    assert run.state_type.value == "CRASHED"
+    states = {t.spec_name: t.state_type.value for t in _runs(tmp_path, "task")}
+    assert states["waits"] in ("CANCELLED", "CRASHED")
+    assert states["sleeps"] in ("CANCELLED", "CRASHED")
+
+
+def test_sigterm_in_code_the_engine_calls_waits_for_the_body(tmp_path: Path) -> None:
+    code, _, err = _terminate(DEFERRED_SCRIPT, tmp_path)
+    assert code == 1 and "TerminationSignal" in err
+    (task_run,) = _runs(tmp_path, "task")
+    assert task_run.state_type.value == "CRASHED" and task_run.run_count == 2

@@ -21,7 +21,7 @@ from asyncflow.backend import cancel_scope_type, threadsafe_caller
 from asyncflow.engine import interrupts
 from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.engine.run import FlowRunEngine, RunEngine
-from asyncflow.exceptions import RunInterrupted
+from asyncflow.exceptions import RunInterrupted, TerminationSignal
 from asyncflow.registry import KIND_FLOW
 from asyncflow.states import State, StateType
 
@@ -29,6 +29,7 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 _CRASHED = StateType.CRASHED
+_ENDING = (KeyboardInterrupt, SystemExit, TerminationSignal)
 _SLEEP_SLICE = 0.05  # how soon a retry delay in a worker thread notices a cancellation
 _NO_KWARGS: dict[str, Any] = {}  # a default for `**kwargs` calls, never mutated
 
@@ -37,6 +38,7 @@ def _var(engine: RunEngine) -> Any:
     return flow_run_var if engine.kind == KIND_FLOW else task_run_var
 
 
+@interrupts.calls_body
 def drive_sync(
     engine: RunEngine,
     fn: Callable[..., Any],
@@ -159,14 +161,17 @@ def _call_guarded(
     if flow_engine is None:
         return _guarded(engine, fn, args, kwargs)
     try:
-        return _guarded(engine, fn, args, kwargs)
-    except BaseException:
+        value = _guarded(engine, fn, args, kwargs)
+    except BaseException as exc:
         flow_engine.cancel_children()
+        if not isinstance(exc, _ENDING):  # the program is ending: do not wait for them
+            wait_for_children(flow_engine)
         raise
-    finally:
-        wait_for_children(flow_engine)
+    wait_for_children(flow_engine)
+    return value
 
 
+@interrupts.calls_body
 def _guarded(
     engine: RunEngine, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
@@ -198,10 +203,17 @@ def wait_for_children(engine: FlowRunEngine) -> None:
 
 
 def close_runners(engine: FlowRunEngine) -> None:
+    """Shut the flow run's task runner down. A crashed run (KeyboardInterrupt, SIGTERM)
+    cancels the task runs it left and does not wait for them: the program is ending."""
     runner = engine.task_runner
+    state = engine.state
+    crashed = state is not None and state.type is _CRASHED
+    if crashed:
+        for future in list(engine.pending):
+            future.cancel()
     if runner is not None:
         engine.task_runner = None
-        runner.shutdown()
+        runner.shutdown(wait=not crashed)
 
 
 async def drive_async(

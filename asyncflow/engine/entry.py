@@ -22,7 +22,7 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from asyncflow.engine import drivers, kernel
+from asyncflow.engine import drivers, interrupts, kernel
 from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.engine.resolve import check_wait_for, needs_resolving, resolve, upstreams
 from asyncflow.engine.run import FlowRunEngine, RunEngine, TaskRunEngine
@@ -194,6 +194,7 @@ def _arguments(engine: FlowRunEngine) -> tuple[tuple[Any, ...], dict[str, Any]]:
 
 # The bodies call the function themselves, not through `_call_fn`: a frame less per nesting
 # level. A returned generator is consumed into a list inside the run (its errors fail it).
+@interrupts.calls_body
 def _sync_body(engine: FlowRunEngine) -> Any:
     flow = engine.spec
     if flow.signature.plain is not None:  # (the common case, without `_arguments`' call)

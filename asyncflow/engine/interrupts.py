@@ -50,6 +50,17 @@ _STDLIB = tuple({sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstd
 _INTERRUPTIBLE: set[Any] = set()
 
 
+#: asyncflow functions that call a run's own code (its body): a signal may stop that code
+_BODY_CALLERS: set[Any] = set()
+
+
+def calls_body(fn: F) -> F:
+    """Mark an asyncflow function that calls a run's body: what it calls is the run's own
+    code, where SIGTERM may land (`asyncflow.engine.termination`)."""
+    _BODY_CALLERS.add(fn.__code__)
+    return fn
+
+
 def interruptible(fn: F) -> F:
     """Mark an asyncflow function that blocks (e.g. in `time.sleep`) as a place where an
     interrupt may land."""
@@ -84,7 +95,10 @@ def _unsafe_code(frame: Any, logging_ok: bool) -> bool:
 
 
 def _stdlib(filename: str) -> bool:
-    return filename.startswith(_STDLIB) and "-packages" not in filename
+    # (`<frozen importlib._bootstrap>`: the import system, stdlib too)
+    return (filename.startswith(_STDLIB) and "-packages" not in filename) or filename.startswith(
+        "<frozen "
+    )
 
 
 def _holds_logging_lock(thread_id: int) -> bool:

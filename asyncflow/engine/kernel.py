@@ -42,8 +42,14 @@ def portal() -> BlockingPortal:
 
 @interruptible  # a sync run's timeout or cancellation may stop its wait for the kernel loop
 def run(awaitable: Awaitable[T]) -> T:
-    """Block this thread until `awaitable` has run to completion on the kernel loop."""
-    return portal().call(_await, awaitable)
+    """Block this thread until `awaitable` has run to completion on the kernel loop. An
+    interrupt of the wait (the run's timeout or cancellation, SIGTERM) cancels it there."""
+    future = portal().start_task_soon(_await, awaitable)
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()
+        raise
 
 
 def spawn(fn: Callable[[], Awaitable[Any]]) -> Future[Any]:

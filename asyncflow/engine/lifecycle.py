@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 class RunHook:
     """One feature's hooks into the run lifecycle; override the points it needs."""
 
+    #: also attached to nested flow runs of a run that has it (when their flow allows)
+    inherited = False
+
     def before_body(self, run: RunEngine) -> State[Any] | None:
         """A final state that replaces calling the body, or None to call it."""
         return None

@@ -74,8 +74,8 @@ def resolve(value: Any, allow: bool = False) -> Any:
 
 def _state_value(state: State[Any], allow: bool) -> Any:
     if state.type is StateType.COMPLETED:
-        return state.data
-    if allow:
+        return state._result()
+    if allow and state.type.is_terminal:
         return state._result(False)
     run_id = state.state_details.task_run_id if state._details is not None else None
     run = "Upstream task run" if run_id is None else f"Upstream task run '{run_id}'"

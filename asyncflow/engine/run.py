@@ -525,6 +525,10 @@ class FlowRunEngine(RunEngine):
         is_async: bool,
     ) -> None:
         self._init_common(flow, parent)
+        if parent is not None and parent.hooks and flow.lifecycle_inherit:
+            inherited = tuple(h for h in parent.hooks if h.inherited and h not in self.hooks)
+            if inherited:  # (result persistence: a nested flow does as its parent does)
+                self.hooks = self.hooks + inherited
         self.parameters = parameters
         self.explicit = explicit
         self.is_async = is_async

@@ -1,20 +1,29 @@
-"""Results: how a run's result is turned into bytes (serializers) and kept (storage)."""
+"""Results: serializers (a result to bytes and back), storage (where the bytes are kept),
+records (where a persisted result is) and persistence (the hook that writes them)."""
 
-from asyncflow.results.serializers import (
-    CompressedSerializer,
-    JSONSerializer,
-    PickleSerializer,
-    Serializer,
-    resolve_serializer,
-)
-from asyncflow.results.storage import LocalFileSystem, ResultStorage
+from __future__ import annotations
 
-__all__ = [
-    "CompressedSerializer",
-    "JSONSerializer",
-    "LocalFileSystem",
-    "PickleSerializer",
-    "ResultStorage",
-    "Serializer",
-    "resolve_serializer",
-]
+from typing import Any
+
+_EXPORTS = {
+    "CompressedSerializer": "serializers",
+    "JSONSerializer": "serializers",
+    "PickleSerializer": "serializers",
+    "Serializer": "serializers",
+    "resolve_serializer": "serializers",
+    "LocalFileSystem": "storage",
+    "ResultStorage": "storage",
+    "ResultRecord": "record",
+}
+
+
+def __getattr__(name: str) -> Any:  # imported when first used: `import asyncflow` stays light
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'asyncflow.results' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"asyncflow.results.{module}"), name)
+
+
+__all__ = sorted(_EXPORTS)

@@ -66,12 +66,16 @@ class ThreadPoolTaskRunner(TaskRunner):
 
     def worker_blocked(self) -> None:
         with self._lock:
+            if threading.current_thread() not in self._threads:
+                return  # a worker of the pool before a restart: not counted in this one
             self._blocked += 1
         if not self._queue.empty():  # what it waits for may be queued behind it
             self._add_thread()
 
     def worker_unblocked(self) -> None:
         with self._lock:
+            if threading.current_thread() not in self._threads:
+                return
             self._blocked -= 1
 
     def _add_thread(self) -> None:
@@ -101,9 +105,12 @@ class ThreadPoolTaskRunner(TaskRunner):
     def _retire(self) -> bool:
         """Leave the pool if it has more threads than its limit (and no waiting workers)."""
         with self._lock:
+            current = threading.current_thread()
             if len(self._threads) <= self._limit + self._blocked or self._closed:
                 return False
-            self._threads.remove(threading.current_thread())
+            if current not in self._threads:  # (of the pool before a restart)
+                return True
+            self._threads.remove(current)
             return True
 
     def shutdown(self, wait: bool = True) -> None:
