@@ -58,7 +58,9 @@ def call(spec: Any, /, *args: Any, **kwargs: Any) -> Any:
             state = ready(engine, wait_for) if wait_for or needs_resolving(args, kwargs) else None
             if state is None:
                 state = drivers.drive_sync(engine, spec.fn, engine.args, engine.kwargs)
-        return state if return_state else engine.call_result(state)
+        if return_state:
+            return state
+        return state._result() if engine.returned is None else engine.call_result(state)
     if kind == "async":
         coro = run_async(spec, parent, args, kwargs, wait_for, bool(return_state))
         return kernel.run(coro) if blocking_context(parent) else coro
@@ -101,7 +103,9 @@ async def run_async(
     if engine is None:
         engine = open_run(spec, parent, args, kwargs, wait_for, True)
     state = ready(engine, wait_for) or await drivers.drive_async(engine, *body(engine))
-    return state if return_state else engine.call_result(state)
+    if return_state:
+        return state
+    return state._result() if engine.returned is None else engine.call_result(state)
 
 
 def open_run(

@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 
 _FAILED = StateType.FAILED
 _COMPLETED = StateType.COMPLETED
+_CANCELLING = StateType.CANCELLING
 _RUNNING = StateType.RUNNING
 _NO_ROW = -1
 
@@ -203,7 +204,7 @@ class RunEngine:
 
     def outcome_of_value(self, value: Any) -> State[Any]:
         state = state_from_return_value(value)
-        if state.type is StateType.CANCELLING:  # the run ends: Cancelled, its hooks run
+        if state.type is _CANCELLING:  # the run ends: Cancelled, its hooks run
             state = State(StateType.CANCELLED, message=state.message, data=state.data)
         elif state.type not in TERMINAL_TYPES:
             return State(
@@ -553,8 +554,11 @@ class FlowRunEngine(RunEngine):
         self.row = _NO_ROW
 
     def outcome_of_value(self, value: Any) -> State[Any]:
-        # futures in what a flow returns stand for their final states (Prefect's rules)
-        return RunEngine.outcome_of_value(self, resolve_futures_to_states(value))
+        # Futures in what a flow returns stand for their final states (Prefect's rules). A
+        # run that started no task run made no future: its value is not walked.
+        if self.tasks_started:
+            value = resolve_futures_to_states(value)
+        return RunEngine.outcome_of_value(self, value)
 
     def start(self, not_ready: Exception | None = None) -> State[Any] | None:
         """Register the run and enter Pending; validate parameters.
@@ -588,7 +592,7 @@ class FlowRunEngine(RunEngine):
         self.name = self._render_name(error is None)
         parent = self.parent
         if parent is None:
-            if not termination.installed():  # once per process: SIGTERM ends runs recorded
+            if not termination.installed:  # once per process: SIGTERM ends runs recorded
                 termination.install()
             self.registry, self.row = add_tree(
                 KIND_FLOW, flow.name, name=self.name, parameters=self.parameters

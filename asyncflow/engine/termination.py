@@ -30,7 +30,7 @@ from asyncflow.engine import interrupts
 from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.exceptions import TerminationSignal
 
-_installed = False
+installed = False  # (read by the engine as each top-level flow run starts)
 _RETRY = 0.002
 _WALK = 200  # frames looked at for the nearest asyncflow frame
 #: called before the process ends by SIGTERM (the run store's writer flushes here)
@@ -47,16 +47,12 @@ def at_termination(fn: Callable[[], None]) -> None:
 
 def install() -> None:
     """Handle SIGTERM from now on, if it still has its default action (main thread only)."""
-    global _installed
+    global installed
     if threading.current_thread() is not threading.main_thread():
         return  # (signal handlers can only be set there: asked again by the next run)
-    _installed = True
+    installed = True
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def installed() -> bool:
-    return _installed
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
