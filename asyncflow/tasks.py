@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterable
+import datetime
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, TypeVar, overload
 
 from asyncflow._spec import (
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
     from asyncflow.results import ResultStorage, Serializer
+    from asyncflow.results.cache_policies import CachePolicy
     from asyncflow.task_runners import TaskRunner
 
 P = ParamSpec("P")
@@ -60,6 +62,10 @@ class TaskOptions(TypedDict, total=False):
     result_storage: str | os.PathLike[str] | ResultStorage | None
     result_serializer: str | Serializer | None
     result_storage_key: str | None
+    cache_policy: CachePolicy | None
+    cache_key_fn: Callable[[Any, dict[str, Any]], str | None] | None
+    cache_expiration: datetime.timedelta | None
+    refresh_cache: bool | None
     on_completion: list[StateHook] | None
     on_failure: list[StateHook] | None
     on_running: list[StateHook] | None
@@ -76,6 +82,7 @@ class Task(Spec, Generic[P, R]):
     run_kind = KIND_TASK
     option_names = TaskOptions.__optional_keys__
     task_run_name: RunName  # (set by `_set_common`)
+    cache: Any = None  # the cache policy in effect (`persistence.lifecycle_for` sets it)
 
     def with_options(self, **changes: Unpack[TaskOptions]) -> Task[P, R]:
         """A copy with some options changed; the original is untouched."""
@@ -108,7 +115,36 @@ class Task(Spec, Generic[P, R]):
         if key is not None and not isinstance(key, str):
             raise InvalidDefinitionError(f"{owner}: result_storage_key must be a string template.")
         self.result_storage_key = key
+        self._set_cache_options(options, owner)
         self.lifecycle = persistence.lifecycle_for(self, is_flow=False)
+
+    def _set_cache_options(self, options: Mapping[str, Any], owner: str) -> None:
+        from asyncflow.results.cache_policies import CachePolicy
+
+        policy = options.get("cache_policy")
+        if policy is not None and not isinstance(policy, CachePolicy):
+            raise InvalidDefinitionError(
+                f"{owner}: cache_policy must be a cache policy (INPUTS, TASK_SOURCE, ... "
+                f"from asyncflow.cache_policies), got {policy!r}."
+            )
+        key_fn = options.get("cache_key_fn")
+        if key_fn is not None and not callable(key_fn):
+            raise InvalidDefinitionError(f"{owner}: cache_key_fn must be callable.")
+        expiration = options.get("cache_expiration")
+        if expiration is not None and (
+            not isinstance(expiration, datetime.timedelta) or expiration.total_seconds() <= 0
+        ):
+            raise InvalidDefinitionError(
+                f"{owner}: cache_expiration must be a positive datetime.timedelta, got "
+                f"{expiration!r}."
+            )
+        refresh = options.get("refresh_cache")
+        if refresh is not None and not isinstance(refresh, bool):
+            raise InvalidDefinitionError(f"{owner}: refresh_cache must be True or False.")
+        self.cache_policy = policy
+        self.cache_key_fn = key_fn
+        self.cache_expiration = expiration
+        self.refresh_cache = bool(refresh)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled by reference (module + name), so process pools can ship it."""

@@ -226,6 +226,8 @@ PUBLIC_MODULES = [
     "asyncflow.store",
     "asyncflow.runtime",
     "asyncflow.results",
+    "asyncflow.results.cache_policies",
+    "asyncflow.cache_policies",
     "asyncflow.results.serializers",
     "asyncflow.results.storage",
 ]

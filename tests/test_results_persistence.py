@@ -31,12 +31,23 @@ def test_a_persisted_task_result_is_written_and_read_back(tmp_path: Path) -> Non
     state = runs()
     record = state.result_record
     assert isinstance(record, ResultRecord) and record.serializer == JSONSerializer()
-    assert record.key == str(state.state_details.task_run_id)
-    assert (tmp_path / record.key).is_file() and record.size == (
-        tmp_path / record.key
-    ).stat().st_size
+    # a persisting task caches with Prefect's DEFAULT policy: its key is the cache key
+    assert len(record.key) == 64 and (tmp_path / record.key).is_file()
     assert record.load() == {"x": 2, "when": datetime.date(2026, 12, 1)}
-    assert json.loads((tmp_path / record.key).read_text())["x"] == 2
+    blob = (tmp_path / record.key).read_bytes()
+    header, payload = blob.split(b"\n", 2)[:2], blob.split(b"\n", 2)[2]
+    assert header[0] == b"AFR1" and json.loads(header[1])["serializer"] == "json"
+    assert json.loads(payload)["x"] == 2 and record.size == len(payload)
+
+
+def test_a_flow_result_is_stored_under_its_run_id(tmp_path: Path) -> None:
+    @flow(persist_result=True, result_storage=tmp_path)
+    def runs() -> int:
+        return 7
+
+    state = runs(return_state=True)
+    assert state.result_record.key == str(state.state_details.flow_run_id)
+    assert state.result_record.load() == 7
 
 
 def test_results_are_not_persisted_by_default(tmp_path: Path) -> None:

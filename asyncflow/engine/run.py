@@ -80,6 +80,7 @@ class RunEngine:
         "cancel_requested",
         "deadline",
         "end_time",
+        "hook_data",
         "hooks",
         "interrupt_target",
         "log_prints",
@@ -109,6 +110,7 @@ class RunEngine:
     def _init_common(self, spec: Any, parent: FlowRunEngine | None) -> None:
         self.spec = spec
         self.hooks: tuple[RunHook, ...] = spec.lifecycle
+        self.hook_data: Any = None  # what a lifecycle hook keeps per run (a cache key)
         self.parent = parent
         self.registry = parent.registry if parent is not None else get_registry()
         self.run_count = 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from asyncflow.engine.lifecycle import RunHook
@@ -30,14 +31,40 @@ _warned_lock = threading.Lock()
 
 
 class PersistResult(RunHook):
-    """Write a completed run's result to its storage; keep a `ResultRecord` of it."""
+    """Write a completed run's result to its storage; keep a `ResultRecord` of it. For a
+    task with a cache policy, first look its cache key up: a result stored there (not
+    expired) ends the run Completed, named Cached, without running the body."""
 
     inherited = True  # nested flow runs whose persist_result is None persist too
+
+    def before_body(self, run: Any) -> State[Any] | None:
+        policy = getattr(run.spec, "cache", None)
+        if policy is None:
+            return None
+        if run.hook_data is None:  # the key of the first attempt serves its retries too
+            run.hook_data = _cache_key(run, policy) or _UNCACHED
+        key = run.hook_data
+        if key is _UNCACHED or run.spec.refresh_cache:
+            return None
+        from asyncflow.results import record as records
+
+        found = records.read(_storage(run), key, _serializer(run))
+        if found is None:
+            return None
+        record, value = found
+        run.hook_data = _HIT
+        state: State[Any] = State(StateType.COMPLETED, "Cached", data=value)
+        if not run.spec.cache_result_in_memory:
+            state.data = record
+        state.result_record = record
+        return state
 
     def after_outcome(self, run: Any, state: State[Any]) -> State[Any]:
         if state.type is not StateType.COMPLETED or run.spec.kind not in ("sync", "async"):
             return state  # generators have no result to keep
-        from asyncflow.results.record import ResultRecord
+        if run.hook_data is _HIT:
+            return state  # (a cache hit: it is stored already)
+        from asyncflow.results.record import ResultRecord, encode
 
         spec = run.spec
         serializer = _serializer(run)
@@ -47,33 +74,83 @@ class PersistResult(RunHook):
         except Exception as exc:
             return _not_persisted(run, state, f"result_storage_key failed: {exc!r}", None)
         try:
-            blob = serializer.dumps(state.data)
+            payload = serializer.dumps(state.data)
         except Exception as exc:
             reason = f"the {serializer.type!r} serializer cannot write it: {exc}"
             return _not_persisted(run, state, reason, None)
+        expiration = getattr(spec, "cache_expiration", None)
+        expires = None if expiration is None else time.time() + expiration.total_seconds()
         try:
-            storage.write(key, blob)
+            storage.write(key, encode(serializer, payload, expires))
         except Exception as exc:
             reason = f"writing to {storage!r} failed: {type(exc).__name__}: {exc}"
             return _not_persisted(run, state, reason, storage.url)
-        record = ResultRecord(storage, key, serializer, len(blob))
+        record = ResultRecord(storage, key, serializer, len(payload), expires)
         if not spec.cache_result_in_memory:
             state = state.copy(data=record)  # the value is let go; `result()` reads it back
         state.result_record = record
         return state
 
 
+_UNCACHED = "<uncached>"  # `run.hook_data` markers (a real key is a hex digest)
+_HIT = "<hit>"
+_unhashable_warned: set[int] = set()
+
+
+def _cache_key(run: Any, policy: Any) -> str | None:
+    from asyncflow.results.cache_policies import Unhashable
+
+    if getattr(run.spec, "result_storage_key", None) is not None:
+        try:  # a storage key of one's own is the cache key too (as in Prefect)
+            return _key(run)
+        except Exception:
+            return None  # (after_outcome says why the result is not persisted)
+    try:
+        return policy.compute_key(run, run.parameters)  # type: ignore[no-any-return]
+    except Unhashable as exc:
+        spec = run.spec
+        with _warned_lock:
+            first = id(spec) not in _unhashable_warned
+            _unhashable_warned.add(id(spec))
+        if first:  # once per task, not a traceback per call
+            run._log(
+                logging.WARNING,
+                f"Task {spec.name!r} runs uncached: its inputs cannot be hashed for the "
+                f"cache key ({exc}). Leave the argument out (cache_policy=INPUTS - 'name') "
+                "or give a cache_key_fn.",
+            )
+        return None
+
+
 PERSIST = PersistResult()
 
 
 def lifecycle_for(spec: Any, is_flow: bool) -> tuple[RunHook, ...]:
-    """The result hooks every run of `spec` gets (computed when it is defined)."""
+    """The result hooks every run of `spec` gets (computed when it is defined), and, for a
+    task, its cache policy in effect (`spec.cache`), as Prefect decides them: a cache policy
+    or key function turns persistence on; a persisting task caches with DEFAULT unless
+    told NO_CACHE; `persist_result=False` means no caching either."""
+    from asyncflow.results import cache_policies
     from asyncflow.settings import get_settings
 
     persist = spec.persist_result
+    if is_flow:
+        if persist is None:
+            persist = get_settings().results_persist_by_default
+        return (PERSIST,) if persist else ()
+    key_fn, policy = spec.cache_key_fn, spec.cache_policy
+    asked = key_fn is not None or (policy is not None and policy is not cache_policies.NO_CACHE)
     if persist is None:
-        settings = get_settings()
-        persist = settings.results_persist_by_default if is_flow else settings.tasks_persist_result
+        persist = asked or get_settings().tasks_persist_result
+    cache: Any = None
+    if persist:
+        if key_fn is not None:
+            cache = cache_policies.CacheKeyFnPolicy(key_fn)
+        elif policy is None:
+            cache = cache_policies.DEFAULT
+        elif policy is not cache_policies.NO_CACHE:
+            cache = policy
+    spec.cache = cache
     return (PERSIST,) if persist else ()
 
 
@@ -105,7 +182,8 @@ def _storage(run: Any) -> Any:
 def _key(run: Any) -> str:
     template = getattr(run.spec, "result_storage_key", None)
     if template is None:
-        return str(run.id)
+        key = run.hook_data
+        return str(run.id) if key is None or key is _UNCACHED else str(key)
     from asyncflow.runtime import flow_run, task_run
 
     return str(template.format(flow_run=flow_run, task_run=task_run, parameters=run.parameters))
