@@ -510,7 +510,47 @@ def count_stored_transitions(home: Path) -> int | None:
     return None
 
 
+def persist_results(n: int, repeats: int) -> Result:
+    """N calls of a task that persists a small result (pickle, to $ASYNCFLOW_HOME/storage),
+    each with new inputs: every call is a cache miss that writes a file."""
+    from asyncflow import flow, task
+
+    @task(persist_result=True)
+    def small(x: int) -> dict[str, int]:
+        return {"x": x}
+
+    @flow
+    def persisting(start: int, count: int) -> None:
+        for i in range(start, start + count):
+            small(i)
+
+    persisting(-10, 10)
+    rounds = iter(range(repeats))
+    return per_item(best_of(repeats, lambda: timed(lambda: persisting(next(rounds) * n, n))), n)
+
+
+def cache_hits(n: int, repeats: int) -> Result:
+    """N calls of a cached task whose result is stored already (INPUTS policy): each reads
+    its record back instead of running."""
+    from asyncflow import flow, task
+    from asyncflow.cache_policies import INPUTS
+
+    @task(cache_policy=INPUTS)
+    def small(x: int) -> dict[str, int]:
+        return {"x": x}
+
+    @flow
+    def calling(count: int) -> None:
+        for i in range(count):
+            small(i)
+
+    calling(n)  # stores them
+    return per_item(best_of(repeats, lambda: timed(lambda: calling(n))), n)
+
+
 WORKLOADS: dict[str, Workload] = {
+    "persist_results": persist_results,
+    "cache_hits": cache_hits,
     "hello_flow": hello_flow,
     "noop_flow_sync": noop_flow_sync,
     "noop_flow_async": noop_flow_async,

@@ -226,7 +226,53 @@ def cancel_tree(n: int, repeats: int) -> Result:
     return {"seconds": seconds, "per_item_us": seconds / n * 1e6}
 
 
+def _result_dir() -> str:
+    import os
+    import tempfile
+
+    return tempfile.mkdtemp(dir=os.environ.get("ASYNCFLOW_HOME"))
+
+
+def pickle_to_files(n: int, repeats: int) -> Result:
+    """N small values pickled, each written to a file of its own atomically (temp + rename)."""
+    import os
+    import pickle
+    import tempfile
+
+    base = _result_dir()
+    rounds = iter(range(repeats))
+
+    def write(start: int, count: int) -> None:
+        for i in range(start, start + count):  # new files each round, as asyncflow's side
+            fd, temp = tempfile.mkstemp(dir=base)
+            with os.fdopen(fd, "wb") as f:
+                f.write(pickle.dumps({"x": i}))
+            os.replace(temp, os.path.join(base, str(i)))
+
+    return per_item(best_of(repeats, lambda: timed(lambda: write(next(rounds) * n, n))), n)
+
+
+def unpickle_from_files(n: int, repeats: int) -> Result:
+    """N small pickled values read back from a file each."""
+    import os
+    import pickle
+
+    base = _result_dir()
+    for i in range(n):
+        with open(os.path.join(base, str(i)), "wb") as f:
+            f.write(pickle.dumps({"x": i}))
+
+    def read(count: int) -> None:
+        for i in range(count):
+            with open(os.path.join(base, str(i)), "rb") as f:
+                pickle.loads(f.read())
+
+    return per_item(best_of(repeats, lambda: timed(lambda: read(n))), n)
+
+
 WORKLOADS: dict[str, Workload] = {
+    "pickle_to_files": pickle_to_files,
+    "unpickle_from_files": unpickle_from_files,
     "hello_flow": hello_flow,
     "plain_noop": plain_noop,
     "await_noop": await_noop,

@@ -272,6 +272,33 @@ WORKLOADS: list[Workload] = [
         item="flow",
         prefect_note="Prefect keeps its records in its server's database",
     ),
+    Workload(
+        "persist_results",
+        "N task calls that persist a small result to local storage, each a new file (floor: "
+        "pickle + atomic write of a file each)",
+        "us",
+        500,
+        5_000,
+        3,
+        "pickle_to_files",
+        None,
+        None,
+        item="task",
+        prefect_note="not measured yet",
+    ),
+    Workload(
+        "cache_hits",
+        "N task calls answered from the cache (INPUTS policy; floor: read a file and unpickle)",
+        "us",
+        500,
+        5_000,
+        3,
+        "unpickle_from_files",
+        None,
+        None,
+        item="task",
+        prefect_note="not measured yet",
+    ),
 ]
 
 BY_NAME = {w.name: w for w in WORKLOADS}

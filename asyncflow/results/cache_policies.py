@@ -99,16 +99,23 @@ class Inputs(CachePolicy):
         return "INPUTS" + "".join(f" - {name!r}" for name in self.exclude)
 
 
+_source_keys: dict[Any, str] = {}  # code object -> digest of its function's source
+
+
 class TaskSource(CachePolicy):
     """The task function's source code (its bytecode when the source is not there)."""
 
     def compute_key(self, run: Any, inputs: dict[str, Any]) -> str | None:
         fn = run.spec.fn
-        try:
-            source: Any = inspect.getsource(fn)
-        except (OSError, TypeError):
-            source = fn.__code__.co_code.hex() if hasattr(fn, "__code__") else repr(fn)
-        return hash_objects(source)
+        code = getattr(fn, "__code__", fn)
+        key = _source_keys.get(code)
+        if key is None:  # read once per function: the source is not re-read per call
+            try:
+                source: Any = inspect.getsource(fn)
+            except (OSError, TypeError):
+                source = code.co_code.hex() if hasattr(code, "co_code") else repr(fn)
+            key = _source_keys[code] = hash_objects(source)
+        return key
 
     def __repr__(self) -> str:
         return "TASK_SOURCE"
