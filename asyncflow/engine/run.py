@@ -601,6 +601,10 @@ class FlowRunEngine(RunEngine):
             )
             if engine_logger.isEnabledFor(logging.INFO):
                 engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
+                if error is None:  # Prefect 3's line (it starts right after)
+                    self._log(
+                        logging.INFO, f"Beginning flow run '{self.name}' for flow '{flow.name}'"
+                    )
         else:
             # The stand-in task run lives and ends with this run: a registry row, no engine.
             index = parent.next_task_index(flow.name)
@@ -612,6 +616,10 @@ class FlowRunEngine(RunEngine):
                 parent._log(
                     logging.INFO, f"Created subflow run '{self.name}' for flow '{flow.name}'"
                 )
+                if error is None:
+                    self._log(
+                        logging.INFO, f"Beginning subflow run '{self.name}' for flow '{flow.name}'"
+                    )
         cancellation.track(self.registry, self.row, self.request_cancel)
         if error is not None:
             name = "NotReady" if error is not_ready else None
@@ -631,17 +639,10 @@ class FlowRunEngine(RunEngine):
             flow_run_var.reset(token)
 
     def begin_attempt(self) -> State[Any] | None:
-        if self.run_count == 0:
-            if self.parent_task_row != _NO_ROW:
-                # Its stand-in task run enters Running with it, before any hook runs.
-                self.start_time = now = time.time()
-                self.registry.add_transition(self.parent_task_row, _RUNNING, now)
-            if self.base_logger.isEnabledFor(logging.INFO):  # Prefect 3's line
-                kind = "flow" if self.parent is None else "subflow"
-                self._log(
-                    logging.INFO,
-                    f"Beginning {kind} run '{self.name}' for flow '{self.spec.name}'",
-                )
+        if self.run_count == 0 and self.parent_task_row != _NO_ROW:
+            # Its stand-in task run enters Running with it, before any hook runs.
+            self.start_time = now = time.time()
+            self.registry.add_transition(self.parent_task_row, _RUNNING, now)
         return super().begin_attempt()
 
     def finish(self, state: State[Any]) -> State[Any]:
