@@ -233,3 +233,20 @@ def test_no_policy_no_persistence_means_no_key_is_computed(monkeypatch: pytest.M
         return plain(1) + plain(1)
 
     assert runs() == 2 and plain.lifecycle == ()
+
+
+def test_a_corrupt_cache_record_is_a_miss(tmp_path: Path) -> None:
+    @task(cache_key_fn=lambda context, parameters: "fixed", result_storage=tmp_path)
+    def value() -> int:
+        return 5
+
+    @flow
+    def runs() -> Any:
+        return value(return_state=True)
+
+    assert runs().name == "Completed"
+    blob = (tmp_path / "fixed").read_bytes()
+    (tmp_path / "fixed").write_bytes(blob[: blob.index(b"\n", 5) + 1] + b"not a pickle")
+    again = runs()
+    assert again.name == "Completed" and again.result() == 5  # ran again, rewrote it
+    assert runs().name == "Cached"

@@ -25,7 +25,6 @@ from typing import Any
 from asyncflow.engine.lifecycle import RunHook
 from asyncflow.states import State, StateType
 
-logger = logging.getLogger("asyncflow.results")
 _warned: set[str] = set()
 _warned_lock = threading.Lock()
 
@@ -48,7 +47,11 @@ class PersistResult(RunHook):
             return None
         from asyncflow.results import record as records
 
-        found = records.read(_storage(run), key, _serializer(run))
+        try:
+            found = records.read(_storage(run), key, _serializer(run))
+        except Exception as exc:  # unreadable (permissions, a corrupt file): a miss
+            run._log(logging.DEBUG, f"Cache record {key!r} cannot be read: {exc!r}")
+            found = None
         if found is None:
             return None
         record, value = found
