@@ -250,3 +250,28 @@ def test_a_corrupt_cache_record_is_a_miss(tmp_path: Path) -> None:
     again = runs()
     assert again.name == "Completed" and again.result() == 5  # ran again, rewrote it
     assert runs().name == "Cached"
+
+
+def test_a_retried_flow_attempt_does_not_rerun_its_persisted_tasks(tmp_path: Path) -> None:
+    """@flow(retries=...): the second attempt is the same flow run (RUN_ID), so tasks that
+    completed and persisted in the first are cache hits."""
+    executed: list[str] = []
+
+    @task(persist_result=True, result_storage=tmp_path)
+    def step(name: str) -> str:
+        executed.append(name)
+        return name
+
+    attempts: list[int] = []
+
+    @flow(retries=1)
+    def pipeline() -> list[str]:
+        attempts.append(1)
+        done = [step("a"), step("b")]
+        if len(attempts) == 1:
+            raise RuntimeError("fails after b, the first time")
+        return [*done, step("c")]
+
+    state = pipeline(return_state=True)
+    assert state.is_completed() and state.result() == ["a", "b", "c"]
+    assert executed == ["a", "b", "c"]  # a and b ran once: the retry took them from the cache
