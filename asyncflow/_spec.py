@@ -166,17 +166,15 @@ def _serializer_option(value: Any, owner: str) -> Any:
 def _storage_option(value: Any, owner: str) -> Any:
     if value is None:
         return None
-    from asyncflow.results.storage import LocalFileSystem, ResultStorage
+    from asyncflow.results.storage import ResultStorage, storage_for
 
     if isinstance(value, ResultStorage):
         return value
     if isinstance(value, (str, os.PathLike)):
-        if "://" in str(value):
-            raise InvalidDefinitionError(
-                f"{owner}: result_storage {str(value)!r} is a URL; only local directories are "
-                "supported so far (give a path, or a LocalFileSystem)."
-            )
-        return LocalFileSystem(value)
+        try:
+            return storage_for(value)
+        except ImportError as exc:
+            raise InvalidDefinitionError(f"{owner}: {exc}") from None
     raise InvalidDefinitionError(
         f"{owner}: result_storage must be a directory path or a ResultStorage, got {value!r}."
     )

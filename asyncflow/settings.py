@@ -47,8 +47,8 @@ class Settings:
     results_persist_by_default: bool
     #: tasks whose persist_result is None persist (read when the task is defined)
     tasks_persist_result: bool
-    #: where results go when a flow or task names no result_storage
-    result_storage: Path
+    #: where results go when a flow or task names no result_storage (a path or fsspec URL)
+    result_storage: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -65,10 +65,8 @@ class Settings:
             store_backlog=_number(env, "ASYNCFLOW_STORE_BACKLOG", 1_000_000, int),
             results_persist_by_default=_bool(env.get("ASYNCFLOW_RESULTS_PERSIST_BY_DEFAULT", "")),
             tasks_persist_result=_bool(env.get("ASYNCFLOW_TASKS_PERSIST_RESULT", "")),
-            result_storage=Path(
-                env.get("ASYNCFLOW_RESULTS_STORAGE")
-                or Path(env.get("ASYNCFLOW_HOME", "~/.asyncflow")) / "storage"
-            ).expanduser(),
+            result_storage=env.get("ASYNCFLOW_RESULTS_STORAGE")
+            or str(Path(env.get("ASYNCFLOW_HOME", "~/.asyncflow")).expanduser() / "storage"),
         )
 
 

@@ -133,6 +133,7 @@ def test_the_checker_sees_a_cycle() -> None:
 #: The lowest floor: it imports nothing but itself.
 LOWEST = {
     "asyncflow._awaiting",
+    "asyncflow._signals",
     "asyncflow.backend",
     "asyncflow.exceptions",
     "asyncflow.settings",

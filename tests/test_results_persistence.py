@@ -155,8 +155,6 @@ def test_a_result_that_cannot_be_written_completes_the_run_with_a_warning(
 def test_result_options_are_checked_at_definition(tmp_path: Path) -> None:
     with pytest.raises(InvalidDefinitionError, match="Unknown result serializer 'yaml'"):
         task(result_serializer="yaml")(lambda: None)  # type: ignore[call-overload]
-    with pytest.raises(InvalidDefinitionError, match="only local directories"):
-        task(result_storage="s3://bucket/x")(lambda: None)  # type: ignore[call-overload]
     with pytest.raises(InvalidDefinitionError, match="directory path or a ResultStorage"):
         flow(result_storage=3)(lambda: None)  # type: ignore[call-overload]
     with pytest.raises(InvalidDefinitionError, match="result_storage_key must be a string"):
@@ -202,3 +200,34 @@ def test_the_default_storage_is_under_asyncflow_home(tmp_path: Path) -> None:
     ).stdout.split()
     assert out[0] == str(tmp_path / "storage")
     assert (tmp_path / "storage" / out[1]).is_file()
+
+
+# -- fsspec storage (the [fsspec] extra; .ci/run installs it) ------------------------------------
+def test_results_in_an_fsspec_filesystem(tmp_path: Path) -> None:
+    pytest.importorskip("fsspec")  # (the extra: CI has it; a bare install gets the error below)
+    from asyncflow.results import RemoteFileSystem
+
+    for url in ("memory://asyncflow-tests/results", f"file://{tmp_path}/remote"):
+
+        @task(persist_result=True, result_storage=url, result_storage_key="k/{parameters[x]}")
+        def stored(x: int) -> dict[str, int]:
+            return {"x": x}
+
+        @flow
+        def runs() -> Any:
+            return stored(3, return_state=True), stored(3, return_state=True)
+
+        first, second = runs()
+        record = first.result_record
+        assert isinstance(record.storage, RemoteFileSystem) and record.storage.url == url
+        assert record.load() == {"x": 3} and second.name == "Cached"
+        assert record.storage.exists("k/3") and record.storage.delete("k/3")
+        with pytest.raises(MissingResult):
+            record.load()
+    assert (tmp_path / "remote" / "k").is_dir()
+
+
+def test_an_fsspec_url_without_the_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "fsspec", None)  # as if it were not installed
+    with pytest.raises(InvalidDefinitionError, match=r"pip install 'asyncflow\[fsspec\]'"):
+        task(result_storage="s3://bucket/x")(lambda: None)  # type: ignore[call-overload]

@@ -166,12 +166,12 @@ CHILDREN_SCRIPT = """
     @task
     async def waits():
         import anyio
+        print("ready", flush=True)  # both children run now
         await anyio.sleep(30)
 
     @flow
     def parent():
         future = sleeps.submit()
-        print("ready", flush=True)
         waits()  # an async task on the kernel loop, from a sync flow
 
     parent()

@@ -39,6 +39,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from asyncflow._signals import sigterm_blocked
+
 F = TypeVar("F", bound=Callable[..., Any])
 _lock = threading.RLock()
 _counter = itertools.count()
@@ -321,7 +323,8 @@ def at_deadline(deadline: float, target: _Target, make_exc: Callable[[], BaseExc
             _timer_thread = threading.Thread(
                 target=_timer_loop, name="asyncflow-deadlines", daemon=True
             )
-            _timer_thread.start()
+            with sigterm_blocked():
+                _timer_thread.start()
 
 
 def _timer_loop() -> None:

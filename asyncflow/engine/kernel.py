@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from asyncflow._signals import sigterm_blocked
 from asyncflow.engine.interrupts import interruptible
 
 T = TypeVar("T")
@@ -32,9 +33,10 @@ def portal() -> BlockingPortal:
         with _lock:
             if _portal is None:
                 stack = ExitStack()
-                _portal = stack.enter_context(
-                    start_blocking_portal("asyncio", name="asyncflow-kernel")
-                )
+                with sigterm_blocked():  # its thread must leave SIGTERM to the main thread
+                    _portal = stack.enter_context(
+                        start_blocking_portal("asyncio", name="asyncflow-kernel")
+                    )
                 _stack = stack
                 atexit.register(shutdown)
     return _portal

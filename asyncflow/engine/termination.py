@@ -26,6 +26,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from asyncflow._signals import sigterm_blocked
 from asyncflow.engine import interrupts
 from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.exceptions import TerminationSignal
@@ -96,7 +97,8 @@ def _where(frame: Any) -> str:
 
 def _again(main: int, signum: int) -> None:
     try:
-        threading.Timer(_RETRY, signal.pthread_kill, (main, signum)).start()
+        with sigterm_blocked():
+            threading.Timer(_RETRY, signal.pthread_kill, (main, signum)).start()
     except RuntimeError:  # the interpreter is shutting down: its exit hook writes the rest
         pass
 
@@ -117,6 +119,7 @@ def _flush_then_end(main: int, signum: int) -> None:
         return
     _flushing = True
     try:
-        threading.Thread(target=flush, name="asyncflow-sigterm", daemon=True).start()
+        with sigterm_blocked():
+            threading.Thread(target=flush, name="asyncflow-sigterm", daemon=True).start()
     except RuntimeError:  # the interpreter is shutting down: its exit hook writes the rest
         pass

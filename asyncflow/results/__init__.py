@@ -12,6 +12,7 @@ _EXPORTS = {
     "Serializer": "serializers",
     "resolve_serializer": "serializers",
     "LocalFileSystem": "storage",
+    "RemoteFileSystem": "storage",
     "ResultStorage": "storage",
     "ResultRecord": "record",
 }

@@ -170,7 +170,7 @@ def _serializer(run: Any) -> Any:
 
 
 def _storage(run: Any) -> Any:
-    from asyncflow.results.storage import LocalFileSystem
+    from asyncflow.results.storage import storage_for
     from asyncflow.settings import get_settings
 
     engine = run
@@ -179,7 +179,7 @@ def _storage(run: Any) -> Any:
         if chosen is not None:
             return chosen
         engine = engine.parent
-    return LocalFileSystem(get_settings().result_storage)
+    return storage_for(get_settings().result_storage)
 
 
 def _key(run: Any) -> str:

@@ -95,4 +95,68 @@ class LocalFileSystem(ResultStorage):
         return f"LocalFileSystem({str(self.basepath)!r})"
 
 
-__all__ = ["LocalFileSystem", "ResultStorage", "check_key"]
+class RemoteFileSystem(ResultStorage):
+    """Results under an fsspec URL (`s3://bucket/prefix`, `gs://...`, `memory://...`,
+    `file://...`); needs the `[fsspec]` extra (and the filesystem's own package, e.g.
+    s3fs). A result is written to a temporary name beside its key, then moved over it."""
+
+    def __init__(self, url: str, **storage_options: object) -> None:
+        try:
+            import fsspec  # type: ignore[import-untyped]
+        except ImportError:
+            raise ImportError(
+                f"Result storage {url!r} is a URL, which needs fsspec: "
+                "pip install 'asyncflow[fsspec]' (or give a local directory)."
+            ) from None
+        self.url = url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **storage_options)
+
+    def _path(self, key: str) -> str:
+        return f"{self.root.rstrip('/')}/{check_key(key)}"
+
+    def write(self, key: str, blob: bytes) -> None:
+        import uuid
+
+        path = self._path(key)
+        parent, _, name = path.rpartition("/")
+        self.fs.makedirs(parent, exist_ok=True)
+        temp = f"{parent}/.{name}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open(temp, "wb") as f:
+            f.write(blob)
+        self.fs.mv(temp, path)
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self.fs.cat_file(self._path(key))  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            raise MissingResult(f"No result is stored at {self.url}/{key}.") from None
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.isfile(self._path(key)))
+
+    def delete(self, key: str) -> bool:
+        path = self._path(key)
+        if not self.fs.isfile(path):
+            return False
+        self.fs.rm_file(path)
+        return True
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemoteFileSystem) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __repr__(self) -> str:
+        return f"RemoteFileSystem({self.url!r})"
+
+
+def storage_for(value: str | os.PathLike[str]) -> ResultStorage:
+    """A storage from a directory path or an fsspec URL."""
+    text = os.fspath(value)
+    if "://" in text:
+        return RemoteFileSystem(text)
+    return LocalFileSystem(text)
+
+
+__all__ = ["LocalFileSystem", "RemoteFileSystem", "ResultStorage", "check_key", "storage_for"]

@@ -114,7 +114,10 @@ class Writer:
         self.thread = threading.Thread(
             target=self._loop, name="asyncflow-store-writer", daemon=True
         )
-        self.thread.start()
+        from asyncflow._signals import sigterm_blocked
+
+        with sigterm_blocked():  # the main thread takes SIGTERM (asyncflow.engine.termination)
+            self.thread.start()
 
     def keep(self, registry: MemoryRegistry) -> None:
         """Persist `registry` from now on (called from run threads: never waits)."""

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from asyncflow._signals import sigterm_blocked
 from asyncflow.task_runners.base import TaskRunner, set_worker_pool
 
 _STOP = None
@@ -88,7 +89,8 @@ class ThreadPoolTaskRunner(TaskRunner):
                 daemon=True,
             )
             self._threads.append(thread)
-        thread.start()
+        with sigterm_blocked():
+            thread.start()
 
     def _worker(self) -> None:
         set_worker_pool(self)

@@ -1,0 +1,32 @@
+"""Threads asyncflow starts do not take SIGTERM.
+
+The kernel hands a process-directed signal to any thread that does not block it. Python
+runs its handler in the main thread only, and only once that thread runs bytecode: when the
+signal lands in a worker thread while the main thread waits in a system call (an event
+loop's `select`), the handler waits with it. Threads started inside `sigterm_blocked()`
+inherit a mask that blocks SIGTERM, so the kernel hands it to the main thread, whose wait
+it interrupts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def sigterm_blocked() -> Iterator[None]:
+    """Block SIGTERM in this thread for the block (a signal arriving meanwhile waits, and
+    is delivered when it ends); threads started inside keep it blocked."""
+    if not hasattr(signal, "pthread_sigmask"):  # (not on Windows)
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+__all__ = ["sigterm_blocked"]
