@@ -67,8 +67,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     if where == "engine" or interrupts._unsafe(main, frame):
         _again(main, signum)
         return
-    run = task_run_var.get() or flow_run_var.get()
     flow = flow_run_var.get()
+    run = task_run_var.get() or flow
     on_loop = flow is not None and flow.is_async
     if where == "body" and run is not None and not run.spec.isasync and not on_loop:
         raise TerminationSignal(signum)

@@ -157,29 +157,39 @@ def lifecycle_for(spec: Any, is_flow: bool) -> tuple[RunHook, ...]:
     return (PERSIST,) if persist else ()
 
 
-def _serializer(run: Any) -> Any:
-    from asyncflow.results.serializers import resolve_serializer
-
-    engine = run
-    while engine is not None:  # the run's own, else the nearest flow run's that names one
-        chosen = engine.spec.result_serializer
-        if chosen is not None:
-            return resolve_serializer(chosen)
-        engine = engine.parent
-    return resolve_serializer(None)
-
-
-def _storage(run: Any) -> Any:
-    from asyncflow.results.storage import storage_for
-    from asyncflow.settings import get_settings
-
+def _nearest(run: Any, option: str) -> Any:
+    """The run's own option (resolved when defined), else that of the nearest flow run
+    above it that sets one; None when none does."""
     engine = run
     while engine is not None:
-        chosen = engine.spec.result_storage
+        chosen = getattr(engine.spec, option)
         if chosen is not None:
             return chosen
         engine = engine.parent
-    return storage_for(get_settings().result_storage)
+    return None
+
+
+def _serializer(run: Any) -> Any:
+    from asyncflow.results.serializers import resolve_serializer
+
+    return _nearest(run, "result_serializer") or resolve_serializer(None)
+
+
+_default_storage: tuple[str, Any] | None = None  # (the setting, the storage made from it)
+
+
+def _storage(run: Any) -> Any:
+    global _default_storage
+    chosen = _nearest(run, "result_storage")
+    if chosen is not None:
+        return chosen
+    from asyncflow.results.storage import storage_for
+    from asyncflow.settings import get_settings
+
+    where = get_settings().result_storage
+    if _default_storage is None or _default_storage[0] != where:  # made once per setting
+        _default_storage = (where, storage_for(where))
+    return _default_storage[1]
 
 
 def _key(run: Any) -> str:
