@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, TypeVar, overload
 
@@ -110,6 +111,23 @@ class Flow(Spec, Generic[P, R]):
                 return hashlib.md5(f.read(), usedforsecurity=False).hexdigest()
         except (OSError, TypeError):
             return None
+
+    @functools.cached_property
+    def entrypoint(self) -> str | None:
+        """Where the flow is defined, as `path/to/file.py:function` (recorded with each
+        top-level run, so `asyncflow runs retry` can load it); None when it cannot be
+        imported by that name (defined in a function, or not in a file)."""
+        fn = inspect.unwrap(self.fn)
+        qualname = getattr(fn, "__qualname__", "")
+        if not qualname or "<" in qualname:
+            return None
+        try:
+            path = inspect.getsourcefile(fn)
+        except TypeError:
+            return None
+        if path is None or not os.path.isfile(path):
+            return None
+        return f"{os.path.abspath(path)}:{qualname}"
 
     # -- calling --------------------------------------------------------------------------------
     if TYPE_CHECKING:  # the types of a call; the call itself is `entry.call` (a frame less)

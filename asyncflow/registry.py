@@ -98,7 +98,15 @@ class ColumnExport(NamedTuple):
     t_ts: array[float]
     t_prev: array[int]  # the run's transition before this one, or -1
     t_text: dict[int, tuple[str | None, str | None]]
+    fact_start: int
+    fact_end: int
+    facts: list[tuple[int, str, Any]]  # (row, FACT_*, value), from fact_start on
 
+
+#: What a fact says about its run (see `MemoryRegistry.add_fact`).
+FACT_TAGS = "tags"  # the run's tags (a set)
+FACT_ENTRYPOINT = "entrypoint"  # where its flow is defined: 'path/to/file.py:function'
+FACT_RESULT = "result"  # its persisted result: a store.base.RESULT_COLUMNS row without "row"
 
 _ROW_BITS = 48  # a run id's last 12 hex digits are its row
 _ROW_MASK = (1 << _ROW_BITS) - 1
@@ -183,6 +191,8 @@ class MemoryRegistry:
         self._t_ts = array("d")
         self._t_prev = array("q")
         self._t_text: dict[int, tuple[str | None, str | None]] = {}
+        # what is known of a run after it is added, in the order it became known (see add_fact)
+        self._facts: list[tuple[int, str, Any]] = []
         # transitions whose writer found the lock taken: (row, type code, ts, name, message)
         self._inbox: deque[tuple[int, int, float, str | None, str | None]] = deque()
 
@@ -379,6 +389,20 @@ class MemoryRegistry:
     def set_name(self, row: int, name: str) -> None:
         self._names[row] = name
 
+    def add_fact(self, row: int, what: str, value: Any) -> None:
+        """Record something learned about a run after it was added (its tags, its flow's
+        entrypoint, its persisted result): the store's writer takes facts in order, with
+        their own mark, like transitions. Never waits (a list append is atomic)."""
+        self._facts.append((row, what, value))
+
+    def facts_of(self, row: int, what: str) -> list[Any]:
+        """The values of one kind of fact recorded for a run, oldest first."""
+        return [v for r, w, v in self._facts if r == row and w == what]
+
+    @property
+    def fact_count(self) -> int:
+        return len(self._facts)
+
     # -- export (for persistent stores; never on the hot path) ---------------------------------
     def export(self, run_start: int, transition_start: int) -> Export:
         """Runs and transitions recorded since the given watermarks, as plain tuples.
@@ -417,7 +441,9 @@ class MemoryRegistry:
             ]
         return Export(runs, transitions, run_end, transition_end)
 
-    def export_columns(self, run_start: int, transition_start: int) -> ColumnExport:
+    def export_columns(
+        self, run_start: int, transition_start: int, fact_start: int = 0
+    ) -> ColumnExport:
         """Like `export`, as columns: array slices instead of a tuple (and UUID) per row.
 
         What the persistent store's writer uses: it costs well under a microsecond per run,
@@ -427,6 +453,8 @@ class MemoryRegistry:
             self._drain()
             run_end = len(self._kind)
             transition_end = len(self._t_type)
+            # (after run_end: a fact's run was added before the fact, so every one is in)
+            facts = self._facts[fact_start:]
             batch = ColumnExport(
                 prefix=self._prefix,
                 types=_TYPES,
@@ -448,6 +476,9 @@ class MemoryRegistry:
                 t_ts=self._t_ts[transition_start:transition_end],
                 t_prev=self._t_prev[transition_start:transition_end],
                 t_text=_tail(self._t_text, transition_start),
+                fact_start=fact_start,
+                fact_end=fact_start + len(facts),
+                facts=facts,
             )
         return batch
 

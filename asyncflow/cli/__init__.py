@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     tree = runs_commands.add_parser("tree", help="a run with every run nested under it")
     tree.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
 
+    result = runs_commands.add_parser("result", help="a run's persisted result")
+    result.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
+
     run = commands.add_parser("run", help="run a flow from a Python file")
     run.add_argument("target", metavar="FILE[:FLOW]", help="e.g. path/to/file.py:my_flow")
     run.add_argument(
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=("asyncio", "trio"), default="asyncio", help="for async flows"
     )
 
-    for sub in (ls, inspect, tree, run):
+    for sub in (ls, inspect, tree, result, run):
         sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
         _store_option(sub, argparse.SUPPRESS)
     for sub in (ls, inspect, tree):
@@ -123,11 +126,12 @@ def _runs_command(args: argparse.Namespace) -> int:
         "ls": _runs.ls,
         "inspect": _runs.inspect,
         "tree": _runs.tree,
+        "result": _runs.result,
     }
     command = commands[args.runs_command]
     from asyncflow.cli import _format
 
-    _format.show_secrets = args.show_secrets
+    _format.show_secrets = getattr(args, "show_secrets", False)
     missing = _missing_sqlite_file(args.store)
     if missing is not None:  # reading must not create a database (a mistyped --store, say)
         if args.runs_command != "ls":

@@ -150,6 +150,8 @@ def run_dict(run: StoredRun, with_states: bool = False) -> dict[str, Any]:
         "child_flow_run_id": _str(run.child_flow_run_id),
         "parameters": None if run.parameters is None else to_jsonable(masked(run.parameters)),
         "run_count": run.run_count,
+        "tags": list(run.tags),
+        "entrypoint": run.entrypoint,
     }
     if with_states:
         data["states"] = [state_dict(s) for s in run.states]

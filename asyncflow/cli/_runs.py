@@ -1,4 +1,4 @@
-"""`asyncflow runs ls | inspect | tree`: reading the run history from a store."""
+"""`asyncflow runs ls | inspect | tree | result`: reading the run history from a store."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from asyncflow.cli._format import (
     table,
 )
 from asyncflow.states import StateType
-from asyncflow.store.base import RunStore, StoredRun
+from asyncflow.store.base import RunStore, StoredResult, StoredRun
 
 #: Children shown per run by `inspect` (`tree` shows them all).
 INSPECT_CHILDREN = 20
@@ -172,6 +172,8 @@ async def inspect(store: RunStore, args: argparse.Namespace) -> int:
     root = await build_tree(store, run, None if args.json else INSPECT_CHILDREN)
     if args.json:
         data = run_dict(run, with_states=True)
+        stored = await store.result_of(run.id)
+        data["result"] = None if stored is None else _result_dict(stored)
         data["children"] = [c.to_dict() for c in root.children]
         print(dumps(data))
         return 0
@@ -187,6 +189,16 @@ async def inspect(store: RunStore, args: argparse.Namespace) -> int:
         ("run count", str(run.run_count)),
         ("parent", await _parent_text(store, run)),
     ]
+    if run.tags:
+        fields.append(("tags", ", ".join(run.tags)))
+    stored = await store.result_of(run.id)
+    if stored is not None:
+        fields.append(
+            (
+                "result",
+                f"{stored.serializer}, {stored.size:,} bytes, {stored.key!r} in {stored.storage}",
+            )
+        )
     lines += [f"  {key:<10} {value}" for key, value in fields]
     if run.state_message:
         lines += ["", "Message", *_indented(run.state_message)]
@@ -210,6 +222,50 @@ async def inspect(store: RunStore, args: argparse.Namespace) -> int:
     if root.more:
         lines.append(f"  (first {INSPECT_CHILDREN} shown; `asyncflow runs tree {run.id}` for all)")
     print("\n".join(lines))
+    return 0
+
+
+def _result_dict(stored: StoredResult) -> dict[str, Any]:
+    return {
+        "storage": stored.storage,
+        "key": stored.key,
+        "serializer": stored.serializer,
+        "size": stored.size,
+        "created": stored.created.isoformat(),
+        "expires": None if stored.expires is None else stored.expires.isoformat(),
+        "cache": stored.cache,
+    }
+
+
+# -- result -------------------------------------------------------------------------------------
+async def result(store: RunStore, args: argparse.Namespace) -> int:
+    """Print a run's persisted result (its value as text, or as JSON with --json)."""
+    import anyio.to_thread
+
+    from asyncflow.exceptions import MissingResult
+    from asyncflow.store import missing_result_message
+
+    run = await read_run(store, args.run)
+    stored = await store.result_of(run.id)
+    if stored is None:
+        raise CLIError(missing_result_message(run))
+    try:
+        value = await anyio.to_thread.run_sync(stored.load)
+    except MissingResult as exc:
+        raise CLIError(f"the result of {run.kind} run {run.name!r} is gone: {exc}") from None
+    except Exception as exc:  # unpickling needs the value's classes importable here
+        raise CLIError(
+            f"the result of {run.kind} run {run.name!r} cannot be read here "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    if args.json:
+        from pydantic_core import to_jsonable_python
+
+        print(dumps(to_jsonable_python(value, fallback=repr)))
+    else:
+        import pprint
+
+        print(value if isinstance(value, str) else pprint.pformat(value, sort_dicts=False))
     return 0
 
 

@@ -41,6 +41,8 @@ from asyncflow.logging import (
 from asyncflow.naming import generate_run_name, render_run_name
 from asyncflow.parameters import check_size
 from asyncflow.registry import (
+    FACT_ENTRYPOINT,
+    FACT_TAGS,
     KIND_FLOW,
     KIND_TASK,
     MemoryRegistry,
@@ -599,6 +601,9 @@ class FlowRunEngine(RunEngine):
             self.registry, self.row = add_tree(
                 KIND_FLOW, flow.name, name=self.name, parameters=self.parameters
             )
+            entrypoint = flow.entrypoint
+            if entrypoint is not None:  # where `asyncflow runs retry` finds the flow again
+                self.registry.add_fact(self.row, FACT_ENTRYPOINT, entrypoint)
             if engine_logger.isEnabledFor(logging.INFO):
                 engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
                 if error is None:  # Prefect 3's line (it starts right after)
@@ -620,6 +625,8 @@ class FlowRunEngine(RunEngine):
                     self._log(
                         logging.INFO, f"Beginning subflow run '{self.name}' for flow '{flow.name}'"
                     )
+        if self.tags:
+            self.registry.add_fact(self.row, FACT_TAGS, self.tags)
         cancellation.track(self.registry, self.row, self.request_cancel)
         if error is not None:
             name = "NotReady" if error is not_ready else None
@@ -766,6 +773,8 @@ class TaskRunEngine(RunEngine):
             self.registry, self.row = add_tree(KIND_TASK, task.name, index, name)
         else:
             self.row = self.registry.add_run(KIND_TASK, task.name, parent_row, index, name)
+        if self.tags:
+            self.registry.add_fact(self.row, FACT_TAGS, self.tags)
         if task_run_logger.isEnabledFor(self._lifecycle_level(logging.INFO)):
             self._log(
                 self._lifecycle_level(logging.INFO),

@@ -60,6 +60,7 @@ class PersistResult(RunHook):
         if not run.spec.cache_result_in_memory:
             state.data = record
         state.result_record = record
+        _record_in_store(run, record, cache=True)
         return state
 
     def after_outcome(self, run: Any, state: State[Any]) -> State[Any]:
@@ -89,6 +90,7 @@ class PersistResult(RunHook):
             reason = f"writing to {storage!r} failed: {type(exc).__name__}: {exc}"
             return _not_persisted(run, state, reason, storage.url)
         record = ResultRecord(storage, key, serializer, len(payload), expires)
+        _record_in_store(run, record, cache=_is_cache_key(run.hook_data))
         if not spec.cache_result_in_memory:
             state = state.copy(data=record)  # the value is let go; `result()` reads it back
         state.result_record = record
@@ -97,6 +99,29 @@ class PersistResult(RunHook):
 
 _UNCACHED = "<uncached>"  # `run.hook_data` markers (a real key is a hex digest)
 _HIT = "<hit>"
+
+
+def _is_cache_key(key: Any) -> bool:
+    return key is not None and key is not _UNCACHED and key is not _HIT
+
+
+def _record_in_store(run: Any, record: Any, cache: bool) -> None:
+    """Tell the run store where the run's result is (a row of its `results` table)."""
+    from asyncflow.registry import FACT_RESULT
+
+    fact = (
+        record.storage.url,
+        record.key,
+        record.serializer.type,
+        record.size,
+        record.created,
+        record.expires,
+        int(cache),
+        None,
+    )
+    run.registry.add_fact(run.row, FACT_RESULT, fact)
+
+
 _unhashable_warned: set[int] = set()
 
 

@@ -47,7 +47,8 @@ class LocalFileSystem(ResultStorage):
     """Results as files under `basepath` (created when first written to)."""
 
     def __init__(self, basepath: str | os.PathLike[str]) -> None:
-        self.basepath = Path(basepath).expanduser()
+        # absolute: the store records where a result is, for processes in other directories
+        self.basepath = Path(basepath).expanduser().absolute()
         self.url = str(self.basepath)
 
     def _path(self, key: str) -> Path:

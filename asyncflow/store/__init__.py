@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from asyncflow.exceptions import StoreError
+from asyncflow.exceptions import MissingResult, StoreError
 
 if TYPE_CHECKING:
-    from asyncflow.store.base import RecordingStore
+    from uuid import UUID
+
+    from asyncflow.store.base import RecordingStore, StoredResult, StoredRun
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
 
@@ -97,4 +99,58 @@ def connect(canonical: str) -> RecordingStore:
     return PostgresStore(canonical)
 
 
-__all__ = ["connect", "open_store", "recording_url", "store_url"]
+def load_result(run_id: UUID | str, url: str | None = None) -> Any:
+    """The persisted result of a recorded run (a full id or a unique prefix), from any
+    process: read from where the run's store says it is.
+
+    KeyError for an unknown run; MissingResult when the run did not complete or its result
+    was not persisted (the message names the option that persists it) or is gone.
+    """
+    return stored_result(run_id, url)[1].load()
+
+
+def stored_result(run_id: UUID | str, url: str | None = None) -> tuple[StoredRun, StoredResult]:
+    """A recorded run and where its persisted result is; errors as `load_result`."""
+    store = open_store(url)
+    try:
+        run = store.read_run_sync(run_id)
+        stored = store.result_of_sync(run.id)
+    finally:
+        store.close()
+    if stored is None:
+        raise MissingResult(missing_result_message(run))
+    return run, stored
+
+
+def missing_result_message(run: StoredRun) -> str:
+    """Why a recorded run has no persisted result, and what would have persisted it."""
+    from asyncflow.states import StateType
+
+    what = f"{run.kind.capitalize()} run {run.name!r} ({run.id})"
+    if run.state_type is not StateType.COMPLETED:
+        return f"{what} is {run.state_name}: only a completed run has a result."
+    if run.kind == "task":
+        how = (
+            f"persist_result=True on task {run.spec_name!r} (or a cache_policy, or "
+            "ASYNCFLOW_TASKS_PERSIST_RESULT=true for every task)"
+        )
+    else:
+        how = (
+            f"persist_result=True on flow {run.spec_name!r} (or "
+            "ASYNCFLOW_RESULTS_PERSIST_BY_DEFAULT=true for every flow)"
+        )
+    return (
+        f"{what} has no persisted result: it was not persisted (set {how}), or it was "
+        "cleared (`asyncflow cache clear`)."
+    )
+
+
+__all__ = [
+    "connect",
+    "load_result",
+    "missing_result_message",
+    "open_store",
+    "recording_url",
+    "store_url",
+    "stored_result",
+]

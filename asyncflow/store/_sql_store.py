@@ -28,6 +28,7 @@ from asyncflow.store.base import (
     HEARTBEAT_SECONDS,
     RUN_COLUMNS,
     RUN_FROM,
+    StoredResult,
     StoredRun,
     ambiguous_run,
     before_read,
@@ -41,6 +42,38 @@ from asyncflow.store.base import (
 T = TypeVar("T")
 
 logger = logging.getLogger("asyncflow.store")
+
+# A result row with its run: (RESULT_SELECT) FROM RESULT_FROM; `result_row` decodes it.
+RESULT_SELECT = (
+    "x.run_pk, p.id_prefix, r.name, r.kind, r.spec_name, "
+    "CASE WHEN r.kind = 'flow' THEN r.spec_name ELSE f.spec_name END, x.storage, x.key, "
+    "x.serializer, x.size, x.created, x.expires, x.cache, x.restore_key"
+)
+RESULT_FROM = (
+    "results x JOIN runs r ON r.pk = x.run_pk JOIN processes p ON p.pk = x.run_pk >> 32 "
+    "LEFT JOIN runs f ON f.pk = r.parent_pk"
+)
+
+
+def result_row(row: Any) -> StoredResult:
+    (pk, prefix, name, kind, spec, flow, storage, key, serializer, size, created, expires,
+     cache, restore_key) = row  # fmt: skip
+    utc = datetime.timezone.utc
+    return StoredResult(
+        run_id=run_id(prefix, pk),
+        run_name=name,
+        kind=kind,
+        spec_name=spec,
+        flow_name=flow,
+        storage=storage,
+        key=key,
+        serializer=serializer,
+        size=int(size),
+        created=datetime.datetime.fromtimestamp(created, utc),
+        expires=None if expires is None else datetime.datetime.fromtimestamp(expires, utc),
+        cache=bool(cache),
+        restore_key=restore_key,
+    )
 
 
 class SqlStore:
@@ -294,3 +327,92 @@ class SqlStore:
     async def children(self, run_id: UUID | str) -> list[StoredRun]:
         """Direct children of a flow run: its task runs and subflow runs, oldest first."""
         return await anyio.to_thread.run_sync(self.children_sync, run_id)
+
+    # -- results --------------------------------------------------------------------------------
+    def result_of_sync(self, run: UUID | str) -> StoredResult | None:
+        """`result_of` without the thread hop."""
+        self._before_read()
+
+        def read(conn: Any) -> StoredResult | None:
+            pk = self._pk_of(conn, run)
+            row = conn.execute(
+                self._sql(f"SELECT {RESULT_SELECT} FROM {RESULT_FROM} WHERE x.run_pk = ?"), (pk,)
+            ).fetchone()
+            return None if row is None else result_row(row)
+
+        return self._query(read)
+
+    async def result_of(self, run_id: UUID | str) -> StoredResult | None:
+        """The persisted result of a run, None when it has none; KeyError when unknown."""
+        return await anyio.to_thread.run_sync(self.result_of_sync, run_id)
+
+    def list_results_sync(
+        self,
+        *,
+        task: str | None = None,
+        flow: str | None = None,
+        key_prefix: str | None = None,
+        older_than: datetime.datetime | None = None,
+        cache_only: bool = False,
+        limit: int | None = None,
+    ) -> list[StoredResult]:
+        """`list_results` without the thread hop."""
+        self._before_read()
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        if task is not None:
+            where.append("r.kind = 'task' AND r.spec_name = ?")
+            params.append(task)
+        if flow is not None:
+            where.append("CASE WHEN r.kind = 'flow' THEN r.spec_name ELSE f.spec_name END = ?")
+            params.append(flow)
+        if key_prefix:
+            where.append("substr(x.key, 1, ?) = ?")
+            params += [len(key_prefix), key_prefix]
+        if older_than is not None:
+            where.append("x.created < ?")
+            params.append(older_than.timestamp())
+        if cache_only:
+            where.append("x.cache = 1")
+        sql = f"SELECT {RESULT_SELECT} FROM {RESULT_FROM} WHERE {' AND '.join(where)} "
+        sql += "ORDER BY x.created DESC, x.run_pk DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(max(0, limit))
+        rows = self._query(lambda c: c.execute(self._sql(sql), params).fetchall())
+        return [result_row(row) for row in rows]
+
+    async def list_results(
+        self,
+        *,
+        task: str | None = None,
+        flow: str | None = None,
+        key_prefix: str | None = None,
+        older_than: datetime.datetime | None = None,
+        cache_only: bool = False,
+        limit: int | None = None,
+    ) -> list[StoredResult]:
+        """Persisted results, newest first: of task `task`, of flow `flow` (its flow runs
+        and their task runs), whose key starts with `key_prefix`, written before
+        `older_than`, only cache records."""
+        return await anyio.to_thread.run_sync(
+            lambda: self.list_results_sync(
+                task=task,
+                flow=flow,
+                key_prefix=key_prefix,
+                older_than=older_than,
+                cache_only=cache_only,
+                limit=limit,
+            )
+        )
+
+    def forget_results(self, locations: list[tuple[str, str]]) -> int:
+        """Delete the result rows at these (storage, key) locations (every run's that shares
+        one); returns how many rows went. The files are the caller's to delete."""
+        sql = self._sql("DELETE FROM results WHERE storage = ? AND key = ?")
+        deleted = 0
+        with self._transaction() as conn:
+            for storage, key in locations:
+                cur = conn.execute(sql, (storage, key))
+                deleted += max(cur.rowcount, 0)
+        return deleted

@@ -21,7 +21,7 @@ from itertools import compress
 from typing import Any, Literal, NamedTuple, Protocol
 from uuid import UUID
 
-from asyncflow.registry import ColumnExport
+from asyncflow.registry import FACT_ENTRYPOINT, FACT_RESULT, FACT_TAGS, ColumnExport
 from asyncflow.states import DEFAULT_NAMES, StateType
 
 TERMINAL = frozenset(
@@ -29,7 +29,8 @@ TERMINAL = frozenset(
 )
 
 #: Version of the tables both stores create; a database with a higher one is refused.
-SCHEMA_VERSION = 1
+#: 2 added run tags and entrypoints, result metadata, restarts and variables.
+SCHEMA_VERSION = 2
 #: Sequence number of the Crashed transition that crash detection adds: above any the
 #: engine assigns, so it sorts last, and the same for every detector (so it is added once).
 CRASH_SEQ = 1 << 62
@@ -99,6 +100,8 @@ class StoredRun:
     parameters: dict[str, Any] | None
     run_count: int
     states: tuple[StoredState, ...] = field(default=())
+    tags: tuple[str, ...] = ()
+    entrypoint: str | None = None  # a top-level flow run's 'path/to/file.py:function'
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -109,6 +112,42 @@ class StoredRun:
     @property
     def is_final(self) -> bool:
         return self.state_type in TERMINAL
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResult:
+    """A persisted result as the store lists it: the run it belongs to and where it is."""
+
+    run_id: UUID
+    run_name: str
+    kind: Literal["flow", "task"]
+    spec_name: str  # the run's flow or task
+    flow_name: str | None  # a task run's flow (None outside any flow), a flow run's own
+    storage: str  # a directory, or an fsspec URL
+    key: str
+    serializer: str
+    size: int
+    created: datetime.datetime
+    expires: datetime.datetime | None
+    cache: bool  # the key is a cache key: other runs may take the result
+    restore_key: str | None
+
+    @property
+    def expired(self) -> bool:
+        return self.expires is not None and self.expires <= datetime.datetime.now(
+            datetime.timezone.utc
+        )
+
+    def load(self) -> Any:
+        """The value, read from its storage (MissingResult when the file is gone)."""
+        from asyncflow.results.record import ResultRecord
+        from asyncflow.results.serializers import resolve_serializer
+        from asyncflow.results.storage import storage_for
+
+        record = ResultRecord(
+            storage_for(self.storage), self.key, resolve_serializer(self.serializer), self.size
+        )
+        return record.load()
 
 
 class RunStore(Protocol):
@@ -145,6 +184,32 @@ class RunStore(Protocol):
     async def children(self, run_id: UUID | str) -> list[StoredRun]:
         """Direct children of a flow run: its task runs and subflow runs, oldest first."""
         ...
+
+    async def result_of(self, run_id: UUID | str) -> StoredResult | None:
+        """The persisted result of a run, None when it has none; KeyError when unknown."""
+        ...
+
+    async def list_results(
+        self,
+        *,
+        task: str | None = None,
+        flow: str | None = None,
+        key_prefix: str | None = None,
+        older_than: datetime.datetime | None = None,
+        cache_only: bool = False,
+        limit: int | None = None,
+    ) -> list[StoredResult]:
+        """Persisted results, newest first, filtered (see SqlStore.list_results)."""
+        ...
+
+    def forget_results(self, locations: list[tuple[str, str]]) -> int:
+        """Delete the result rows at these (storage, key) locations; returns how many."""
+        ...
+
+    # the same reads without a thread hop, for sync callers
+    def read_run_sync(self, run_id: UUID | str) -> StoredRun: ...
+
+    def result_of_sync(self, run_id: UUID | str) -> StoredResult | None: ...
 
 
 class RecordingStore(RunStore, Protocol):
@@ -215,6 +280,12 @@ class WriteBatch(NamedTuple):
     other_runs: list[tuple[Any, ...]]
     changed_runs: list[tuple[Any, ...]]
     transitions: list[tuple[Any, ...]]
+    # Facts (see MemoryRegistry.add_fact), by kind; defaults: spill files of version 1
+    fact_start: int = 0
+    fact_end: int = 0
+    results: Sequence[tuple[Any, ...]] = ()  # RESULT_COLUMNS rows
+    tags: Sequence[tuple[int, str]] = ()  # (row, JSON list)
+    entrypoints: Sequence[tuple[int, str]] = ()  # (row, 'file.py:function')
 
 
 PLAIN_RUN_COLUMNS = (  # all numbers: they bind fastest
@@ -261,6 +332,17 @@ CHANGED_RUN_COLUMNS = (
     "run_count_delta",
 )
 TRANSITION_COLUMNS = ("row", "seq", "type", "name", "message", "ts")  # name '': default
+RESULT_COLUMNS = (
+    "row",
+    "storage",  # the storage's URL (a directory, or an fsspec URL)
+    "key",
+    "serializer",  # its type name ('pickle', 'json', ...)
+    "size",  # bytes of the serialized value
+    "created",
+    "expires",  # None: never
+    "cache",  # 1 when the key is a cache key (other runs may take the result)
+    "restore_key",  # what matches it to a call of a restarted flow run, or None
+)
 
 _KINDS = ("flow", "task")  # registry kind codes
 TYPE_VALUES = [t.value for t in _TYPES]  # state-type code -> type name
@@ -381,6 +463,16 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
             if name is None and message is None:
                 entry[1], entry[2] = t_ts[i], t
         entry[3:8] = [TYPE_VALUES[code], name or "", message, t_ts[i], t]
+    results: list[tuple[Any, ...]] = []
+    tags: list[tuple[int, str]] = []
+    entrypoints: list[tuple[int, str]] = []
+    for row, what, value in batch.facts:
+        if what == FACT_RESULT:
+            results.append((row, *value))
+        elif what == FACT_TAGS:
+            tags.append((row, json.dumps(sorted(value))))
+        elif what == FACT_ENTRYPOINT:
+            entrypoints.append((row, value))
     return WriteBatch(
         id_prefix=run_id_prefix(batch.prefix),
         run_start=start,
@@ -392,6 +484,11 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
         other_runs=other_runs,
         changed_runs=[tuple(c) for c in changed.values()],
         transitions=transitions,
+        fact_start=batch.fact_start,
+        fact_end=batch.fact_end,
+        results=results,
+        tags=tags,
+        entrypoints=entrypoints,
     )
 
 
@@ -531,7 +628,7 @@ RUN_COLUMNS = (
     "r.pk, p.id_prefix, r.kind, r.name, r.spec_name, r.state_type, r.state_name, "
     "r.state_message, r.created, r.start_time, r.state_ts, r.parent_pk, r.parent_task_pk, "
     "(SELECT c.pk FROM runs c WHERE c.parent_task_pk = r.pk), r.parameters, r.run_count, "
-    "r.start_seq, r.state_seq"
+    "r.start_seq, r.state_seq, r.tags, r.entrypoint"
 )
 RUN_FROM = "runs r JOIN processes p ON p.pk = r.pk >> 32"
 
@@ -546,10 +643,13 @@ def row_to_run(row: Sequence[Any], log: Sequence[Sequence[Any]] | None = None) -
     """A run from its RUN_COLUMNS row; with its `transition_log` rows (seq, type, name,
     message, ts), its full history too."""
     (pk, prefix, kind, name, spec, type_, state_name, message, created, start_time, state_ts,
-     parent, parent_task, child, params, run_count, start_seq, state_seq) = row  # fmt: skip
+     parent, parent_task, child, params, run_count, start_seq, state_seq, tags,
+     entrypoint) = row  # fmt: skip
     state_type = StateType(type_)
     if isinstance(params, str):
         params = json.loads(params)
+    if isinstance(tags, str):
+        tags = json.loads(tags)
     states: tuple[StoredState, ...] = ()
     if log is not None:
         history = [(-1, StateType.PENDING, "Pending", None, created)]
@@ -577,6 +677,8 @@ def row_to_run(row: Sequence[Any], log: Sequence[Sequence[Any]] | None = None) -
         parameters=params,
         run_count=run_count,
         states=states,
+        tags=tuple(tags or ()),
+        entrypoint=entrypoint,
     )
 
 

@@ -105,6 +105,34 @@ MIGRATIONS: dict[int, list[str]] = {
               SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs
               WHERE {_EXPLICIT_LATEST}) AS states""",
     ],
+    2: [
+        "ALTER TABLE runs ADD COLUMN tags JSONB",
+        "ALTER TABLE runs ADD COLUMN entrypoint TEXT",
+        """CREATE TABLE results (
+            run_pk BIGINT PRIMARY KEY,
+            storage TEXT NOT NULL,
+            key TEXT COLLATE "C" NOT NULL,
+            serializer TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            expires DOUBLE PRECISION,
+            cache INTEGER NOT NULL,
+            restore_key TEXT
+        )""",
+        "CREATE INDEX results_key ON results (storage, key)",
+        """CREATE TABLE restarts (
+            run_pk BIGINT PRIMARY KEY,
+            process TEXT NOT NULL,
+            attempt INTEGER NOT NULL
+        )""",
+        """CREATE TABLE variables (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            updated DOUBLE PRECISION NOT NULL
+        )""",
+    ],
 }
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
@@ -172,6 +200,23 @@ FROM unnest(%(c0)s::bigint[], %(c1)s::float8[], %(c2)s::bigint[], %(c3)s::text[]
             %(c4)s::text[], %(c5)s::text[], %(c6)s::float8[], %(c7)s::bigint[],
             %(c8)s::int[])
      AS u(r, start_time, start_seq, stype, sname, smsg, sts, sseq, delta)"""
+_INSERT_RESULTS = """
+INSERT INTO results (run_pk, storage, key, serializer, size, created, expires, cache,
+                     restore_key)
+SELECT %(base)s + r, storage, key, ser, size, created, expires, cache, rkey
+FROM unnest(%(c0)s::bigint[], %(c1)s::text[], %(c2)s::text[], %(c3)s::text[],
+            %(c4)s::bigint[], %(c5)s::float8[], %(c6)s::float8[], %(c7)s::int[],
+            %(c8)s::text[]) AS u(r, storage, key, ser, size, created, expires, cache, rkey)
+ON CONFLICT (run_pk) DO UPDATE SET
+    storage = EXCLUDED.storage, key = EXCLUDED.key, serializer = EXCLUDED.serializer,
+    size = EXCLUDED.size, created = EXCLUDED.created, expires = EXCLUDED.expires,
+    cache = EXCLUDED.cache, restore_key = EXCLUDED.restore_key"""
+_UPDATE_TAGS = """
+UPDATE runs SET tags = CAST(u.v AS jsonb)
+FROM unnest(%(c0)s::bigint[], %(c1)s::text[]) AS u(r, v) WHERE runs.pk = %(base)s + u.r"""
+_UPDATE_ENTRYPOINTS = """
+UPDATE runs SET entrypoint = u.v
+FROM unnest(%(c0)s::bigint[], %(c1)s::text[]) AS u(r, v) WHERE runs.pk = %(base)s + u.r"""
 # Only a newer state replaces the latest one: writing a batch twice changes nothing.
 _APPLY_CHANGED = [
     """INSERT INTO transition_log (run_pk, seq, type, name, message, ts)
@@ -333,6 +378,14 @@ class PostgresStore(SqlStore):
             changed = _params(_columns(batch.changed_runs), base=base)
             statements.append((_INSERT_CHANGED, changed))
             statements += [(sql, None) for sql in _APPLY_CHANGED]
+        if batch.results:
+            statements.append((_INSERT_RESULTS, _params(_columns(batch.results), base=base)))
+        if batch.tags:
+            statements.append((_UPDATE_TAGS, _params(_columns(batch.tags), base=base)))
+        if batch.entrypoints:
+            statements.append(
+                (_UPDATE_ENTRYPOINTS, _params(_columns(batch.entrypoints), base=base))
+            )
         self._execute_batch(statements, session)
 
     def mark_crashed_runs(self) -> int:

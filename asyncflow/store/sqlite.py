@@ -118,8 +118,59 @@ MIGRATIONS: dict[int, list[str]] = {
               SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs
               WHERE {_EXPLICIT_LATEST})""",
     ],
+    2: [
+        "ALTER TABLE runs ADD COLUMN tags TEXT",  # JSON list, NULL: none
+        "ALTER TABLE runs ADD COLUMN entrypoint TEXT",  # top-level flow runs: 'file.py:fn'
+        """CREATE TABLE results (       -- persisted results, one per run that has one
+            run_pk INTEGER PRIMARY KEY,  -- the run it is the result of
+            storage TEXT NOT NULL,       -- where: a directory or an fsspec URL
+            key TEXT NOT NULL,
+            serializer TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            created REAL NOT NULL,
+            expires REAL,
+            cache INTEGER NOT NULL,      -- 1: a cache key (runs of other flows may take it)
+            restore_key TEXT             -- matches it to a call of a restarted flow run
+        )""",
+        "CREATE INDEX results_key ON results (storage, key)",
+        """CREATE TABLE restarts (      -- flow runs run again ('runs retry'), by whom
+            run_pk INTEGER PRIMARY KEY,
+            process TEXT NOT NULL,       -- processes.id of the process running it now
+            attempt INTEGER NOT NULL     -- 1 for the first restart
+        )""",
+        """CREATE TABLE variables (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL,         -- JSON
+            tags TEXT NOT NULL,          -- JSON list
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        )""",
+    ],
 }
 assert max(MIGRATIONS) == SCHEMA_VERSION
+
+
+def _insert_results_sql(rows: int) -> str:
+    return f"""
+INSERT OR REPLACE INTO results (run_pk, storage, key, serializer, size, created, expires, cache,
+                                restore_key)
+SELECT ? + column1, column2, column3, column4, column5, column6, column7, column8, column9
+FROM (VALUES {_values(rows, 9)})"""
+
+
+def _update_tags_sql(rows: int) -> str:
+    return (
+        f"UPDATE runs SET tags = v.column2 FROM (VALUES {_values(rows, 2)}) AS v "
+        "WHERE runs.pk = v.column1"
+    )
+
+
+def _update_entrypoints_sql(rows: int) -> str:
+    return (
+        f"UPDATE runs SET entrypoint = v.column2 FROM (VALUES {_values(rows, 2)}) AS v "
+        "WHERE runs.pk = v.column1"
+    )
+
 
 _TEMP_CHANGED = """CREATE TEMP TABLE IF NOT EXISTS changed (
     pk INTEGER PRIMARY KEY, start_time REAL, start_seq INTEGER, state_type TEXT,
@@ -521,6 +572,15 @@ class SQLiteStore(SqlStore):
         if batch.changed_runs:
             statements += _inserts(_insert_changed_sql, (base,), _transpose(batch.changed_runs))
             statements += [(sql, ()) for sql in _APPLY_CHANGED]
+        if batch.results:
+            statements += _inserts(_insert_results_sql, (base,), _transpose(batch.results))
+        for sql_for, facts in (
+            (_update_tags_sql, batch.tags),
+            (_update_entrypoints_sql, batch.entrypoints),
+        ):
+            if facts:  # (keys made here: a few rows, and the UPDATE needs no leading `?`)
+                keyed = [(base + row, value) for row, value in facts]
+                statements += _inserts(sql_for, (), _transpose(keyed))
         self._execute_batch(statements, session)
 
     def mark_crashed_runs(self) -> int:

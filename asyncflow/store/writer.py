@@ -67,14 +67,26 @@ logger = logging.getLogger("asyncflow.store")
 
 
 class _Progress:
-    """How far one registry is written: its session in the store and its two marks."""
+    """How far one registry is written: its session in the store and its marks."""
 
-    __slots__ = ("run_mark", "session", "transition_mark")
+    __slots__ = ("fact_mark", "run_mark", "session", "transition_mark")
 
     def __init__(self) -> None:
         self.session: int | None = None
         self.run_mark = 0
         self.transition_mark = 0
+        self.fact_mark = 0
+
+    def behind(self, registry: MemoryRegistry) -> bool:
+        """Whether the registry recorded something not written yet."""
+        return (
+            self.run_mark < len(registry)
+            or self.transition_mark < registry.transition_count
+            or self.fact_mark < registry.fact_count
+        )
+
+    def advance(self, run_end: int, transition_end: int, fact_end: int) -> None:
+        self.run_mark, self.transition_mark, self.fact_mark = run_end, transition_end, fact_end
 
 
 class Writer:
@@ -168,6 +180,9 @@ class Writer:
             states += registry.transition_count - progress.transition_mark
         return runs, states
 
+    def _caught_up(self) -> bool:
+        return not any(progress.behind(registry) for registry, progress in self.kept.items())
+
     def _pass(self, force: bool = False) -> bool:
         """Write what the kept registries recorded since their marks (lock held).
 
@@ -178,8 +193,7 @@ class Writer:
         pending = [
             (registry, progress)
             for registry, progress in self.kept.items()
-            if progress.run_mark < len(registry)
-            or progress.transition_mark < registry.transition_count
+            if progress.behind(registry)
         ]
         if not force and self.failing_since is not None and time.monotonic() < self.retry_at:
             return bool(pending) or self.own_spills > 0
@@ -215,7 +229,9 @@ class Writer:
     def _write(self, store: RecordingStore, registry: MemoryRegistry, progress: _Progress) -> None:
         from asyncflow.store.base import encode_batch, run_id_prefix
 
-        batch = registry.export_columns(progress.run_mark, progress.transition_mark)
+        batch = registry.export_columns(
+            progress.run_mark, progress.transition_mark, progress.fact_mark
+        )
         encoded = encode_batch(batch)
         if progress.session is None:
             progress.session = store.session_for(
@@ -223,7 +239,7 @@ class Writer:
                 self.started,
             )  # fmt: skip
         store.write(encoded, progress.session)
-        progress.run_mark, progress.transition_mark = batch.run_end, batch.transition_end
+        progress.advance(batch.run_end, batch.transition_end, batch.fact_end)
         self.last_beat = time.monotonic()  # a write marks the process alive too
 
     def _retire(self) -> None:
@@ -231,11 +247,7 @@ class Writer:
         from asyncflow.registry import retire
 
         for registry, progress in list(self.kept.items()):
-            if (
-                registry.retirable
-                and progress.run_mark == len(registry)
-                and progress.transition_mark == registry.transition_count
-            ):
+            if registry.retirable and not progress.behind(registry):
                 retire(registry)
                 del self.kept[registry]
 
@@ -257,7 +269,7 @@ class Writer:
             )
             for progress in self.kept.values():
                 progress.session = None
-                progress.run_mark = progress.transition_mark = 0
+                progress.advance(0, 0, 0)
         locked = isinstance(exc, StoreLockedError)
         if not locked and self.store is not None:
             # Reconnect next time: a PostgreSQL server that restarted, a file that moved...
@@ -337,14 +349,13 @@ class Writer:
             ]
         record = spill.Spill(self.process_id, self.pid, self.hostname, self.started)
         record.end_reason = end_reason
-        advanced: list[tuple[_Progress, int, int]] = []
+        advanced: list[tuple[_Progress, int, int, int]] = []
         for registry, progress in items:
-            if (
-                progress.run_mark == len(registry)
-                and progress.transition_mark == registry.transition_count
-            ):
+            if not progress.behind(registry):
                 continue
-            batch = registry.export_columns(progress.run_mark, progress.transition_mark)
+            batch = registry.export_columns(
+                progress.run_mark, progress.transition_mark, progress.fact_mark
+            )
             try:
                 encoded: WriteBatch = encode_batch(batch)
             except Exception as exc:
@@ -355,15 +366,15 @@ class Writer:
                     batch.transition_end - batch.transition_start,
                     exc,
                 )
-                advanced.append((progress, batch.run_end, batch.transition_end))
+                advanced.append((progress, batch.run_end, batch.transition_end, batch.fact_end))
                 continue
             # No session key: a key is only good in the database it came from (the file may
             # be replaced before the replay); the replay finds or makes the session by name.
             record.batches.append((run_id_prefix(registry.prefix), None, encoded))
-            advanced.append((progress, batch.run_end, batch.transition_end))
+            advanced.append((progress, batch.run_end, batch.transition_end, batch.fact_end))
         if not record.batches and end_reason is None:
-            for progress, run_end, transition_end in advanced:
-                progress.run_mark, progress.transition_mark = run_end, transition_end
+            for progress, *ends in advanced:
+                progress.advance(*ends)
             return None, 0, 0
         try:
             path = spill.save(self.url, record, next(self.spill_seq))
@@ -380,8 +391,8 @@ class Writer:
             path = None
         else:
             self.own_spills += 1
-        for progress, run_end, transition_end in advanced:
-            progress.run_mark, progress.transition_mark = run_end, transition_end
+        for progress, *ends in advanced:
+            progress.advance(*ends)
         return path, record.runs, record.states
 
     def _finish(self) -> None:
@@ -393,7 +404,7 @@ class Writer:
                 self._pass(force=True)
             except Exception as exc:
                 logger.error("Run history writer failed: %r", exc, exc_info=exc)
-            if self.failing_since is None and not self._backlog()[1]:
+            if self.failing_since is None and self._caught_up():
                 break
             remaining = deadline - time.monotonic()
             if self.permanent or remaining <= 0:
@@ -401,7 +412,7 @@ class Writer:
             time.sleep(min(remaining, 0.1))
         if self.abandoned:
             return  # close() gave up waiting and spilled what was left
-        if self.failing_since is None and not self._backlog()[1] and not self.own_spills:
+        if self.failing_since is None and self._caught_up() and not self.own_spills:
             store = self.store
             if store is not None:
                 try:  # runs still open now will never end: say so rather than leave them open
