@@ -263,3 +263,84 @@ def test_a_version_1_sqlite_store_is_migrated_and_keeps_its_runs(tmp_path: Path)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"results", "restarts", "variables"} <= tables
     conn.close()
+
+
+class _Terminal:
+    """A stdin that is a terminal answering `answer`."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+
+    def isatty(self) -> bool:
+        return True
+
+    def readline(self) -> str:
+        return self.answer + "\n"
+
+
+def test_cache_ls_and_clear_select_by_task_flow_key_and_age(
+    recording: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from asyncflow.cache_policies import INPUTS
+
+    calls: list[str] = []
+
+    @task(cache_policy=INPUTS, result_storage=tmp_path / "results")
+    def first(x: int) -> int:
+        calls.append("first")
+        return x
+
+    @task(cache_policy=INPUTS, result_storage=tmp_path / "results")
+    def second(x: int) -> int:
+        calls.append("second")
+        return -x
+
+    @flow(persist_result=True, result_storage=tmp_path / "results")
+    def both() -> int:
+        return first(1) + first(2) + second(3)  # (INPUTS alone: same inputs, same key)
+
+    both()
+    writer.flush()
+    store = ("--store", recording)
+
+    def listed(*args: str) -> list[dict[str, Any]]:
+        code, out, err = _cli(capsys, *store, "cache", "ls", "--json", *args)
+        assert code == 0, err
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    assert sorted(r["task"] for r in listed()) == ["first", "first", "second"]
+    assert [r["task"] for r in listed("--task", "second")] == ["second"]
+    assert len(listed("--flow", "both")) == 3 and listed("--flow", "other") == []
+    key = listed("--task", "second")[0]["key"]
+    assert [r["key"] for r in listed("--key", key[:10])] == [key]
+    assert listed("--older-than", "1h") == []
+    assert len(listed("--all")) == 4  # the flow's own result is no cache record
+    code, out, _ = _cli(capsys, *store, "cache", "ls")
+    assert code == 0 and "second" in out and "KEY" in out
+    code, _, err = _cli(capsys, *store, "cache", "ls", "--older-than", "soon")
+    assert code == 2 and "bad --older-than" in err
+
+    # clearing asks first: without a terminal it needs --yes; "n" keeps everything
+    code, _, err = _cli(capsys, *store, "cache", "clear", "--task", "first")
+    assert code == 2 and "needs confirmation: pass --yes" in err
+    monkeypatch.setattr(sys, "stdin", _Terminal("n"))
+    code, out, _ = _cli(capsys, *store, "cache", "clear", "--task", "first")
+    assert code == 1 and "Nothing deleted" in out and len(listed()) == 3
+    files = {r["key"] for r in listed("--task", "first")}
+    assert all((tmp_path / "results" / k).is_file() for k in files)
+    monkeypatch.setattr(sys, "stdin", _Terminal("y"))
+    code, out, _ = _cli(capsys, *store, "cache", "clear", "--task", "first")
+    assert code == 0 and "Deleted 2 cache record(s)" in out
+    assert not any((tmp_path / "results" / k).exists() for k in files)
+    assert [r["task"] for r in listed()] == ["second"]
+
+    calls.clear()
+    both()  # `first` runs again (its records are gone), `second` is still cached
+    assert calls == ["first", "first"]
+    writer.flush()
+    code, out, _ = _cli(capsys, *store, "cache", "clear", "--all", "--yes")
+    assert code == 0 and "Deleted" in out and listed("--all") == []
+    assert [p for p in (tmp_path / "results").iterdir() if p.is_file()] == []

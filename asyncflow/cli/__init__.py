@@ -68,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
     result = runs_commands.add_parser("result", help="a run's persisted result")
     result.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
 
+    cache = commands.add_parser("cache", help="list and clear cache records")
+    cache_commands = cache.add_subparsers(dest="cache_command", metavar="COMMAND", required=True)
+    cache_ls = cache_commands.add_parser("ls", help="list cache records, newest first")
+    cache_clear = cache_commands.add_parser("clear", help="delete cache records (files and rows)")
+    for sub in (cache_ls, cache_clear):
+        sub.add_argument("--task", metavar="NAME", help="only records of this task")
+        sub.add_argument("--flow", metavar="NAME", help="only records made in runs of this flow")
+        sub.add_argument("--key", metavar="PREFIX", help="only keys starting with PREFIX")
+        sub.add_argument("--older-than", metavar="AGE", help="only records older than 30m, 7d...")
+        sub.add_argument(
+            "--all", action="store_true", help="every persisted result, not only cache records"
+        )
+    cache_clear.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
     run = commands.add_parser("run", help="run a flow from a Python file")
     run.add_argument("target", metavar="FILE[:FLOW]", help="e.g. path/to/file.py:my_flow")
     run.add_argument(
@@ -81,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=("asyncio", "trio"), default="asyncio", help="for async flows"
     )
 
-    for sub in (ls, inspect, tree, result, run):
+    for sub in (ls, inspect, tree, result, run, cache_ls, cache_clear):
         sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
         _store_option(sub, argparse.SUPPRESS)
     for sub in (ls, inspect, tree):
@@ -122,18 +136,28 @@ def _runs_command(args: argparse.Namespace) -> int:
     from asyncflow.cli import _runs
     from asyncflow.store import open_store
 
-    commands: dict[str, Callable[[Any, argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    Command = Callable[[Any, argparse.Namespace], Coroutine[Any, Any, int]]
+    command: Command
+    commands: dict[str, Command] = {
         "ls": _runs.ls,
         "inspect": _runs.inspect,
         "tree": _runs.tree,
         "result": _runs.result,
     }
-    command = commands[args.runs_command]
+    if args.command == "cache":
+        from asyncflow.cli import _cache
+
+        command = _cache.ls if args.cache_command == "ls" else _cache.clear
+    else:
+        command = commands[args.runs_command]
     from asyncflow.cli import _format
 
     _format.show_secrets = getattr(args, "show_secrets", False)
     missing = _missing_sqlite_file(args.store)
     if missing is not None:  # reading must not create a database (a mistyped --store, say)
+        if args.command == "cache":
+            print("[]" if args.json else f"No cache records: {missing} does not exist.")
+            return 0
         if args.runs_command != "ls":
             raise CLIError(f"no run {args.run!r}: no run history at {missing} (no such file)")
         print("[]" if args.json else f"No runs recorded yet: {missing} does not exist.")
