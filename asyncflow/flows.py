@@ -7,6 +7,7 @@ import inspect
 import os
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypedDict, TypeVar, overload
+from uuid import UUID
 
 from asyncflow._spec import (
     Spec,
@@ -128,6 +129,48 @@ class Flow(Spec, Generic[P, R]):
         if path is None or not os.path.isfile(path):
             return None
         return f"{os.path.abspath(path)}:{qualname}"
+
+    def retry(self, run_id: UUID | str, return_state: bool = False) -> Any:
+        """Run a Failed, Crashed or Cancelled run of this flow again, from the run store:
+        the same run id (its run count goes up, its states are appended), its stored
+        parameters, and every task run an earlier attempt completed with a persisted result
+        restored instead of run again (named Restored). Returns what a call returns (a
+        coroutine to await for an async flow).
+
+        KeyError for an unknown run; ValueError when it cannot be retried (not this flow's,
+        still running, completed, nested); StoreError without a run store.
+        """
+        from asyncflow.engine.context import flow_run_var, restart_var
+        from asyncflow.results.restore import prepare_restart
+
+        if flow_run_var.get() is not None:
+            raise RuntimeError(
+                f"{self.name}.retry() runs a top-level flow run: call it outside any flow run."
+            )
+        call: Any = self
+        if self.kind == "async":
+
+            async def again() -> Any:
+                import anyio.to_thread
+
+                restarting, parameters = await anyio.to_thread.run_sync(
+                    prepare_restart, self, run_id
+                )
+                token = restart_var.set(restarting)
+                try:
+                    return await call(**parameters, return_state=return_state)
+                finally:
+                    restart_var.reset(token)
+
+            return again()
+        if self.kind != "sync":
+            raise TypeError(f"Flow {self.name!r} is a generator flow: its runs cannot be retried.")
+        restarting, parameters = prepare_restart(self, run_id)
+        token = restart_var.set(restarting)
+        try:
+            return call(**parameters, return_state=return_state)
+        finally:
+            restart_var.reset(token)
 
     # -- calling --------------------------------------------------------------------------------
     if TYPE_CHECKING:  # the types of a call; the call itself is `entry.call` (a frame less)

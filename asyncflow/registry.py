@@ -70,6 +70,16 @@ class Export(NamedTuple):
     transition_end: int
 
 
+class Alias(NamedTuple):
+    """A row that records a new attempt of a run already in the store (a restarted flow
+    run): it has that run's id, its states go to that run's key with sequence numbers from
+    `seq_base` on, and its child runs are linked to that key."""
+
+    id: UUID
+    pk: int  # the run's key in the recording store
+    seq_base: int
+
+
 class ColumnExport(NamedTuple):
     """Runs `[run_start, run_end)` and transitions `[transition_start, transition_end)` as
     columns: array slices plus the sparse per-row extras, keyed by row / transition index.
@@ -101,6 +111,7 @@ class ColumnExport(NamedTuple):
     fact_start: int
     fact_end: int
     facts: list[tuple[int, str, Any]]  # (row, FACT_*, value), from fact_start on
+    aliases: dict[int, Alias]  # rows that are another run of the store (see `Alias`)
 
 
 #: What a fact says about its run (see `MemoryRegistry.add_fact`).
@@ -193,6 +204,7 @@ class MemoryRegistry:
         self._t_text: dict[int, tuple[str | None, str | None]] = {}
         # what is known of a run after it is added, in the order it became known (see add_fact)
         self._facts: list[tuple[int, str, Any]] = []
+        self._aliases: dict[int, Alias] = {}
         # transitions whose writer found the lock taken: (row, type code, ts, name, message)
         self._inbox: deque[tuple[int, int, float, str | None, str | None]] = deque()
 
@@ -232,6 +244,7 @@ class MemoryRegistry:
         counter: int,
         name: str | None,
         parameters: dict[str, Any] | None,
+        alias: Alias | None = None,
     ) -> int | None:
         """`add_run` of a top-level run, unless this registry closed meanwhile (None): a tree
         must never open in a registry that may already be retired."""
@@ -242,6 +255,10 @@ class MemoryRegistry:
                 self._drain()
             row = self._append_run(kind, spec_name, _NO_ROW, counter, name, parameters, time.time())
             self.open_trees += 1
+            if alias is not None:  # (with the row: the writer must never see it without)
+                self._aliases[row] = alias
+                with _live_lock:
+                    _aliased[alias.id.int] = (self, row)
         if not self.decided and _tree_listener is not None:
             _tree_listener(self)  # outside the lock: the listener may export from here
         return row
@@ -479,11 +496,16 @@ class MemoryRegistry:
                 fact_start=fact_start,
                 fact_end=fact_start + len(facts),
                 facts=facts,
+                aliases=dict(self._aliases) if self._aliases else _NO_ALIASES,
             )
         return batch
 
     # -- reading ----------------------------------------------------------------------------
     def uuid(self, row: int) -> UUID:
+        if self._aliases:
+            alias = self._aliases.get(row)
+            if alias is not None:
+                return alias.id
         return UUID(int=self._prefix | row)
 
     def row_of(self, run_id: UUID | str | int) -> int | None:
@@ -491,6 +513,9 @@ class MemoryRegistry:
         value = run_id if isinstance(run_id, int) else UUID(str(run_id)).int
         row = value ^ self._prefix
         if row >> 64 or row >= len(self._kind):
+            for r, alias in self._aliases.items():
+                if alias.id.int == value:
+                    return r
             return None
         return row
 
@@ -587,6 +612,9 @@ _registry = MemoryRegistry()
 #: Registries not retired yet, by id prefix (a run id's upper 64 bits), oldest first.
 _live: dict[int, MemoryRegistry] = {_registry._prefix: _registry}
 _live_lock = threading.Lock()
+#: Runs restarted in this process (aliased rows), by id: (registry, row).
+_aliased: dict[int, tuple[MemoryRegistry, int]] = {}
+_NO_ALIASES: dict[int, Alias] = {}
 _tree_listener: Any = None  # called with a registry when it gets its first tree
 
 
@@ -616,11 +644,12 @@ def add_tree(
     counter: int = 0,
     name: str | None = None,
     parameters: dict[str, Any] | None = None,
+    alias: Alias | None = None,
 ) -> tuple[MemoryRegistry, int]:
     """Register a top-level run (a new tree) in Pending: (its registry, its row)."""
     while True:
         registry = registry_for_new_tree()
-        row = registry._add_tree_run(kind, spec_name, counter, name, parameters)
+        row = registry._add_tree_run(kind, spec_name, counter, name, parameters, alias)
         if row is not None:
             return registry, row
 
@@ -653,6 +682,9 @@ def _retire(registry: MemoryRegistry) -> None:
     with _live_lock:
         if _live.get(registry._prefix) is registry:
             del _live[registry._prefix]
+        for alias in registry._aliases.values():
+            if _aliased.get(alias.id.int, (None,))[0] is registry:
+                del _aliased[alias.id.int]
 
 
 def retire(registry: MemoryRegistry) -> None:
@@ -675,16 +707,18 @@ def locate(run_id: UUID | str) -> tuple[MemoryRegistry, int] | None:
         return None
     registry = _live.get(value & ~_ROW_MASK)
     if registry is None:
-        return None
+        found = _aliased.get(value)
+        return None if found is None else found
     row = registry.row_of(value)
     return None if row is None else (registry, row)
 
 
 def _after_fork_in_child() -> None:
     # The parent's registries are the parent's to persist: the child starts a fresh one.
-    global _registry, _live, _live_lock
+    global _registry, _live, _live_lock, _aliased
     _registry = MemoryRegistry()
     _live = {_registry._prefix: _registry}
+    _aliased = {}
     _live_lock = threading.Lock()
 
 

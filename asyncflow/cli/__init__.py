@@ -82,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
     cache_clear.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    retry = runs_commands.add_parser(
+        "retry", help="run a failed, crashed or cancelled flow run again (same run id)"
+    )
+    retry.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
+    retry.add_argument(
+        "--entrypoint", metavar="FILE:FLOW", help="where the flow is (default: as recorded)"
+    )
+    retry.add_argument(
+        "--backend", choices=("asyncio", "trio"), default="asyncio", help="for async flows"
+    )
+
     run = commands.add_parser("run", help="run a flow from a Python file")
     run.add_argument("target", metavar="FILE[:FLOW]", help="e.g. path/to/file.py:my_flow")
     run.add_argument(
@@ -95,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=("asyncio", "trio"), default="asyncio", help="for async flows"
     )
 
-    for sub in (ls, inspect, tree, result, run, cache_ls, cache_clear):
+    for sub in (ls, inspect, tree, result, retry, run, cache_ls, cache_clear):
         sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
         _store_option(sub, argparse.SUPPRESS)
     for sub in (ls, inspect, tree):
@@ -115,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
-        if args.command == "run":
+        if args.command == "run" or getattr(args, "runs_command", None) == "retry":
             return _run_command(args)
         return _runs_command(args)
     except (CLIError, StoreError) as exc:
@@ -193,7 +204,7 @@ def _run_command(args: argparse.Namespace) -> int:
         if store_url() is not None:
             # The writer would only log a store it cannot open: say so before running anything.
             open_store().close()
-        return _run.run(args)
+        return _run.retry(args) if args.command == "runs" else _run.run(args)
     finally:
         if args.store is not None:
             if saved is None:

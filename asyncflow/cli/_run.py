@@ -1,4 +1,5 @@
-"""`asyncflow run FILE[:FLOW] --param k=v`: import a file, find a flow, run it."""
+"""`asyncflow run FILE[:FLOW] --param k=v`: import a file, find a flow, run it; and
+`asyncflow runs retry RUN`, which runs a recorded flow run again from its entrypoint."""
 
 from __future__ import annotations
 
@@ -271,6 +272,11 @@ def run(args: argparse.Namespace) -> int:
     flow = find_flow(module, flow_name, path_text)
     values = coerce_params(flow, raw)
     state = _execute(flow, values, args.backend)
+    return _report(args, flow, state)
+
+
+def _report(args: argparse.Namespace, flow: Flow[Any, Any], state: State[Any]) -> int:
+    """Print a flow run's outcome (its result, or why it did not complete); the exit code."""
     completed = state.type is StateType.COMPLETED
     result = state.data if completed else None
     run_id = state.state_details.flow_run_id
@@ -300,6 +306,58 @@ def run(args: argparse.Namespace) -> int:
     return 0 if completed else 1
 
 
+def retry(args: argparse.Namespace) -> int:
+    """`asyncflow runs retry RUN`: run a failed flow run again, from its recorded entrypoint
+    (or --entrypoint), as a new attempt of the same run."""
+    import anyio
+
+    from asyncflow.store import open_store
+
+    store = open_store()
+    try:
+        try:
+            run = store.read_run_sync(args.run.strip())
+        except (KeyError, ValueError) as exc:
+            raise CLIError(one_line(str(exc.args[0] if exc.args else exc))) from None
+    finally:
+        store.close()
+    entrypoint = args.entrypoint or run.entrypoint
+    if entrypoint is None:
+        raise CLIError(
+            f"{run.kind} run {run.name!r} has no recorded entrypoint (its flow is not defined "
+            "at the top level of a file, or it is not a top-level flow run): pass "
+            "--entrypoint FILE:FLOW"
+        )
+    path_text, name = split_target(entrypoint)
+    module = load_file(path_text)
+    flow = _entrypoint_flow(module, name, path_text)
+    try:
+        if flow.kind == "async":
+
+            async def again() -> State[Any]:
+                return await flow.retry(run.id, return_state=True)  # type: ignore[no-any-return]
+
+            state: State[Any] = anyio.run(again, backend=args.backend)
+        else:
+            state = flow.retry(run.id, return_state=True)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CLIError(one_line(str(exc.args[0] if exc.args else exc))) from None
+    return _report(args, flow, state)
+
+
+def _entrypoint_flow(module: ModuleType, name: str | None, path_text: str) -> Flow[Any, Any]:
+    """The flow an entrypoint names: by variable, else by the function's qualified name."""
+    if name is not None and "." not in name:
+        candidates = [
+            f
+            for f in _flows_in(module).values()
+            if getattr(inspect.unwrap(f.fn), "__qualname__", None) == name
+        ]
+        if name not in vars(module) and len(candidates) == 1:
+            return candidates[0]
+    return find_flow(module, name, path_text)
+
+
 def _run_name(run_id: Any) -> str | None:
     if run_id is None:
         return None
@@ -309,4 +367,12 @@ def _run_name(run_id: Any) -> str | None:
     return None if found is None else found[0].name_of(found[1])
 
 
-__all__ = ["coerce_params", "find_flow", "load_file", "parse_params", "run", "split_target"]
+__all__ = [
+    "coerce_params",
+    "find_flow",
+    "load_file",
+    "parse_params",
+    "retry",
+    "run",
+    "split_target",
+]

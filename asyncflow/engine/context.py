@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from asyncflow.engine.run import FlowRunEngine, RunEngine, TaskRunEngine
@@ -12,6 +12,24 @@ flow_run_var: ContextVar[FlowRunEngine | None] = ContextVar("asyncflow_flow_run"
 task_run_var: ContextVar[TaskRunEngine | None] = ContextVar("asyncflow_task_run", default=None)
 # tags that `asyncflow.tags(...)` adds to the runs started inside it
 tags_var: ContextVar[frozenset[str]] = ContextVar("asyncflow_tags", default=frozenset())
+
+
+class Restarting:
+    """A flow run about to run again (`Flow.retry`): the next top-level run of `flow` in
+    this context takes its id (`alias`, a registry.Alias), its name and what its earlier
+    attempts left (`restore`, a results.restore.Restore)."""
+
+    __slots__ = ("alias", "flow", "name", "restore", "used")
+
+    def __init__(self, flow: Any, alias: Any, name: str, restore: Any) -> None:
+        self.flow = flow
+        self.alias = alias
+        self.name = name
+        self.restore = restore
+        self.used = False
+
+
+restart_var: ContextVar[Restarting | None] = ContextVar("asyncflow_restart", default=None)
 
 
 def current_flow_run() -> FlowRunEngine | None:

@@ -16,6 +16,7 @@ attribute read per point.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -42,4 +43,8 @@ class RunHook:
         return state
 
 
-__all__ = ["RunHook"]
+#: How a nested flow run finds what an earlier attempt of its parent left of it (set by
+#: `asyncflow.results`): (parent flow run, flow name, parameters) -> a Restore, or None.
+subflow_restore: Callable[[Any, str, dict[str, Any]], Any] | None = None
+
+__all__ = ["RunHook", "subflow_restore"]

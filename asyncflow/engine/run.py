@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 from uuid import UUID
 
-from asyncflow.engine import cancellation, interrupts, termination
-from asyncflow.engine.context import flow_run_var, tags_var
+from asyncflow.engine import cancellation, interrupts, lifecycle, termination
+from asyncflow.engine.context import flow_run_var, restart_var, tags_var
 from asyncflow.exceptions import (
     FlowRunTimeoutError,
     ParameterSizeError,
@@ -507,6 +507,7 @@ class FlowRunEngine(RunEngine):
         "parameters",
         "parent_task_row",
         "pending",
+        "restore",
         "scope_type",
         "task_counters",
         "task_group",
@@ -547,6 +548,7 @@ class FlowRunEngine(RunEngine):
         self.task_group: Any = None
         self.early: State[Any] | None = None  # its final state when it could not start
         self.parent_task_row = _NO_ROW  # the task run standing for this one in its parent
+        self.restore: Any = None  # what earlier attempts left (asyncflow.results.restore)
         self.depth: int = 0 if parent is None else parent.depth + 1  # nesting levels above
         self.tasks_started = 0
         self.log_threshold = get_settings().task_log_threshold
@@ -595,14 +597,19 @@ class FlowRunEngine(RunEngine):
             )
         self.name = self._render_name(error is None)
         parent = self.parent
+        alias = None
         if parent is None:
             if not termination.installed:  # once per process: SIGTERM ends runs recorded
                 termination.install()
+            restart = restart_var.get()
+            if restart is not None and restart.flow is flow and not restart.used:
+                restart.used = True  # (a new attempt of a stored run: its id, its name)
+                alias, self.name, self.restore = restart.alias, restart.name, restart.restore
             self.registry, self.row = add_tree(
-                KIND_FLOW, flow.name, name=self.name, parameters=self.parameters
+                KIND_FLOW, flow.name, name=self.name, parameters=self.parameters, alias=alias
             )
             entrypoint = flow.entrypoint
-            if entrypoint is not None:  # where `asyncflow runs retry` finds the flow again
+            if entrypoint is not None and alias is None:  # where `runs retry` finds the flow
                 self.registry.add_fact(self.row, FACT_ENTRYPOINT, entrypoint)
             if engine_logger.isEnabledFor(logging.INFO):
                 engine_logger.info(f"Created flow run '{self.name}' for flow '{flow.name}'")
@@ -617,6 +624,9 @@ class FlowRunEngine(RunEngine):
             self.parent_task_row, self.row = self.registry.add_subflow(
                 flow.name, parent.row, index, self.name, self.parameters
             )
+            find = lifecycle.subflow_restore
+            if (parent.restore is not None or parent.run_count > 1) and find is not None:
+                self.restore = find(parent, flow.name, self.parameters)
             if flow_run_logger.isEnabledFor(logging.INFO):
                 parent._log(
                     logging.INFO, f"Created subflow run '{self.name}' for flow '{flow.name}'"
@@ -625,7 +635,7 @@ class FlowRunEngine(RunEngine):
                     self._log(
                         logging.INFO, f"Beginning subflow run '{self.name}' for flow '{flow.name}'"
                     )
-        if self.tags:
+        if self.tags and alias is None:
             self.registry.add_fact(self.row, FACT_TAGS, self.tags)
         cancellation.track(self.registry, self.row, self.request_cancel)
         if error is not None:

@@ -22,7 +22,9 @@ import threading
 import time
 from typing import Any
 
+from asyncflow.engine import lifecycle
 from asyncflow.engine.lifecycle import RunHook
+from asyncflow.registry import KIND_FLOW
 from asyncflow.states import State, StateType
 
 _warned: set[str] = set()
@@ -30,20 +32,24 @@ _warned_lock = threading.Lock()
 
 
 class PersistResult(RunHook):
-    """Write a completed run's result to its storage; keep a `ResultRecord` of it. For a
-    task with a cache policy, first look its cache key up: a result stored there (not
-    expired) ends the run Completed, named Cached, without running the body."""
+    """Write a completed run's result to its storage; keep a `ResultRecord` of it. Before
+    the body: a run an earlier attempt of its flow run finished is restored (see
+    `asyncflow.results.restore`); else, for a task with a cache policy, its cache key is
+    looked up: a result stored there (not expired) ends the run Completed, named Cached,
+    without running the body."""
 
     inherited = True  # nested flow runs whose persist_result is None persist too
 
     def before_body(self, run: Any) -> State[Any] | None:
-        policy = getattr(run.spec, "cache", None)
-        if policy is None:
-            return None
-        if run.hook_data is None:  # the key of the first attempt serves its retries too
-            run.hook_data = _cache_key(run, policy) or _UNCACHED
-        key = run.hook_data
-        if key is _UNCACHED or run.spec.refresh_cache:
+        data = run.hook_data
+        if data is None:  # computed once: the first attempt's keys serve its retries too
+            data = run.hook_data = _Keys(run)
+        if data.restore_key is not None or (run.kind == KIND_FLOW and run.restore is not None):
+            restored = _restore(run, data)
+            if restored is not None:
+                return restored
+        key = data.cache_key
+        if key is None or run.spec.refresh_cache:
             return None
         from asyncflow.results import record as records
 
@@ -55,19 +61,20 @@ class PersistResult(RunHook):
         if found is None:
             return None
         record, value = found
-        run.hook_data = _HIT
+        data.taken = True
         state: State[Any] = State(StateType.COMPLETED, "Cached", data=value)
         if not run.spec.cache_result_in_memory:
             state.data = record
         state.result_record = record
-        _record_in_store(run, record, cache=True)
+        _record_in_store(run, record, data)
         return state
 
     def after_outcome(self, run: Any, state: State[Any]) -> State[Any]:
         if state.type is not StateType.COMPLETED or run.spec.kind not in ("sync", "async"):
             return state  # generators have no result to keep
-        if run.hook_data is _HIT:
-            return state  # (a cache hit: it is stored already)
+        data = run.hook_data
+        if data is not None and data.taken:
+            return state  # (restored or a cache hit: it is stored already)
         from asyncflow.results.record import ResultRecord, encode
 
         spec = run.spec
@@ -90,22 +97,59 @@ class PersistResult(RunHook):
             reason = f"writing to {storage!r} failed: {type(exc).__name__}: {exc}"
             return _not_persisted(run, state, reason, storage.url)
         record = ResultRecord(storage, key, serializer, len(payload), expires)
-        _record_in_store(run, record, cache=_is_cache_key(run.hook_data))
+        _record_in_store(run, record, data)
         if not spec.cache_result_in_memory:
             state = state.copy(data=record)  # the value is let go; `result()` reads it back
         state.result_record = record
         return state
 
 
-_UNCACHED = "<uncached>"  # `run.hook_data` markers (a real key is a hex digest)
-_HIT = "<hit>"
+class _Keys:
+    """What the hook keeps per run (`run.hook_data`): its cache key (None: not cached),
+    its restore key (None: not restorable), whether its result was taken from storage."""
+
+    __slots__ = ("cache_key", "restore_key", "taken")
+
+    def __init__(self, run: Any) -> None:
+        self.taken = False
+        self.restore_key: str | None = None
+        parent = run.parent
+        if run.kind != KIND_FLOW and parent is not None:
+            from asyncflow.results.restore import for_attempt, task_base
+
+            base = task_base(run)
+            if base is not None:
+                self.restore_key = for_attempt(parent).key(base)
+        policy = getattr(run.spec, "cache", None)
+        self.cache_key = None if policy is None else _cache_key(run, policy)
 
 
-def _is_cache_key(key: Any) -> bool:
-    return key is not None and key is not _UNCACHED and key is not _HIT
+def _restore(run: Any, data: _Keys) -> State[Any] | None:
+    """The Restored state of a run an earlier attempt finished, or None (the body runs)."""
+    from asyncflow.results.restore import RESTORED
+
+    if run.kind == KIND_FLOW:
+        record = run.restore.own
+    else:
+        entry = run.parent.restore.earlier.get(data.restore_key)
+        record = None if entry is None else entry.record
+    if record is None:
+        return None
+    try:
+        value = record.load()
+    except Exception as exc:  # gone (cleared) or unreadable here: run it again
+        run._log(logging.WARNING, f"Not restored, runs again: its earlier result {exc}")
+        return None
+    data.taken = True
+    state: State[Any] = State(StateType.COMPLETED, RESTORED, data=value)
+    if not run.spec.cache_result_in_memory:
+        state.data = record
+    state.result_record = record
+    _record_in_store(run, record, data)
+    return state
 
 
-def _record_in_store(run: Any, record: Any, cache: bool) -> None:
+def _record_in_store(run: Any, record: Any, data: _Keys | None) -> None:
     """Tell the run store where the run's result is (a row of its `results` table)."""
     from asyncflow.registry import FACT_RESULT
 
@@ -116,8 +160,8 @@ def _record_in_store(run: Any, record: Any, cache: bool) -> None:
         record.size,
         record.created,
         record.expires,
-        int(cache),
-        None,
+        int(data is not None and data.cache_key == record.key),
+        None if data is None else data.restore_key,
     )
     run.registry.add_fact(run.row, FACT_RESULT, fact)
 
@@ -220,8 +264,9 @@ def _storage(run: Any) -> Any:
 def _key(run: Any) -> str:
     template = getattr(run.spec, "result_storage_key", None)
     if template is None:
-        key = run.hook_data
-        return str(run.id) if key is None or key is _UNCACHED else str(key)
+        data = run.hook_data
+        key = None if data is None else data.cache_key
+        return str(run.id) if key is None else str(key)
     from asyncflow.runtime import flow_run, task_run
 
     return str(template.format(flow_run=flow_run, task_run=task_run, parameters=run.parameters))
@@ -237,5 +282,13 @@ def _not_persisted(run: Any, state: State[Any], reason: str, once_for: str | Non
     run._log(logging.WARNING if first else logging.DEBUG, message)
     return state.copy(message=f"{state.message} ({message})" if state.message else message)
 
+
+def _subflow_restore(parent: Any, name: str, parameters: dict[str, Any]) -> Any:
+    from asyncflow.results.restore import subflow_restore
+
+    return subflow_restore(parent, name, parameters)
+
+
+lifecycle.subflow_restore = _subflow_restore
 
 __all__ = ["PERSIST", "PersistResult", "lifecycle_for"]

@@ -28,6 +28,8 @@ from asyncflow.store.base import (
     HEARTBEAT_SECONDS,
     RUN_COLUMNS,
     RUN_FROM,
+    EarlierRun,
+    Restart,
     StoredResult,
     StoredRun,
     ambiguous_run,
@@ -416,3 +418,134 @@ class SqlStore:
                 cur = conn.execute(sql, (storage, key))
                 deleted += max(cur.rowcount, 0)
         return deleted
+
+    # -- restarts -------------------------------------------------------------------------------
+    def begin_restart(
+        self,
+        run: UUID | str,
+        process: tuple[str, int, str, float],
+        id_prefix: str,
+        message: str,
+    ) -> Restart:
+        """Make a Failed, Crashed or Cancelled top-level flow run ready for another attempt
+        by this process: it goes to AwaitingRetry (so a second restart is refused) and this
+        process answers for it (its death crashes it). ValueError when it cannot be retried.
+
+        Attempt N's states are numbered from N << 48, above every earlier one's; the latest
+        state moves to the log (a crash's number, above every attempt's, becomes one below).
+        """
+        from asyncflow.store.base import CRASH_SEQ, latest_is_implicit
+
+        process_id = process[0]
+        self.session_for(process_id, id_prefix, *process[1:])  # crash detection knows it
+        with self._transaction() as conn:
+            pk = self._pk_of(conn, run)
+            row = conn.execute(
+                self._sql(
+                    "SELECT r.kind, r.name, r.parent_pk, r.state_type, r.state_name, "
+                    "r.state_message, r.state_ts, r.state_seq, r.start_seq, x.attempt "
+                    "FROM runs r LEFT JOIN restarts x ON x.run_pk = r.pk WHERE r.pk = ?"
+                )
+                + self.for_update,
+                (pk,),
+            ).fetchone()
+            kind, name, parent, type_, state_name, message_, ts, seq, start_seq, done = row
+            what = f"{kind.capitalize()} run {name!r} ({run_id(self._prefix_of(conn, pk), pk)})"
+            if kind != "flow":
+                raise ValueError(f"{what} is a task run: retry the flow run it belongs to.")
+            if parent is not None:
+                top = run_id(self._prefix_of(conn, parent), parent)
+                raise ValueError(
+                    f"{what} is a nested flow run: retry its parent flow run ({top}), which "
+                    "runs it again."
+                )
+            if type_ not in ("FAILED", "CRASHED", "CANCELLED"):
+                raise ValueError(
+                    f"{what} is {state_name}: only a Failed, Crashed or Cancelled flow run "
+                    "can be retried."
+                )
+            attempt = 1 if done is None else int(done) + 1
+            seq_base = attempt << 48
+            if not latest_is_implicit(type_, state_name, message_, seq, start_seq):
+                conn.execute(
+                    self._sql(
+                        "INSERT INTO transition_log (run_pk, seq, type, name, message, ts) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
+                    ),
+                    (pk, seq if seq != CRASH_SEQ else seq_base - 2, type_, state_name,
+                     message_, ts),
+                )  # fmt: skip
+            conn.execute(
+                self._sql(
+                    "UPDATE runs SET state_type = 'SCHEDULED', state_name = 'AwaitingRetry', "
+                    "state_message = ?, state_ts = ?, state_seq = ? WHERE pk = ?"
+                ),
+                (message, time.time(), seq_base - 1, pk),
+            )
+            conn.execute(
+                self._sql(
+                    "INSERT INTO restarts (run_pk, process, attempt) VALUES (?, ?, ?) "
+                    "ON CONFLICT (run_pk) DO UPDATE SET process = excluded.process, "
+                    "attempt = excluded.attempt"
+                ),
+                (pk, process_id, attempt),
+            )
+        return Restart(run_id(self._prefix_of_pk(pk), pk), pk, attempt, seq_base)
+
+    #: appended to a SELECT that must lock its rows (PostgreSQL; SQLite locks the file)
+    for_update = ""
+
+    def _prefix_of(self, conn: Any, pk: int) -> str:
+        row = conn.execute(
+            self._sql("SELECT id_prefix FROM processes WHERE pk = ?"), (pk >> 32,)
+        ).fetchone()
+        return str(row[0])
+
+    def _prefix_of_pk(self, pk: int) -> str:
+        return self._query(lambda conn: self._prefix_of(conn, pk))
+
+    def earlier_runs(self, pk: int) -> tuple[list[EarlierRun], dict[int, list[float]]]:
+        """Every run under flow run `pk` (its task runs with a result, its subflow runs and
+        theirs), oldest first, with where their persisted results are; and when each of
+        these flow runs (`pk` too) began each attempt. What a restart of `pk` can take
+        instead of running again."""
+        self._before_read()
+
+        def read(conn: Any) -> tuple[list[EarlierRun], dict[int, list[float]]]:
+            found: list[EarlierRun] = []
+            attempts: dict[int, list[float]] = {}
+            level = [pk]
+            with self._snapshot(conn):
+                while level:
+                    marks = ", ".join("?" * len(level))
+                    for run_pk, start in conn.execute(
+                        self._sql(f"SELECT pk, start_time FROM runs WHERE pk IN ({marks})"),
+                        level,
+                    ).fetchall():
+                        attempts[run_pk] = [] if start is None else [start]
+                    for run_pk, ts in conn.execute(
+                        self._sql(
+                            "SELECT run_pk, ts FROM transition_log WHERE type = 'RUNNING' "
+                            f"AND run_pk IN ({marks}) ORDER BY seq"
+                        ),
+                        level,
+                    ).fetchall():
+                        attempts[run_pk].append(ts)
+                    rows = conn.execute(
+                        self._sql(
+                            "SELECT r.pk, r.parent_pk, r.kind, r.spec_name, r.parameters, "
+                            "r.state_type, r.created, x.storage, x.key, x.serializer, x.size, "
+                            "x.restore_key FROM runs r LEFT JOIN results x ON x.run_pk = r.pk "
+                            f"WHERE r.parent_pk IN ({marks}) "
+                            "AND (r.kind = 'flow' OR x.restore_key IS NOT NULL) "
+                            "ORDER BY r.created, r.pk"
+                        ),
+                        level,
+                    ).fetchall()
+                    found += [EarlierRun(*row) for row in rows]
+                    level = [row[0] for row in rows if row[2] == "flow"]
+            for starts in attempts.values():
+                starts.sort()
+            return found, attempts
+
+        return self._query(read)

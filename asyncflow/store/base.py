@@ -54,6 +54,16 @@ _TYPES = list(StateType)
 TERMINAL_SQL = "(" + ", ".join(f"'{t.value}'" for t in _TYPES if t in TERMINAL) + ")"
 
 
+#: SQL for the runs a recording session answers for (named parameters :lo and :hi, its key
+#: range, and :session, its key): its own, except those another process restarted, and
+#: those its process restarted (`asyncflow runs retry`), wherever they came from.
+SESSION_RUNS = (
+    "(pk >= :lo AND pk < :hi AND pk NOT IN (SELECT run_pk FROM restarts)) "
+    "OR pk IN (SELECT x.run_pk FROM restarts x JOIN processes p ON p.id = x.process "
+    "WHERE p.pk = :session)"
+)
+
+
 def type_sql(code: str) -> str:
     """SQL for the state type (its value) whose code (position in list(StateType)) is `code`."""
     whens = " ".join(f"WHEN {i} THEN '{t.value}'" for i, t in enumerate(_TYPES))
@@ -150,6 +160,32 @@ class StoredResult:
         return record.load()
 
 
+class Restart(NamedTuple):
+    """A flow run made ready for another attempt (see SqlStore.begin_restart)."""
+
+    id: UUID
+    pk: int
+    attempt: int  # 1 for the first restart
+    seq_base: int  # its states' sequence numbers start here
+
+
+class EarlierRun(NamedTuple):
+    """A run under a restarted flow run, as a restart matches it to a new call."""
+
+    pk: int
+    parent_pk: int
+    kind: str
+    spec_name: str
+    parameters: Any  # JSON text (SQLite) or its value (PostgreSQL); None for task runs
+    state_type: str
+    created: float
+    storage: str | None  # where its persisted result is (None: it has none)
+    key: str | None
+    serializer: str | None
+    size: int | None
+    restore_key: str | None
+
+
 class RunStore(Protocol):
     """A persistent run history, as readers see it.
 
@@ -239,6 +275,21 @@ class RecordingStore(RunStore, Protocol):
         """Mark the writing process alive (its open runs are not crashed)."""
         ...
 
+    def begin_restart(
+        self,
+        run: UUID | str,
+        process: tuple[str, int, str, float],
+        id_prefix: str,
+        message: str,
+    ) -> Restart:
+        """Make a failed top-level flow run ready to run again in `process` (see
+        SqlStore.begin_restart)."""
+        ...
+
+    def earlier_runs(self, pk: int) -> tuple[list[EarlierRun], dict[int, list[float]]]:
+        """What a restart of flow run `pk` can take (see SqlStore.earlier_runs)."""
+        ...
+
     def end_process(self, process_id: str, reason: str, *, force: bool = False) -> int:
         """The process is exiting: mark Crashed (with `reason`) the runs it leaves open."""
         ...
@@ -286,6 +337,11 @@ class WriteBatch(NamedTuple):
     results: Sequence[tuple[Any, ...]] = ()  # RESULT_COLUMNS rows
     tags: Sequence[tuple[int, str]] = ()  # (row, JSON list)
     entrypoints: Sequence[tuple[int, str]] = ()  # (row, 'file.py:function')
+    # Restarted runs (registry.Alias): rows keyed by the run's own key (`pk`), not by row
+    alias_changed: Sequence[tuple[Any, ...]] = ()  # CHANGED_RUN_COLUMNS, "row" being the key
+    alias_transitions: Sequence[tuple[Any, ...]] = ()  # TRANSITION_COLUMNS, idem
+    alias_results: Sequence[tuple[Any, ...]] = ()  # RESULT_COLUMNS, idem
+    alias_parents: Sequence[tuple[int, int]] = ()  # (row, key): the row's children link to key
 
 
 PLAIN_RUN_COLUMNS = (  # all numbers: they bind fastest
@@ -410,6 +466,9 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
             odd.add(i)
             i = plain.find(0, i + 1)
     # a name, parameters, a parent task run or a named latest state: not plain either
+    aliases = batch.aliases
+    new_aliases = [r - start for r in aliases if r >= start] if aliases else []
+    odd.update(new_aliases)  # (their states go to the runs they stand for: see _alias_rows)
     odd.update(r - start for r in batch.names)
     odd.update(r - start for r in batch.parameters)
     odd.update(r - start for r in batch.parent_task)
@@ -432,7 +491,7 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
             list(map(t_ts.__getitem__, li)),
             li,
         ]
-        if len(odd) * 8 > n:  # many odd runs: leave them out of the plain columns
+        if len(odd) * 8 > n or new_aliases:  # many odd runs: leave them out of the plain columns
             keep = bytearray(b"\x01") * n
             for i in odd:
                 keep[i] = 0
@@ -443,6 +502,8 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
     other_runs = []
     new_states = 3 * (n - len(odd))  # states of runs created in this batch
     for i in sorted(odd):
+        if aliases and start + i in aliases:
+            continue
         run, states = _odd_run(batch, start + i, last[i], transitions)
         other_runs.append(run)
         new_states += states
@@ -452,6 +513,8 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
     old = () if new_states == t1 - t0 else range(t1 - t0)
     for i in compress(old, map(start.__gt__, t_run)):
         r, t, code = t_run[i], t0 + i, t_type[i]
+        if aliases and r in aliases:
+            continue
         name, message = t_text.get(t, (None, None))
         entry = changed.get(r)
         if entry is None:
@@ -466,7 +529,12 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
     results: list[tuple[Any, ...]] = []
     tags: list[tuple[int, str]] = []
     entrypoints: list[tuple[int, str]] = []
+    alias_results: list[tuple[Any, ...]] = []
     for row, what, value in batch.facts:
+        if aliases and row in aliases:
+            if what == FACT_RESULT:
+                alias_results.append((aliases[row].pk, *value))
+            continue  # (its tags and entrypoint are the run's already)
         if what == FACT_RESULT:
             results.append((row, *value))
         elif what == FACT_TAGS:
@@ -489,7 +557,47 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
         results=results,
         tags=tags,
         entrypoints=entrypoints,
+        **(_alias_rows(batch, alias_results) if aliases else {}),
     )
+
+
+def _alias_rows(batch: ColumnExport, alias_results: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """The WriteBatch fields for restarted runs: each state a row of the log, the latest one
+    the run's new latest state (the store moves the one before to the log), all with
+    sequence numbers of the attempt. The creation Pending is left out: the store recorded
+    AwaitingRetry when the restart began."""
+    t0, t_run = batch.transition_start, batch.t_run
+    changed: list[tuple[Any, ...]] = []
+    log: list[tuple[Any, ...]] = []
+    for row, alias in batch.aliases.items():
+        found: list[int] = []
+        i = -1
+        while True:  # (array.index: a C-level search, the batch may be large)
+            try:
+                i = t_run.index(row, i + 1)
+            except ValueError:
+                break
+            if batch.t_prev[i] != -1:
+                found.append(i)
+        if not found:
+            continue
+        runs = 0
+        for i in found:
+            code = batch.t_type[i]
+            runs += code == _R
+            name, message = batch.t_text.get(t0 + i, (None, None))
+            seq = alias.seq_base + t0 + i
+            entry = (alias.pk, seq, TYPE_VALUES[code], name or "", message, batch.t_ts[i])
+            if i != found[-1]:
+                log.append(entry)
+            else:
+                changed.append((alias.pk, 0.0, -1, *entry[2:5], entry[5], seq, runs))
+    return {
+        "alias_changed": changed,
+        "alias_transitions": log,
+        "alias_results": alias_results,
+        "alias_parents": [(row, alias.pk) for row, alias in batch.aliases.items()],
+    }
 
 
 def _in_batch(prev: list[int], t0: int) -> list[int]:
@@ -543,7 +651,7 @@ def _odd_run(
             batch.names.get(row),
             batch.parent[k],
             batch.parent_task.get(row),
-            None if params is None else _params_json(params),
+            None if params is None else params_json(params),
             t_ts[chain[0]],
             None if first_run is None else t_ts[first_run],
             None if first_run is None else t0 + first_run,
@@ -563,7 +671,7 @@ def _odd_run(
 TRUNCATED = "<truncated by asyncflow: {size:,} bytes as JSON>"
 
 
-def _params_json(parameters: dict[str, Any] | None) -> str | None:
+def params_json(parameters: dict[str, Any] | None) -> str | None:
     """Parameters as JSON text, at most ASYNCFLOW_MAX_PARAMETERS_BYTES: larger values
     become a TRUNCATED marker. Values JSON cannot hold become their pydantic form or repr."""
     if parameters is None:

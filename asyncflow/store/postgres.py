@@ -25,6 +25,7 @@ from asyncflow.store._sql_store import SqlStore
 from asyncflow.store.base import (
     CRASH_SEQ,
     SCHEMA_VERSION,
+    SESSION_RUNS,
     TERMINAL_SQL,
     WriteBatch,
     default_name_sql,
@@ -244,6 +245,7 @@ class PostgresStore(SqlStore):
     """A run store in a PostgreSQL database. Thread-safe: one connection behind a lock."""
 
     placeholder = "%s"
+    for_update = " FOR UPDATE OF r"
 
     def __init__(self, url: str, *, detect_crashes: bool = True) -> None:
         self.url = redact(url)
@@ -374,12 +376,24 @@ class PostgresStore(SqlStore):
             statements.append((_INSERT_OTHER, _params(_columns(batch.other_runs), base=base)))
         if batch.transitions:
             statements.append((_INSERT_LOG, _params(_columns(batch.transitions), base=base)))
+        if batch.alias_transitions:  # (restarted runs: rows keyed by the run's own key)
+            statements.append((_INSERT_LOG, _params(_columns(batch.alias_transitions), base=0)))
         if batch.changed_runs:
             changed = _params(_columns(batch.changed_runs), base=base)
             statements.append((_INSERT_CHANGED, changed))
+        if batch.alias_changed:
+            changed = _params(_columns(batch.alias_changed), base=0)
+            statements.append((_INSERT_CHANGED, changed))
+        if batch.changed_runs or batch.alias_changed:
             statements += [(sql, None) for sql in _APPLY_CHANGED]
         if batch.results:
             statements.append((_INSERT_RESULTS, _params(_columns(batch.results), base=base)))
+        if batch.alias_results:
+            statements.append((_INSERT_RESULTS, _params(_columns(batch.alias_results), base=0)))
+        statements += [
+            ("UPDATE runs SET parent_pk = %s WHERE parent_pk = %s", (pk, base + row))
+            for row, pk in batch.alias_parents
+        ]
         if batch.tags:
             statements.append((_UPDATE_TAGS, _params(_columns(batch.tags), base=base)))
         if batch.entrypoints:
@@ -413,7 +427,9 @@ class PostgresStore(SqlStore):
                 ).fetchone()
                 if row is None or row[0] is not None:
                     continue
-                open_runs = f"pk >= %(lo)s AND pk < %(hi)s AND state_type NOT IN {TERMINAL_SQL}"
+                session_runs = SESSION_RUNS.replace(":lo", "%(lo)s").replace(":hi", "%(hi)s")
+                session_runs = session_runs.replace(":session", "%(pk)s")
+                open_runs = f"({session_runs}) AND state_type NOT IN {TERMINAL_SQL}"
                 conn.execute(  # the latest state, if explicit, moves to the log first
                     "INSERT INTO transition_log (run_pk, seq, type, name, message, ts) "
                     "SELECT pk, state_seq, state_type, state_name, state_message, state_ts "

@@ -34,6 +34,7 @@ from asyncflow.store._sql_store import SqlStore
 from asyncflow.store.base import (
     CRASH_SEQ,
     SCHEMA_VERSION,
+    SESSION_RUNS,
     TERMINAL_SQL,
     TYPE_VALUES,
     WriteBatch,
@@ -569,11 +570,22 @@ class SQLiteStore(SqlStore):
             statements += _inserts(_insert_other_sql, (base,) * 3, _transpose(batch.other_runs))
         if batch.transitions:
             statements += _inserts(_insert_log_sql, (base,), _transpose(batch.transitions))
+        if batch.alias_transitions:  # (restarted runs: rows keyed by the run's own key)
+            statements += _inserts(_insert_log_sql, (0,), _transpose(batch.alias_transitions))
         if batch.changed_runs:
             statements += _inserts(_insert_changed_sql, (base,), _transpose(batch.changed_runs))
+        if batch.alias_changed:
+            statements += _inserts(_insert_changed_sql, (0,), _transpose(batch.alias_changed))
+        if batch.changed_runs or batch.alias_changed:
             statements += [(sql, ()) for sql in _APPLY_CHANGED]
         if batch.results:
             statements += _inserts(_insert_results_sql, (base,), _transpose(batch.results))
+        if batch.alias_results:
+            statements += _inserts(_insert_results_sql, (0,), _transpose(batch.alias_results))
+        statements += [
+            ("UPDATE runs SET parent_pk = ? WHERE parent_pk = ?", (pk, base + row))
+            for row, pk in batch.alias_parents
+        ]
         for sql_for, facts in (
             (_update_tags_sql, batch.tags),
             (_update_entrypoints_sql, batch.entrypoints),
@@ -603,8 +615,14 @@ class SQLiteStore(SqlStore):
         crashed = 0
         with self._transaction() as conn:
             for pk, reason in sessions:
-                params = {"lo": pk << 32, "hi": (pk + 1) << 32, "msg": reason, "now": now}
-                open_runs = f"pk >= :lo AND pk < :hi AND state_type NOT IN {TERMINAL_SQL}"
+                params = {
+                    "lo": pk << 32,
+                    "hi": (pk + 1) << 32,
+                    "msg": reason,
+                    "now": now,
+                    "session": pk,
+                }
+                open_runs = f"({SESSION_RUNS}) AND state_type NOT IN {TERMINAL_SQL}"
                 conn.execute(  # the latest state, if explicit, moves to the log first
                     "INSERT OR IGNORE INTO transition_log "
                     "(run_pk, seq, type, name, message, ts) "

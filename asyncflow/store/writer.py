@@ -509,6 +509,11 @@ _start_lock = threading.Lock()
 _orphans: list[object] = []  # writers inherited across fork: never touched again, never closed
 
 
+def process_identity() -> tuple[str, int, str, float]:
+    """(process id, pid, hostname, start time): what the store knows this process by."""
+    return _process
+
+
 def on_first_tree(registry: MemoryRegistry) -> None:
     """Registry hook: its first top-level run decides where (and whether) it is persisted."""
     global _writer
