@@ -93,6 +93,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=("asyncio", "trio"), default="asyncio", help="for async flows"
     )
 
+    variable = commands.add_parser("variable", help="set, get, list and unset variables")
+    variable_commands = variable.add_subparsers(
+        dest="variable_command", metavar="COMMAND", required=True
+    )
+    var_set = variable_commands.add_parser("set", help="set a variable")
+    var_set.add_argument("name", metavar="NAME")
+    var_set.add_argument("value", metavar="VALUE", help="read as JSON if it parses, else text")
+    var_set.add_argument("--tag", action="append", metavar="TAG", help="a tag (repeatable)")
+    var_set.add_argument("--overwrite", action="store_true", help="replace an existing one")
+    var_get = variable_commands.add_parser("get", help="print a variable's value")
+    var_get.add_argument("name", metavar="NAME")
+    var_ls = variable_commands.add_parser("ls", help="list variables")
+    var_unset = variable_commands.add_parser("unset", help="delete a variable")
+    var_unset.add_argument("name", metavar="NAME")
+
     run = commands.add_parser("run", help="run a flow from a Python file")
     run.add_argument("target", metavar="FILE[:FLOW]", help="e.g. path/to/file.py:my_flow")
     run.add_argument(
@@ -106,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=("asyncio", "trio"), default="asyncio", help="for async flows"
     )
 
-    for sub in (ls, inspect, tree, result, retry, run, cache_ls, cache_clear):
+    variable_subs = (var_set, var_get, var_ls, var_unset)
+    for sub in (ls, inspect, tree, result, retry, run, cache_ls, cache_clear, *variable_subs):
         sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
         _store_option(sub, argparse.SUPPRESS)
     for sub in (ls, inspect, tree):
@@ -126,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
-        if args.command == "run" or getattr(args, "runs_command", None) == "retry":
+        if args.command in ("run", "variable") or getattr(args, "runs_command", None) == "retry":
             return _run_command(args)
         return _runs_command(args)
     except (CLIError, StoreError) as exc:
@@ -204,6 +220,10 @@ def _run_command(args: argparse.Namespace) -> int:
         if store_url() is not None:
             # The writer would only log a store it cannot open: say so before running anything.
             open_store().close()
+        if args.command == "variable":
+            from asyncflow.cli import _variables
+
+            return _variables.run(args)
         return _run.retry(args) if args.command == "runs" else _run.run(args)
     finally:
         if args.store is not None:

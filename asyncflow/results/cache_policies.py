@@ -22,7 +22,7 @@ class Unhashable(Exception):
 def hash_objects(*objects: Any) -> str:
     """A stable digest: JSON when the values are JSON, else cloudpickle's bytes."""
     try:
-        blob = json.dumps(objects, sort_keys=True, default=_json_default).encode()
+        blob = _ENCODER.encode(objects).encode()
     except (TypeError, ValueError):
         import cloudpickle  # type: ignore[import-untyped]
 
@@ -39,6 +39,10 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, (set, frozenset)):
         return sorted(obj, key=repr)
     raise TypeError(type(obj).__name__)
+
+
+# made once: `json.dumps` with options builds an encoder per call
+_ENCODER = json.JSONEncoder(sort_keys=True, default=_json_default)
 
 
 class CachePolicy:

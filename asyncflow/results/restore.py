@@ -79,7 +79,7 @@ def task_base(run: Any) -> str | None:
         inputs = INPUTS.compute_key(run, run.parameters)
     except Unhashable:
         return None
-    return f"task/{run.spec.name}/{hash_objects(TASK_SOURCE.compute_key(run, {}), inputs)}"
+    return f"task/{run.spec.name}/{TASK_SOURCE.compute_key(run, {})}/{inputs}"
 
 
 def flow_base(name: str, parameters_json: str | None) -> str:

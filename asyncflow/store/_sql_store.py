@@ -549,3 +549,36 @@ class SqlStore:
             return found, attempts
 
         return self._query(read)
+
+    # -- variables ------------------------------------------------------------------------------
+    def get_variable(self, name: str) -> tuple[str, str, float, float] | None:
+        """(value JSON, tags JSON, created, updated) of a variable, None when unset."""
+        sql = self._sql("SELECT value, tags, created, updated FROM variables WHERE name = ?")
+        row = self._query(lambda c: c.execute(sql, (name,)).fetchone())
+        return None if row is None else (row[0], row[1], row[2], row[3])
+
+    def set_variable(self, name: str, value: str, tags: str, overwrite: bool) -> bool:
+        """Set a variable (JSON value and tags); False when it exists and not `overwrite`."""
+        now = time.time()
+        sql = "INSERT INTO variables (name, value, tags, created, updated) VALUES (?, ?, ?, ?, ?)"
+        sql += (
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value, tags = excluded.tags, "
+            "updated = excluded.updated"
+            if overwrite
+            else " ON CONFLICT (name) DO NOTHING"
+        )
+        with self._transaction() as conn:
+            cur = conn.execute(self._sql(sql), (name, value, tags, now, now))
+            return bool(cur.rowcount)
+
+    def unset_variable(self, name: str) -> bool:
+        """Delete a variable; False when there was none."""
+        with self._transaction() as conn:
+            cur = conn.execute(self._sql("DELETE FROM variables WHERE name = ?"), (name,))
+            return bool(cur.rowcount)
+
+    def list_variables(self) -> list[tuple[str, str, str, float, float]]:
+        """(name, value JSON, tags JSON, created, updated) of every variable, by name."""
+        sql = "SELECT name, value, tags, created, updated FROM variables ORDER BY name"
+        rows = self._query(lambda c: c.execute(sql).fetchall())
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
