@@ -151,6 +151,7 @@ class Flow(Spec, Generic[P, R]):
         if self.kind == "async":
 
             async def again() -> Any:
+                import anyio
                 import anyio.to_thread
 
                 restarting, parameters = await anyio.to_thread.run_sync(
@@ -159,6 +160,11 @@ class Flow(Spec, Generic[P, R]):
                 token = restart_var.set(restarting)
                 try:
                     return await call(**parameters, return_state=return_state)
+                except BaseException:
+                    if not restarting.used:  # it never started: the stored run is as before
+                        with anyio.CancelScope(shield=True):
+                            await anyio.to_thread.run_sync(restarting.undo)
+                    raise
                 finally:
                     restart_var.reset(token)
 
@@ -169,6 +175,10 @@ class Flow(Spec, Generic[P, R]):
         token = restart_var.set(restarting)
         try:
             return call(**parameters, return_state=return_state)
+        except BaseException:
+            if not restarting.used:  # it never started: the stored run is as before
+                restarting.undo()
+            raise
         finally:
             restart_var.reset(token)
 

@@ -205,6 +205,7 @@ class MemoryRegistry:
         # what is known of a run after it is added, in the order it became known (see add_fact)
         self._facts: list[tuple[int, str, Any]] = []
         self._aliases: dict[int, Alias] = {}
+        self.aliases_stored = True  # False once the store they point into was replaced
         # transitions whose writer found the lock taken: (row, type code, ts, name, message)
         self._inbox: deque[tuple[int, int, float, str | None, str | None]] = deque()
 
@@ -496,7 +497,9 @@ class MemoryRegistry:
                 fact_start=fact_start,
                 fact_end=fact_start + len(facts),
                 facts=facts,
-                aliases=dict(self._aliases) if self._aliases else _NO_ALIASES,
+                aliases=(
+                    dict(self._aliases) if self._aliases and self.aliases_stored else _NO_ALIASES
+                ),
             )
         return batch
 
@@ -509,13 +512,14 @@ class MemoryRegistry:
         return UUID(int=self._prefix | row)
 
     def row_of(self, run_id: UUID | str | int) -> int | None:
-        """The row of a run id (a UUID, its text, or its int) here, or None."""
+        """The row of a run id (a UUID, its text, or its int) here, or None. A restarted
+        run's id names its newest attempt's row (an alias), not the row of its first."""
         value = run_id if isinstance(run_id, int) else UUID(str(run_id)).int
+        for r in sorted(self._aliases, reverse=True) if self._aliases else ():
+            if self._aliases[r].id.int == value:
+                return r
         row = value ^ self._prefix
         if row >> 64 or row >= len(self._kind):
-            for r, alias in self._aliases.items():
-                if alias.id.int == value:
-                    return r
             return None
         return row
 
@@ -705,10 +709,12 @@ def locate(run_id: UUID | str) -> tuple[MemoryRegistry, int] | None:
         value = UUID(str(run_id)).int
     except ValueError:
         return None
+    found = _aliased.get(value)  # a restarted run: its newest attempt, wherever it is
+    if found is not None:
+        return found
     registry = _live.get(value & ~_ROW_MASK)
     if registry is None:
-        found = _aliased.get(value)
-        return None if found is None else found
+        return None
     row = registry.row_of(value)
     return None if row is None else (registry, row)
 

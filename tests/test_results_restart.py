@@ -370,3 +370,158 @@ def test_a_killed_retry_is_crashed_and_can_be_retried_again(store_url: str, tmp_
         "Pending", "Running", "Failed", "AwaitingRetry", "Running", "Crashed",
         "AwaitingRetry", "Running", "Completed",
     ]  # fmt: skip
+
+
+def test_a_retry_that_cannot_start_leaves_the_run_as_it_was(recording: str) -> None:
+    from asyncflow.exceptions import ParameterBindError
+
+    @flow
+    def strict(x: int) -> int:
+        if x < 5:
+            raise ValueError("too small")
+        return x
+
+    run_id = strict(1, return_state=True).state_details.flow_run_id
+
+    @flow(name="strict")
+    def renamed(y: int) -> int:  # the flow's code changed: its parameter is now `y`
+        return y
+
+    with pytest.raises(ParameterBindError):
+        renamed.retry(run_id)
+    assert _history(recording, run_id)[-1] == ("FAILED", "Failed")  # not AwaitingRetry
+
+    class Stop(Exception):
+        pass
+
+    import asyncflow.engine.entry as entry
+
+    original = entry.open_run
+
+    def broken(*args: Any) -> Any:
+        raise Stop("before the run is registered")
+
+    entry.open_run = broken
+    try:
+        with pytest.raises(Stop):
+            strict.retry(run_id)
+    finally:
+        entry.open_run = original
+    assert _history(recording, run_id)[-1] == ("FAILED", "Failed")
+    assert strict.retry(run_id, return_state=True).is_failed()  # x is still 1
+    assert [n for _, n in _history(recording, run_id)] == [
+        "Pending", "Running", "Failed", "AwaitingRetry", "Running", "Failed",
+    ]  # fmt: skip
+
+
+def test_parameters_not_stored_as_they_were_are_refused(recording: str) -> None:
+    class Config:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+    @flow
+    def configured(cfg: Any) -> int:
+        raise RuntimeError(str(cfg.n))
+
+    run_id = configured(Config(3), return_state=True).state_details.flow_run_id
+    with pytest.raises(ValueError, match="parameter\\(s\\) 'cfg' were not stored as they were"):
+        configured.retry(run_id)
+    assert _history(recording, run_id)[-1] == ("FAILED", "Failed")
+
+
+def test_the_run_id_names_the_retried_attempt(recording: str, tmp_path: Path) -> None:
+    from asyncflow import runtime
+    from asyncflow.engine.context import flow_run_var
+    from asyncflow.registry import locate
+
+    seen: list[Any] = []
+    fail = {"yes": True}
+
+    @task(persist_result=True, result_storage=tmp_path, cache_expiration=None)
+    def value() -> int:
+        return 7
+
+    @flow
+    def located() -> int:
+        engine = flow_run_var.get()
+        assert engine is not None
+        found = locate(runtime.flow_run.id)
+        seen.append((runtime.flow_run.id, found is not None and found[1] == engine.row))
+        result = value()
+        if fail["yes"]:
+            raise RuntimeError("once")
+        return result
+
+    run_id = located(return_state=True).state_details.flow_run_id
+    fail["yes"] = False
+    assert located.retry(run_id) == 7
+    assert seen == [(run_id, True), (run_id, True)]
+
+
+def test_restored_results_keep_their_expiry(recording: str, tmp_path: Path) -> None:
+    import datetime
+
+    @task(
+        persist_result=True,
+        result_storage=tmp_path,
+        cache_policy=NO_CACHE,
+        cache_expiration=datetime.timedelta(hours=1),
+    )
+    def kept() -> int:
+        return 1
+
+    fail = {"yes": True}
+
+    @flow
+    def expiring() -> int:
+        out = kept()
+        if fail["yes"]:
+            raise RuntimeError("once")
+        return out
+
+    run_id = expiring(return_state=True).state_details.flow_run_id
+    fail["yes"] = False
+    assert expiring.retry(run_id) == 1
+    writer.flush()
+    store = open_store(recording)
+    try:
+        rows = store.list_results_sync(task="kept")
+    finally:
+        store.close()
+    assert len(rows) == 2 and rows[0].expires == rows[1].expires is not None
+    assert rows[0].created == rows[1].created
+
+
+def test_runs_retry_imports_a_flow_of_a_package(recording: str, tmp_path: Path) -> None:
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("OK = 'ok'\n")
+    (package / "flows.py").write_text(
+        textwrap.dedent(
+            """
+            from pathlib import Path
+            from .helpers import OK
+            from asyncflow import flow
+
+            @flow
+            def packaged() -> str:
+                if not (Path(__file__).parent / "go").exists():
+                    raise RuntimeError("not yet")
+                return OK
+            """
+        )
+    )
+    env = {**os.environ, "ASYNCFLOW_STORE": recording, "ASYNCFLOW_LOGGING_LEVEL": "CRITICAL"}
+    code = "from mypkg.flows import packaged\npackaged(return_state=True)\n"
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, check=True, timeout=60)
+    store = open_store(recording)
+    try:
+        (run,) = store.list_runs_sync(spec_name="packaged")
+    finally:
+        store.close()
+    assert run.entrypoint == f"{package / 'flows.py'}:packaged"
+    (package / "go").write_text("")
+    done = _cli(recording, "runs", "retry", str(run.id))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -344,3 +344,35 @@ def test_cache_ls_and_clear_select_by_task_flow_key_and_age(
     code, out, _ = _cli(capsys, *store, "cache", "clear", "--all", "--yes")
     assert code == 0 and "Deleted" in out and listed("--all") == []
     assert [p for p in (tmp_path / "results").iterdir() if p.is_file()] == []
+
+
+def test_cache_clear_judges_a_key_by_its_last_write(
+    recording: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from asyncflow.cache_policies import INPUTS
+
+    @task(cache_policy=INPUTS, result_storage=tmp_path / "results")
+    def fetch(x: int) -> int:
+        return x
+
+    @flow
+    def once() -> int:
+        return fetch(1)
+
+    once()
+    time.sleep(1.2)
+    refreshed = fetch.with_options(refresh_cache=True)
+
+    @flow
+    def again() -> int:
+        return refreshed(1)
+
+    again()
+    writer.flush()
+    code, out, _ = _cli(
+        capsys, "--store", recording, "cache", "clear", "--older-than", "1s", "--yes"
+    )
+    assert code == 0 and "No cache records to clear" in out  # written again a moment ago
+    assert len(list((tmp_path / "results").iterdir())) == 1

@@ -267,7 +267,7 @@ def test_states_spread_over_several_writes_are_all_kept(store: Any) -> None:
 
 def test_concurrent_tasks_and_unusual_parameters(store: Any) -> None:
     """Submitted tasks (finishing in any order, across write batches) and parameters JSON cannot
-    hold (an object, a set, NaN) are stored; the object as its repr."""
+    hold (an object, a set, NaN) are stored; the object and NaN as marked reprs."""
 
     class Thing:
         def __repr__(self) -> str:
@@ -280,7 +280,14 @@ def test_concurrent_tasks_and_unusual_parameters(store: Any) -> None:
 
     assert mapped([1, 2], extra={"t": Thing(), "s": {3}, "nan": float("nan")}) == 2 * 199 * 200 // 2
     top = top_flow(store, "mapped")
-    assert top.parameters == {"items": [1, 2], "extra": {"t": "<thing>", "s": [3], "nan": "nan"}}
+    assert top.parameters == {
+        "items": [1, 2],
+        "extra": {
+            "t": "<not JSON, stored as its repr: <thing>>",
+            "s": [3],
+            "nan": "<not JSON, stored as its repr: nan>",
+        },
+    }
     kids = store.children_sync(top.id)
     assert len(kids) == 200 and all(k.state_type is StateType.COMPLETED for k in kids)
     for kid in kids[::20]:

@@ -23,20 +23,23 @@ def _older_than(text: str | None) -> datetime.datetime | None:
 
 
 async def _matching(store: RunStore, args: argparse.Namespace) -> list[StoredResult]:
-    """The records the filters select: one per storage location (the newest row)."""
-    rows = await store.list_results(
-        task=args.task,
-        flow=args.flow,
-        key_prefix=args.key,
-        older_than=_older_than(args.older_than),
-        cache_only=not args.all,
-    )
+    """The records the filters select: one per storage location, judged by its newest row
+    (a key written again later is as old as its last write, and belongs to its last writer)."""
+    rows = await store.list_results(key_prefix=args.key, cache_only=not args.all)
+    older_than = _older_than(args.older_than)
     seen: set[tuple[str, str]] = set()
     records = []
     for row in rows:  # newest first: the first row of a location is its latest writer
-        if (row.storage, row.key) not in seen:
-            seen.add((row.storage, row.key))
-            records.append(row)
+        if (row.storage, row.key) in seen:
+            continue
+        seen.add((row.storage, row.key))
+        if args.task is not None and (row.kind != "task" or row.spec_name != args.task):
+            continue
+        if args.flow is not None and row.flow_name != args.flow:
+            continue
+        if older_than is not None and row.created >= older_than:
+            continue
+        records.append(row)
     return records
 
 
@@ -85,7 +88,7 @@ async def clear(store: RunStore, args: argparse.Namespace) -> int:
     records = await _matching(store, args)
     what = "result(s)" if args.all else "cache record(s)"
     if not records:
-        print(f"No {what} to clear in {store.url}.")
+        print(f"No {what.replace('(s)', 's')} to clear in {store.url}.")
         return 0
     size = sum(r.size for r in records)
     if not args.yes:

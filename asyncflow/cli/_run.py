@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import importlib.machinery
 import importlib.util
 import inspect
@@ -329,7 +330,7 @@ def retry(args: argparse.Namespace) -> int:
             "--entrypoint FILE:FLOW"
         )
     path_text, name = split_target(entrypoint)
-    module = load_file(path_text)
+    module = _load_entrypoint(path_text)
     flow = _entrypoint_flow(module, name, path_text)
     try:
         if flow.kind == "async":
@@ -343,6 +344,28 @@ def retry(args: argparse.Namespace) -> int:
     except (KeyError, ValueError, TypeError) as exc:
         raise CLIError(one_line(str(exc.args[0] if exc.args else exc))) from None
     return _report(args, flow, state)
+
+
+def _load_entrypoint(path_text: str) -> ModuleType:
+    """The module of an entrypoint file: a module of a package is imported by its dotted
+    name (its relative imports work), with the package's parent first on sys.path."""
+    path = Path(path_text).resolve()
+    parts = [path.stem]
+    folder = path.parent
+    while (folder / "__init__.py").is_file() and folder.name.isidentifier():
+        parts.insert(0, folder.name)
+        folder = folder.parent
+    if len(parts) == 1 or not path.is_file():
+        return load_file(path_text)
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    name = ".".join(parts)
+    try:
+        return importlib.import_module(name)
+    except Exception as exc:
+        detail = one_line(str(exc)) or "(no message)"
+        what = f"importing {name} ({path_text}) failed"
+        raise CLIError(f"{what}: {type(exc).__name__}: {detail}") from None
 
 
 def _entrypoint_flow(module: ModuleType, name: str | None, path_text: str) -> Flow[Any, Any]:

@@ -19,13 +19,14 @@ class Restarting:
     this context takes its id (`alias`, a registry.Alias), its name and what its earlier
     attempts left (`restore`, a results.restore.Restore)."""
 
-    __slots__ = ("alias", "flow", "name", "restore", "used")
+    __slots__ = ("alias", "flow", "name", "restore", "undo", "used")
 
-    def __init__(self, flow: Any, alias: Any, name: str, restore: Any) -> None:
+    def __init__(self, flow: Any, alias: Any, name: str, restore: Any, undo: Any) -> None:
         self.flow = flow
         self.alias = alias
         self.name = name
         self.restore = restore
+        self.undo = undo  # puts the stored run back as it was, if the call never used this
         self.used = False
 
 

@@ -624,8 +624,9 @@ class FlowRunEngine(RunEngine):
             self.parent_task_row, self.row = self.registry.add_subflow(
                 flow.name, parent.row, index, self.name, self.parameters
             )
+            restore = parent.restore  # (earlier attempts to take from: a retry, a restart)
             find = lifecycle.subflow_restore
-            if (parent.restore is not None or parent.run_count > 1) and find is not None:
+            if (parent.run_count > 1 or (restore is not None and restore.earlier)) and find:
                 self.restore = find(parent, flow.name, self.parameters)
             if flow_run_logger.isEnabledFor(logging.INFO):
                 parent._log(

@@ -64,6 +64,15 @@ class CachePolicy:
         return CompoundCachePolicy([p - name if isinstance(p, Inputs) else p for p in _parts(self)])
 
 
+def inputs_policy(policy: CachePolicy | None) -> Inputs:
+    """The INPUTS part of a policy (with its exclusions), else INPUTS itself."""
+    if policy is not None:
+        for part in _parts(policy):
+            if isinstance(part, Inputs):
+                return part
+    return INPUTS
+
+
 def _parts(policy: CachePolicy) -> list[CachePolicy]:
     return list(policy.policies) if isinstance(policy, CompoundCachePolicy) else [policy]
 
@@ -91,8 +100,13 @@ class Inputs(CachePolicy):
         self.exclude = tuple(exclude)
 
     def compute_key(self, run: Any, inputs: dict[str, Any]) -> str | None:
-        kept = {k: v for k, v in inputs.items() if k not in self.exclude}
-        return hash_objects(kept)
+        made = getattr(run.hook_data, "inputs_keys", None)  # (the run's digests so far)
+        if made is not None and self.exclude in made:
+            return made[self.exclude]  # type: ignore[no-any-return]
+        key = hash_objects({k: v for k, v in inputs.items() if k not in self.exclude})
+        if made is not None:
+            made[self.exclude] = key
+        return key
 
     def __sub__(self, name: str) -> CachePolicy:
         if not isinstance(name, str):

@@ -43,7 +43,8 @@ class PersistResult(RunHook):
     def before_body(self, run: Any) -> State[Any] | None:
         data = run.hook_data
         if data is None:  # computed once: the first attempt's keys serve its retries too
-            data = run.hook_data = _Keys(run)
+            data = run.hook_data = _Keys()
+            data.compute(run)
         if data.restore_key is not None or (run.kind == KIND_FLOW and run.restore is not None):
             restored = _restore(run, data)
             if restored is not None:
@@ -106,22 +107,31 @@ class PersistResult(RunHook):
 
 class _Keys:
     """What the hook keeps per run (`run.hook_data`): its cache key (None: not cached),
-    its restore key (None: not restorable), whether its result was taken from storage."""
+    its restore key (None: not restorable), whether its result was taken from storage,
+    and the digests of its inputs made so far (by excluded names: each is made once)."""
 
-    __slots__ = ("cache_key", "restore_key", "taken")
+    __slots__ = ("cache_key", "inputs_keys", "restore_key", "taken")
 
-    def __init__(self, run: Any) -> None:
+    def __init__(self) -> None:
         self.taken = False
         self.restore_key: str | None = None
+        self.cache_key: str | None = None
+        self.inputs_keys: dict[tuple[str, ...], str] = {}
+
+    def compute(self, run: Any) -> None:
+        if run.kind == KIND_FLOW:
+            return  # (a nested flow run is matched by its parameters: see restore)
+        parameters = run.parameters
+        policy = run.spec.cache
+        if policy is not None:
+            self.cache_key = _cache_key(run, policy, parameters)
         parent = run.parent
-        if run.kind != KIND_FLOW and parent is not None:
+        if parent is not None:
             from asyncflow.results.restore import for_attempt, task_base
 
-            base = task_base(run)
+            base = task_base(run, parameters, policy)
             if base is not None:
                 self.restore_key = for_attempt(parent).key(base)
-        policy = getattr(run.spec, "cache", None)
-        self.cache_key = None if policy is None else _cache_key(run, policy)
 
 
 def _restore(run: Any, data: _Keys) -> State[Any] | None:
@@ -169,7 +179,7 @@ def _record_in_store(run: Any, record: Any, data: _Keys | None) -> None:
 _unhashable_warned: set[int] = set()
 
 
-def _cache_key(run: Any, policy: Any) -> str | None:
+def _cache_key(run: Any, policy: Any, parameters: dict[str, Any]) -> str | None:
     from asyncflow.results.cache_policies import Unhashable
 
     if getattr(run.spec, "result_storage_key", None) is not None:
@@ -178,7 +188,7 @@ def _cache_key(run: Any, policy: Any) -> str | None:
         except Exception:
             return None  # (after_outcome says why the result is not persisted)
     try:
-        return policy.compute_key(run, run.parameters)  # type: ignore[no-any-return]
+        return policy.compute_key(run, parameters)  # type: ignore[no-any-return]
     except Unhashable as exc:
         spec = run.spec
         with _warned_lock:

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from asyncflow.results.cache_policies import INPUTS, TASK_SOURCE, Unhashable, hash_objects
+from asyncflow.results.cache_policies import TASK_SOURCE, Unhashable, hash_objects, inputs_policy
 
 if TYPE_CHECKING:
     from asyncflow.store.base import EarlierRun
@@ -72,11 +72,12 @@ def for_attempt(flow_run: Any) -> Restore:
     return restore
 
 
-def task_base(run: Any) -> str | None:
-    """A task run's restore key without its count: name, source, inputs (None when its
-    inputs cannot be hashed: such a call always runs)."""
+def task_base(run: Any, parameters: dict[str, Any], policy: Any = None) -> str | None:
+    """A task run's restore key without its count: name, source, inputs (those its cache
+    policy hashes: `INPUTS - "arg"` leaves `arg` out here too); None when its inputs cannot
+    be hashed: such a call always runs."""
     try:
-        inputs = INPUTS.compute_key(run, run.parameters)
+        inputs = inputs_policy(policy).compute_key(run, parameters)
     except Unhashable:
         return None
     return f"task/{run.spec.name}/{TASK_SOURCE.compute_key(run, {})}/{inputs}"
@@ -143,9 +144,16 @@ def store_record(run: EarlierRun) -> Any:
 
     assert run.storage is not None
     assert run.key is not None
-    return ResultRecord(
-        storage_for(run.storage), run.key, resolve_serializer(run.serializer), run.size or 0
+    record = ResultRecord(
+        storage_for(run.storage),
+        run.key,
+        resolve_serializer(run.serializer),
+        run.size or 0,
+        run.expires,
     )
+    if run.result_created is not None:
+        record.created = run.result_created
+    return record
 
 
 def _from_registry(registry: Any, row: int) -> dict[str, Entry]:
@@ -172,14 +180,14 @@ def _from_registry(registry: Any, row: int) -> dict[str, Entry]:
             flows.add(r)
         elif fact is None or fact[7] is None:
             continue
-        storage, key, serializer, size, _, _, _, restore_key = fact or (None,) * 8
+        storage, key, serializer, size, created, expires, _, restore_key = fact or (None,) * 8
         params = registry._params.get(r)
         runs.append(
             EarlierRun(
                 r, parent, kind, registry._keys[registry._key[r]],
                 None if params is None else params_json(params),
                 history[-1].type.value, history[0]._ts,
-                storage, key, serializer, size, restore_key,
+                storage, key, serializer, size, restore_key, created, expires,
             )
         )  # fmt: skip
     for r in flows:
@@ -196,14 +204,15 @@ def prepare_restart(flow: Any, run_id: Any) -> tuple[Any, dict[str, Any]]:
     this process: (the `Restarting` that call takes, the run's stored parameters).
 
     KeyError for an unknown run; ValueError when it is not a Failed, Crashed or Cancelled
-    top-level run of this flow, or its parameters were too large to store; StoreError when
+    top-level run of this flow, or its parameters were not stored as they were (too large,
+    or not JSON); ParameterBindError when they no longer fit the flow; StoreError when
     there is no run store (ASYNCFLOW_STORE=memory) or it cannot be written.
     """
     from asyncflow.engine.context import Restarting
     from asyncflow.exceptions import StoreError
     from asyncflow.registry import Alias, registry_for_new_tree
     from asyncflow.store import connect, recording_url, writer
-    from asyncflow.store.base import TRUNCATED, run_id_prefix
+    from asyncflow.store.base import lossy_parameters, run_id_prefix
 
     url = recording_url()
     if url is None:
@@ -215,20 +224,19 @@ def prepare_restart(flow: Any, run_id: Any) -> tuple[Any, dict[str, Any]]:
     store = connect(url)
     try:
         run = store.read_run_sync(run_id)
+        what = f"Flow run {run.name!r} ({run.id})"
         if run.kind == "flow" and run.spec_name != flow.name:
-            raise ValueError(
-                f"Flow run {run.name!r} ({run.id}) is a run of flow {run.spec_name!r}, not of "
-                f"{flow.name!r}."
-            )
+            raise ValueError(f"{what} is a run of flow {run.spec_name!r}, not of {flow.name!r}.")
         parameters = dict(run.parameters or {})
-        marker = TRUNCATED.split("{", 1)[0]
-        cut = [k for k, v in parameters.items() if isinstance(v, str) and v.startswith(marker)]
-        if cut:
+        lossy = lossy_parameters(parameters)
+        if lossy:
             raise ValueError(
-                f"Flow run {run.name!r} ({run.id}) cannot be run again: its parameter(s) "
-                f"{', '.join(map(repr, cut))} were too large to store "
-                "(ASYNCFLOW_MAX_PARAMETERS_BYTES)."
+                f"{what} cannot be run again: its parameter(s) {', '.join(map(repr, lossy))} "
+                "were not stored as they were (too large for ASYNCFLOW_MAX_PARAMETERS_BYTES, "
+                "or not JSON)."
             )
+        if run.kind == "flow":
+            flow.signature.bind((), parameters)  # (the flow's code may have changed)
         process_id, pid, hostname, started = writer.process_identity()
         restart = store.begin_restart(
             run.id,
@@ -236,9 +244,21 @@ def prepare_restart(flow: Any, run_id: Any) -> tuple[Any, dict[str, Any]]:
             run_id_prefix(registry_for_new_tree().prefix),
             f"Run again by pid {pid} on {hostname}",
         )
-        runs, attempts = store.earlier_runs(restart.pk)
+        try:
+            runs, attempts = store.earlier_runs(restart.pk)
+        except BaseException:
+            store.abort_restart(restart)
+            raise
     finally:
         store.close()
     restore = Restore(build(runs, attempts, restart.pk, store_record), 1)
     alias = Alias(restart.id, restart.pk, restart.seq_base)
-    return Restarting(flow, alias, run.name, restore), parameters
+
+    def undo() -> None:
+        again = connect(url)
+        try:
+            again.abort_restart(restart)
+        finally:
+            again.close()
+
+    return Restarting(flow, alias, run.name, restore, undo), parameters

@@ -443,13 +443,14 @@ class SqlStore:
             row = conn.execute(
                 self._sql(
                     "SELECT r.kind, r.name, r.parent_pk, r.state_type, r.state_name, "
-                    "r.state_message, r.state_ts, r.state_seq, r.start_seq, x.attempt "
+                    "r.state_message, r.state_ts, r.state_seq, r.start_seq, x.attempt, "
+                    "x.process "
                     "FROM runs r LEFT JOIN restarts x ON x.run_pk = r.pk WHERE r.pk = ?"
                 )
                 + self.for_update,
                 (pk,),
             ).fetchone()
-            kind, name, parent, type_, state_name, message_, ts, seq, start_seq, done = row
+            kind, name, parent, type_, state_name, message_, ts, seq, start_seq, done, by = row
             what = f"{kind.capitalize()} run {name!r} ({run_id(self._prefix_of(conn, pk), pk)})"
             if kind != "flow":
                 raise ValueError(f"{what} is a task run: retry the flow run it belongs to.")
@@ -460,20 +461,22 @@ class SqlStore:
                     "runs it again."
                 )
             if type_ not in ("FAILED", "CRASHED", "CANCELLED"):
+                why = f" ({message_})" if type_ == "SCHEDULED" and message_ else ""
                 raise ValueError(
-                    f"{what} is {state_name}: only a Failed, Crashed or Cancelled flow run "
-                    "can be retried."
+                    f"{what} is {state_name}{why}: only a Failed, Crashed or Cancelled flow "
+                    "run can be retried."
                 )
             attempt = 1 if done is None else int(done) + 1
             seq_base = attempt << 48
+            log_seq = seq if seq != CRASH_SEQ else seq_base - 2
+            before = (type_, state_name, message_, ts, log_seq, done, by)
             if not latest_is_implicit(type_, state_name, message_, seq, start_seq):
                 conn.execute(
                     self._sql(
                         "INSERT INTO transition_log (run_pk, seq, type, name, message, ts) "
                         "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
                     ),
-                    (pk, seq if seq != CRASH_SEQ else seq_base - 2, type_, state_name,
-                     message_, ts),
+                    (pk, log_seq, type_, state_name, message_, ts),
                 )  # fmt: skip
             conn.execute(
                 self._sql(
@@ -490,7 +493,34 @@ class SqlStore:
                 ),
                 (pk, process_id, attempt),
             )
-        return Restart(run_id(self._prefix_of_pk(pk), pk), pk, attempt, seq_base)
+        return Restart(run_id(self._prefix_of_pk(pk), pk), pk, attempt, seq_base, before)
+
+    def abort_restart(self, restart: Restart) -> bool:
+        """Undo `begin_restart` when the new attempt never started (its run is back in its
+        state before); False when states of the attempt were written meanwhile."""
+        type_, name, message, ts, log_seq, done, by = restart.before
+        with self._transaction() as conn:
+            cur = conn.execute(
+                self._sql(
+                    "UPDATE runs SET state_type = ?, state_name = ?, state_message = ?, "
+                    "state_ts = ?, state_seq = ? WHERE pk = ? AND state_seq = ?"
+                ),
+                (type_, name, message, ts, log_seq, restart.pk, restart.seq_base - 1),
+            )
+            if not cur.rowcount:
+                return False
+            conn.execute(
+                self._sql("DELETE FROM transition_log WHERE run_pk = ? AND seq = ?"),
+                (restart.pk, log_seq),
+            )
+            if done is None:
+                conn.execute(self._sql("DELETE FROM restarts WHERE run_pk = ?"), (restart.pk,))
+            else:
+                conn.execute(
+                    self._sql("UPDATE restarts SET attempt = ?, process = ? WHERE run_pk = ?"),
+                    (done, by, restart.pk),
+                )
+        return True
 
     #: appended to a SELECT that must lock its rows (PostgreSQL; SQLite locks the file)
     for_update = ""
@@ -535,7 +565,8 @@ class SqlStore:
                         self._sql(
                             "SELECT r.pk, r.parent_pk, r.kind, r.spec_name, r.parameters, "
                             "r.state_type, r.created, x.storage, x.key, x.serializer, x.size, "
-                            "x.restore_key FROM runs r LEFT JOIN results x ON x.run_pk = r.pk "
+                            "x.restore_key, x.created, x.expires "
+                            "FROM runs r LEFT JOIN results x ON x.run_pk = r.pk "
                             f"WHERE r.parent_pk IN ({marks}) "
                             "AND (r.kind = 'flow' OR x.restore_key IS NOT NULL) "
                             "ORDER BY r.created, r.pk"

@@ -167,6 +167,7 @@ class Restart(NamedTuple):
     pk: int
     attempt: int  # 1 for the first restart
     seq_base: int  # its states' sequence numbers start here
+    before: tuple[Any, ...]  # what `abort_restart` puts back
 
 
 class EarlierRun(NamedTuple):
@@ -184,6 +185,8 @@ class EarlierRun(NamedTuple):
     serializer: str | None
     size: int | None
     restore_key: str | None
+    result_created: float | None
+    expires: float | None
 
 
 class RunStore(Protocol):
@@ -296,6 +299,10 @@ class RecordingStore(RunStore, Protocol):
 
     def earlier_runs(self, pk: int) -> tuple[list[EarlierRun], dict[int, list[float]]]:
         """What a restart of flow run `pk` can take (see SqlStore.earlier_runs)."""
+        ...
+
+    def abort_restart(self, restart: Restart) -> bool:
+        """Undo a restart whose attempt never started (see SqlStore.abort_restart)."""
         ...
 
     def end_process(self, process_id: str, reason: str, *, force: bool = False) -> int:
@@ -677,6 +684,8 @@ def _odd_run(
 #: What stands for a parameter value too large to store (a run refused for its parameter
 #: size, ASYNCFLOW_MAX_PARAMETERS_BYTES, is stored with its small values and these markers).
 TRUNCATED = "<truncated by asyncflow: {size:,} bytes as JSON>"
+#: What stands for a value JSON cannot hold (an object of a class of one's own, NaN...).
+NOT_JSON = "<not JSON, stored as its repr: {repr}>"
 
 
 def params_json(parameters: dict[str, Any] | None) -> str | None:
@@ -711,9 +720,9 @@ def _json_text(parameters: dict[str, Any]) -> str:
     from pydantic_core import to_jsonable_python
 
     try:
-        value = to_jsonable_python(parameters, fallback=repr)
+        value = to_jsonable_python(parameters, fallback=_not_json)
     except Exception:  # a value whose serializer itself fails: keep its repr
-        value = {str(k): _safe_repr(v) for k, v in parameters.items()}
+        value = {str(k): _not_json(v) for k, v in parameters.items()}
     try:
         return json.dumps(value, separators=(",", ":"), allow_nan=False)
     except ValueError:  # NaN/Infinity are not JSON: keep them as strings
@@ -722,12 +731,33 @@ def _json_text(parameters: dict[str, Any]) -> str:
 
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)
+        return _not_json(value)
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+def _not_json(value: Any) -> str:
+    return NOT_JSON.format(repr=_safe_repr(value))
+
+
+def lossy_parameters(parameters: dict[str, Any]) -> list[str]:
+    """The parameters whose stored values are not what the run got: too large to store
+    (TRUNCATED), or not JSON (NOT_JSON), anywhere inside them."""
+    marks = (TRUNCATED.split("{", 1)[0], NOT_JSON.split("{", 1)[0])
+
+    def lossy(value: Any) -> bool:
+        if isinstance(value, str):
+            return value.startswith(marks)
+        if isinstance(value, dict):
+            return any(lossy(v) for v in value.values())
+        if isinstance(value, list):
+            return any(lossy(v) for v in value)
+        return False
+
+    return [name for name, value in parameters.items() if lossy(value)]
 
 
 def _safe_repr(value: Any) -> str:

@@ -159,18 +159,21 @@ SELECT ? + column1, column2, column3, column4, column5, column6, column7, column
 FROM (VALUES {_values(rows, 9)})"""
 
 
-def _update_tags_sql(rows: int) -> str:
-    return (
-        f"UPDATE runs SET tags = v.column2 FROM (VALUES {_values(rows, 2)}) AS v "
-        "WHERE runs.pk = v.column1"
-    )
+def _insert_facts_sql(rows: int) -> str:
+    return f"INSERT INTO temp.run_facts (pk, tags, entrypoint) VALUES {_values(rows, 3)}"
 
 
-def _update_entrypoints_sql(rows: int) -> str:
-    return (
-        f"UPDATE runs SET entrypoint = v.column2 FROM (VALUES {_values(rows, 2)}) AS v "
-        "WHERE runs.pk = v.column1"
-    )
+# Tags and entrypoints of runs, through a temporary table (UPDATE ... FROM needs SQLite 3.33)
+_TEMP_FACTS = """CREATE TEMP TABLE IF NOT EXISTS run_facts (
+    pk INTEGER PRIMARY KEY, tags TEXT, entrypoint TEXT)"""
+_APPLY_FACTS = [
+    """UPDATE runs SET
+        tags = coalesce((SELECT f.tags FROM temp.run_facts f WHERE f.pk = runs.pk), tags),
+        entrypoint = coalesce(
+            (SELECT f.entrypoint FROM temp.run_facts f WHERE f.pk = runs.pk), entrypoint)
+    WHERE pk IN (SELECT pk FROM temp.run_facts)""",
+    "DELETE FROM temp.run_facts",
+]
 
 
 _TEMP_CHANGED = """CREATE TEMP TABLE IF NOT EXISTS changed (
@@ -388,6 +391,7 @@ class SQLiteStore(SqlStore):
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA temp_store = MEMORY")
         conn.execute(_TEMP_CHANGED)
+        conn.execute(_TEMP_FACTS)
 
     def _unwritable(self) -> bool:
         """Whether this user cannot write the file or its directory (WAL needs both)."""
@@ -420,6 +424,7 @@ class SQLiteStore(SqlStore):
                     )
                 conn.execute("PRAGMA temp_store = MEMORY")
                 conn.execute(_TEMP_CHANGED)
+                conn.execute(_TEMP_FACTS)
                 conn.execute("SELECT count(*) FROM processes").fetchone()
             except sqlite3.Error as exc:
                 conn.close()
@@ -586,13 +591,15 @@ class SQLiteStore(SqlStore):
             ("UPDATE runs SET parent_pk = ? WHERE parent_pk = ?", (pk, base + row))
             for row, pk in batch.alias_parents
         ]
-        for sql_for, facts in (
-            (_update_tags_sql, batch.tags),
-            (_update_entrypoints_sql, batch.entrypoints),
-        ):
-            if facts:  # (keys made here: a few rows, and the UPDATE needs no leading `?`)
-                keyed = [(base + row, value) for row, value in facts]
-                statements += _inserts(sql_for, (), _transpose(keyed))
+        if batch.tags or batch.entrypoints:  # (keys made here: a few rows)
+            facts: dict[int, list[str | None]] = {}
+            for row, tags in batch.tags:
+                facts.setdefault(base + row, [None, None])[0] = tags
+            for row, entrypoint in batch.entrypoints:
+                facts.setdefault(base + row, [None, None])[1] = entrypoint
+            keyed = [(pk, tags, entrypoint) for pk, (tags, entrypoint) in facts.items()]
+            statements += _inserts(_insert_facts_sql, (), _transpose(keyed))
+            statements += [(sql, ()) for sql in _APPLY_FACTS]
         self._execute_batch(statements, session)
 
     def mark_crashed_runs(self) -> int:

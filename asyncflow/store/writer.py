@@ -267,9 +267,11 @@ class Writer:
                 "are only in the old file.",
                 exc,
             )
-            for progress in self.kept.values():
+            for registry, progress in self.kept.items():
                 progress.session = None
                 progress.advance(0, 0, 0)
+                # a restarted run's key is the old file's: in the new one it is a new run
+                registry.aliases_stored = False
         locked = isinstance(exc, StoreLockedError)
         if not locked and self.store is not None:
             # Reconnect next time: a PostgreSQL server that restarted, a file that moved...
