@@ -343,7 +343,7 @@ class WriteBatch(NamedTuple):
     transition_end: int
     spec_names: list[str]  # flow/task names, by key
     plain_runs: list[Sequence[Any]]
-    other_runs: list[tuple[Any, ...]]
+    other_runs: list[tuple[Any, ...]]  # (spill files of version 1: without the last two)
     changed_runs: list[tuple[Any, ...]]
     transitions: list[tuple[Any, ...]]
     # Facts (see MemoryRegistry.add_fact), by kind; defaults: spill files of version 1
@@ -390,7 +390,10 @@ NEW_RUN_COLUMNS = (
     "state_ts",
     "state_seq",
     "run_count",
+    "tags",  # JSON list or None
+    "entrypoint",  # a top-level flow run's 'file.py:function', or None
 )
+_NO_EXTRAS = (None, None)
 CHANGED_RUN_COLUMNS = (
     "row",
     "start_time",  # 0.0: no first Running in this batch
@@ -491,6 +494,29 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
         r = t_run[t - t0]
         if r >= start:
             odd.add(r - start)
+    # Facts. A new run's tags and entrypoint go into its row (such a run is odd); those of
+    # runs of earlier batches are updates. Results are rows of their own.
+    extras: dict[int, list[Any]] = {}  # row -> [tags JSON, entrypoint]
+    results: list[tuple[Any, ...]] = []
+    tags: list[tuple[int, str]] = []
+    entrypoints: list[tuple[int, str]] = []
+    alias_results: list[tuple[Any, ...]] = []
+    for row, what, value in batch.facts:
+        if aliases and row in aliases:
+            if what == FACT_RESULT:
+                alias_results.append((aliases[row].pk, *value))
+            continue  # (its tags and entrypoint are the run's already)
+        if what == FACT_RESULT:
+            results.append((row, *value))
+            continue
+        text = json.dumps(sorted(value)) if what == FACT_TAGS else value
+        if row >= start:
+            extras.setdefault(row, [None, None])[what == FACT_ENTRYPOINT] = text
+        elif what == FACT_TAGS:
+            tags.append((row, text))
+        elif what == FACT_ENTRYPOINT:
+            entrypoints.append((row, text))
+    odd.update(r - start for r in extras)
     columns: list[Sequence[Any]] = []
     if len(odd) < n:
         columns = [
@@ -520,7 +546,7 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
         if aliases and start + i in aliases:
             continue
         run, states = _odd_run(batch, start + i, last[i], transitions)
-        other_runs.append(run)
+        other_runs.append((*run, *extras.get(start + i, _NO_EXTRAS)))
         new_states += states
 
     # Runs of earlier batches with new states: few, and looked at one by one.
@@ -541,21 +567,6 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
             if name is None and message is None:
                 entry[1], entry[2] = t_ts[i], t
         entry[3:8] = [TYPE_VALUES[code], name or "", message, t_ts[i], t]
-    results: list[tuple[Any, ...]] = []
-    tags: list[tuple[int, str]] = []
-    entrypoints: list[tuple[int, str]] = []
-    alias_results: list[tuple[Any, ...]] = []
-    for row, what, value in batch.facts:
-        if aliases and row in aliases:
-            if what == FACT_RESULT:
-                alias_results.append((aliases[row].pk, *value))
-            continue  # (its tags and entrypoint are the run's already)
-        if what == FACT_RESULT:
-            results.append((row, *value))
-        elif what == FACT_TAGS:
-            tags.append((row, json.dumps(sorted(value))))
-        elif what == FACT_ENTRYPOINT:
-            entrypoints.append((row, value))
     return WriteBatch(
         id_prefix=run_id_prefix(batch.prefix),
         run_start=start,
@@ -630,7 +641,7 @@ def _odd_run(
 ) -> tuple[tuple[Any, ...], int]:
     """A new run of an unusual shape: walk its states, the explicit ones go to `transitions`.
 
-    Returns its NEW_RUN_COLUMNS row and how many states it has.
+    Returns its NEW_RUN_COLUMNS row but for tags and entrypoint, and how many states it has.
     """
     t0 = batch.transition_start
     chain = []

@@ -24,6 +24,7 @@ from asyncflow.exceptions import (
 from asyncflow.store._sql_store import SqlStore
 from asyncflow.store.base import (
     CRASH_SEQ,
+    NEW_RUN_COLUMNS,
     SCHEMA_VERSION,
     SESSION_RUNS,
     TERMINAL_SQL,
@@ -163,19 +164,20 @@ ON CONFLICT (pk) DO UPDATE SET
 _INSERT_OTHER = f"""
 INSERT INTO runs (pk, kind, name, spec_name, parent_pk, parent_task_pk, parameters, created,
                   start_time, start_seq, state_type, state_name, state_message, state_ts,
-                  state_seq, run_count)
+                  state_seq, run_count, tags, entrypoint)
 SELECT %(base)s + r, k,
        coalesce(nm, spec || '-' || counter), spec,
        CASE WHEN parent >= 0 THEN %(base)s + parent END, %(base)s + ptask,
        CAST(params AS jsonb), created, start_time, start_seq, stype,
-       coalesce(sname, {default_name_sql("stype")}), smsg, sts, sseq, run_count
+       coalesce(sname, {default_name_sql("stype")}), smsg, sts, sseq, run_count,
+       CAST(tags AS jsonb), entrypoint
 FROM unnest(%(c0)s::bigint[], %(c1)s::text[], %(c2)s::text[], %(c3)s::bigint[],
             %(c4)s::text[], %(c5)s::bigint[], %(c6)s::bigint[], %(c7)s::text[],
             %(c8)s::float8[], %(c9)s::float8[], %(c10)s::bigint[], %(c11)s::text[],
             %(c12)s::text[], %(c13)s::text[], %(c14)s::float8[], %(c15)s::bigint[],
-            %(c16)s::int[])
+            %(c16)s::int[], %(c17)s::text[], %(c18)s::text[])
      AS u(r, k, spec, counter, nm, parent, ptask, params, created, start_time, start_seq,
-          stype, sname, smsg, sts, sseq, run_count)
+          stype, sname, smsg, sts, sseq, run_count, tags, entrypoint)
 ON CONFLICT (pk) DO UPDATE SET
     kind = EXCLUDED.kind, name = EXCLUDED.name, spec_name = EXCLUDED.spec_name,
     parent_pk = EXCLUDED.parent_pk, parent_task_pk = EXCLUDED.parent_task_pk,
@@ -183,7 +185,8 @@ ON CONFLICT (pk) DO UPDATE SET
     start_time = EXCLUDED.start_time, start_seq = EXCLUDED.start_seq,
     state_type = EXCLUDED.state_type, state_name = EXCLUDED.state_name,
     state_message = EXCLUDED.state_message, state_ts = EXCLUDED.state_ts,
-    state_seq = EXCLUDED.state_seq, run_count = EXCLUDED.run_count"""
+    state_seq = EXCLUDED.state_seq, run_count = EXCLUDED.run_count, tags = EXCLUDED.tags,
+    entrypoint = EXCLUDED.entrypoint"""
 _INSERT_LOG = f"""
 INSERT INTO transition_log (run_pk, seq, type, name, message, ts)
 SELECT %(base)s + r, seq, type,
@@ -373,7 +376,10 @@ class PostgresStore(SqlStore):
             params.update(base=base, t0=batch.transition_start, keys=batch.spec_names)
             statements.append((_INSERT_PLAIN, params))
         if batch.other_runs:
-            statements.append((_INSERT_OTHER, _params(_columns(batch.other_runs), base=base)))
+            rows = batch.other_runs
+            if len(rows[0]) != len(NEW_RUN_COLUMNS):  # a spill file of version 1
+                rows = [(*row, None, None) for row in rows]
+            statements.append((_INSERT_OTHER, _params(_columns(rows), base=base)))
         if batch.transitions:
             statements.append((_INSERT_LOG, _params(_columns(batch.transitions), base=base)))
         if batch.alias_transitions:  # (restarted runs: rows keyed by the run's own key)

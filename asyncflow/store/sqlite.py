@@ -33,6 +33,7 @@ from asyncflow.states import DEFAULT_NAMES, StateType
 from asyncflow.store._sql_store import SqlStore
 from asyncflow.store.base import (
     CRASH_SEQ,
+    NEW_RUN_COLUMNS,
     SCHEMA_VERSION,
     SESSION_RUNS,
     TERMINAL_SQL,
@@ -213,12 +214,13 @@ def _insert_other_sql(rows: int) -> str:
     sql = f"""
 INSERT OR REPLACE INTO runs (pk, kind, name, spec_name, parent_pk, parent_task_pk,
                              parameters, created, start_time, start_seq, state_type,
-                             state_name, state_message, state_ts, state_seq, run_count)
+                             state_name, state_message, state_ts, state_seq, run_count, tags,
+                             entrypoint)
 SELECT ? + column1, column2, coalesce(column5, column3 || '-' || column4), column3,
        CASE WHEN column6 >= 0 THEN ? + column6 END, ? + column7, column8, column9,
        column10, column11, column12, coalesce(column13, {default_name_sql("column12")}),
-       column14, column15, column16, column17
-FROM (VALUES {_values(rows, 17)})"""
+       column14, column15, column16, column17, column18, column19
+FROM (VALUES {_values(rows, 19)})"""
     return sql
 
 
@@ -572,7 +574,8 @@ class SQLiteStore(SqlStore):
                     part = [list(compress(column, mask)) for column in columns]
                 statements += _inserts(_PLAIN_SQL[code], (base, base, t0, t0), part)
         if batch.other_runs:
-            statements += _inserts(_insert_other_sql, (base,) * 3, _transpose(batch.other_runs))
+            rows = _with_extras(batch.other_runs)
+            statements += _inserts(_insert_other_sql, (base,) * 3, _transpose(rows))
         if batch.transitions:
             statements += _inserts(_insert_log_sql, (base,), _transpose(batch.transitions))
         if batch.alias_transitions:  # (restarted runs: rows keyed by the run's own key)
@@ -679,6 +682,13 @@ def _kind_of(exc: sqlite3.Error) -> type[StoreError]:
     if "malformed" in text or "not a database" in text or "corrupt" in text:
         return StoreCorruptError
     return StoreError
+
+
+def _with_extras(rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+    """New-run rows with their tags and entrypoint (a spill file of version 1 has none)."""
+    if len(rows[0]) == len(NEW_RUN_COLUMNS):
+        return rows
+    return [(*row, None, None) for row in rows]
 
 
 def _transpose(rows: Sequence[Sequence[Any]]) -> list[Sequence[Any]]:
