@@ -525,3 +525,40 @@ def test_runs_retry_imports_a_flow_of_a_package(recording: str, tmp_path: Path) 
     done = _cli(recording, "runs", "retry", str(run.id))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_runs_retry_of_an_async_flow(recording: str, tmp_path: Path, backend: str) -> None:
+    (tmp_path / "aflow.py").write_text(
+        textwrap.dedent(
+            """
+            from pathlib import Path
+            from asyncflow import flow, task
+
+            HERE = Path(__file__).parent
+
+            @task(persist_result=True)
+            async def part(i: int) -> int:
+                with open(HERE / "calls.txt", "a") as f:
+                    f.write(f"{i}\\n")
+                if i == 2 and not (HERE / "go").exists():
+                    raise RuntimeError("not yet")
+                return i
+
+            @flow
+            async def aflow() -> int:
+                return await part(1) + await part(2)
+            """
+        )
+    )
+    done = _cli(recording, "run", str(tmp_path / "aflow.py"), "--backend", backend)
+    assert done.returncode == 1
+    store = open_store(recording)
+    try:
+        (run,) = store.list_runs_sync(spec_name="aflow")
+    finally:
+        store.close()
+    (tmp_path / "go").write_text("")
+    done = _cli(recording, "runs", "retry", str(run.id), "--backend", backend)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "3" and _calls(tmp_path) == [1, 2, 2]
