@@ -253,8 +253,8 @@ def test_a_corrupt_cache_record_is_a_miss(tmp_path: Path) -> None:
 
 
 def test_a_retried_flow_attempt_does_not_rerun_its_persisted_tasks(tmp_path: Path) -> None:
-    """@flow(retries=...): the second attempt is the same flow run (RUN_ID), so tasks that
-    completed and persisted in the first are cache hits."""
+    """@flow(retries=...): tasks that completed and persisted in the first attempt are
+    restored in the second (named Restored: see tests/test_results_restart.py)."""
     executed: list[str] = []
 
     @task(persist_result=True, result_storage=tmp_path)
@@ -274,4 +274,39 @@ def test_a_retried_flow_attempt_does_not_rerun_its_persisted_tasks(tmp_path: Pat
 
     state = pipeline(return_state=True)
     assert state.is_completed() and state.result() == ["a", "b", "c"]
-    assert executed == ["a", "b", "c"]  # a and b ran once: the retry took them from the cache
+    assert executed == ["a", "b", "c"]  # a and b ran once: the retry restored them
+    from asyncflow.registry import get_registry
+
+    names = [r.states[-1].name for r in get_registry().runs(kind="task", spec_name="step")]
+    assert names == ["Completed", "Completed", "Restored", "Restored", "Completed"]
+
+
+def test_a_policy_of_ones_own_may_hash_inputs_of_its_own(tmp_path: Path) -> None:
+    """INPUTS.compute_key called by a policy with dicts of its own digests those dicts (the
+    per-run digest shared by the cache and restore keys is for the run's inputs only)."""
+    from asyncflow.cache_policies import INPUTS, CachePolicy
+
+    class SortedItems(CachePolicy):
+        def compute_key(self, run: Any, inputs: dict[str, Any]) -> str | None:
+            return INPUTS.compute_key(run, {"items": sorted(inputs["items"])})
+
+    calls: list[list[int]] = []
+
+    @task(cache_policy=SortedItems(), result_storage=tmp_path)
+    def total(items: list[int]) -> int:
+        calls.append(items)
+        return sum(items)
+
+    def key_fn(context: Any, parameters: dict[str, Any]) -> str:
+        return str(INPUTS.compute_key(context, parameters))  # a context has no hook data
+
+    @task(cache_key_fn=key_fn, result_storage=tmp_path)
+    def doubled(x: int) -> int:
+        return 2 * x
+
+    @flow
+    def sums() -> list[int]:
+        return [total([1, 2]), total([2, 1]), total([1, 3]), doubled(4), doubled(4)]
+
+    assert sums() == [3, 3, 4, 8, 8]
+    assert calls == [[1, 2], [1, 3]]

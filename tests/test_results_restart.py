@@ -562,3 +562,30 @@ def test_runs_retry_of_an_async_flow(recording: str, tmp_path: Path, backend: st
     done = _cli(recording, "runs", "retry", str(run.id), "--backend", backend)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "3" and _calls(tmp_path) == [1, 2, 2]
+
+
+def test_a_restart_that_fails_while_it_prepares_is_undone(
+    recording: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncflow.results.restore as restore
+
+    @task(persist_result=True, result_storage=tmp_path)
+    def one() -> int:
+        return 1
+
+    @flow
+    def prepared() -> int:
+        one()
+        raise RuntimeError("fails")
+
+    run_id = prepared(return_state=True).state_details.flow_run_id
+
+    def unopenable(run: Any) -> Any:
+        raise ImportError("Install s3fs to read this storage")
+
+    monkeypatch.setattr(restore, "store_record", unopenable)
+    with pytest.raises(ImportError, match="Install s3fs"):
+        prepared.retry(run_id)
+    assert _history(recording, run_id)[-1] == ("FAILED", "Failed")
+    monkeypatch.undo()
+    assert prepared.retry(run_id, return_state=True).is_failed()  # it can be retried

@@ -145,3 +145,32 @@ def test_bad_schedules_are_refused_clearly(make: object, message: str) -> None:
 def test_instants_must_be_aware() -> None:
     with pytest.raises(ValueError, match="must be timezone-aware"):
         Cron("0 0 * * *").next_after(dt.datetime(2026, 1, 1))
+
+
+def test_rrules_with_a_start_a_count_and_fine_frequencies() -> None:
+    import time
+
+    from asyncflow.deployments.schedules import ScheduleExhausted
+
+    three = RRule("DTSTART:20260101T090000\nRRULE:FREQ=DAILY;COUNT=3")
+    assert slots(three, "01-01 00:00", "12-31 00:00") == [
+        at("01-01 09:00"),
+        at("01-02 09:00"),
+        at("01-03 09:00"),
+    ]  # the schedule ends: slots() stops, next_after says so
+    with pytest.raises(ScheduleExhausted, match="has no time after"):
+        three.next_after(at("06-01 00:00"))
+    zoned = RRule("DTSTART;TZID=America/New_York:20260301T093000\nRRULE:FREQ=DAILY")
+    assert slots(zoned, "03-07 00:00", "03-09 23:00") == [
+        at("03-07 14:30"),  # 09:30 EST
+        at("03-08 13:30"),  # 09:30 EDT
+        at("03-09 13:30"),
+    ]
+    started = time.perf_counter()  # a rule without DTSTART is not walked from 2020
+    assert len(list(RRule("FREQ=MINUTELY").slots(at("06-01 00:00"), at("06-01 01:00")))) == 60
+    assert time.perf_counter() - started < 10  # (a bound against a hang, not a benchmark)
+
+
+def test_a_daily_interval_before_its_anchor_keeps_its_wall_time() -> None:
+    daily = Interval(dt.timedelta(days=1), anchor_date=dt.datetime(2026, 6, 1, 9, 0), timezone=NY)
+    assert daily.next_after(at("01-10 13:30")) == at("01-10 14:00")  # 09:00 EST, in winter

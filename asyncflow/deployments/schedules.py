@@ -25,6 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 UTC = datetime.timezone.utc
+
+
+class ScheduleExhausted(ValueError):
+    """A schedule has no instant after the one asked about (an RRULE's COUNT or UNTIL, a
+    date that never comes, the end of the calendar)."""
+
+
 Catchup = Literal["latest", "none", "all"]
 Overlap = Literal["allow", "skip", "buffer_one"]
 
@@ -75,10 +82,13 @@ class _Schedule:
     def slots(
         self, start: datetime.datetime, end: datetime.datetime
     ) -> Iterator[datetime.datetime]:
-        """The instants in (start, end], in order."""
+        """The instants in (start, end], in order (fewer when the schedule ends)."""
         at = start
         while True:
-            at = self.next_after(at)
+            try:
+                at = self.next_after(at)
+            except ScheduleExhausted:
+                return
             if at > end:
                 return
             yield at
@@ -180,11 +190,14 @@ class Cron(_Schedule):
         walls = CronSim(self._expression, start)  # type: ignore[attr-defined]
         if not self.day_or:
             walls.day_and = True
-        for wall in walls:
-            for instant in _instants(wall, tz, self._real):  # type: ignore[attr-defined]
-                if instant > after:
-                    return instant
-        raise ValueError(f"Cron expression {self.cron!r} has no time after {after}.")
+        try:
+            for wall in walls:
+                for instant in _instants(wall, tz, self._real):  # type: ignore[attr-defined]
+                    if instant > after:
+                        return instant
+        except (OverflowError, ValueError):  # past the year 9999
+            pass
+        raise ScheduleExhausted(f"Cron expression {self.cron!r} has no time after {after}.")
 
 
 @dataclass(frozen=True)
@@ -221,59 +234,103 @@ class Interval(_Schedule):
         step: datetime.timedelta = self._step  # type: ignore[attr-defined]
         anchor: datetime.datetime = self._anchor  # type: ignore[attr-defined]
         k = (after - anchor) // step + 1  # (timedelta // timedelta: exact integers)
-        if step < _DAY:  # real time
-            return anchor + k * step
-        tz: datetime.tzinfo = self._tz  # type: ignore[attr-defined]
-        wall: datetime.datetime = self._wall  # type: ignore[attr-defined]
-        k = max(k - 2, 0) if after >= anchor else k
-        while True:  # wall-clock steps: a few around the real-time guess
-            for instant in _instants(wall + k * step, tz, real=False):
-                if instant > after:
-                    return instant
-            k += 1
+        try:
+            if step < _DAY:  # real time
+                return anchor + k * step
+            tz: datetime.tzinfo = self._tz  # type: ignore[attr-defined]
+            wall: datetime.datetime = self._wall  # type: ignore[attr-defined]
+            k -= 2  # wall-clock steps: from a little before the real-time guess
+            while True:
+                for instant in _instants(wall + k * step, tz, real=False):
+                    if instant > after:
+                        return instant
+                k += 1
+        except OverflowError:
+            raise ScheduleExhausted(f"{self!r} has no time after {after}.") from None
 
 
 _FREQ = re.compile(r"FREQ=(\w+)", re.IGNORECASE)
+_DAY_INVARIANT = ("DAILY", "HOURLY", "MINUTELY", "SECONDLY")
 
 
 @dataclass(frozen=True)
 class RRule(_Schedule):
-    """An iCalendar RRULE string (python-dateutil's `rrulestr`; it may carry DTSTART) in a
-    time zone (default UTC)."""
+    """An iCalendar RRULE string (python-dateutil's `rrulestr`; it may carry DTSTART, with
+    a TZID or in UTC) in a time zone (default UTC)."""
 
     rrule: str
     timezone: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        tz = _zone(self.timezone)
+        text = self.rrule.upper()
+        freq = _FREQ.search(text)
+        name = freq.group(1) if freq else ""
+        # A rule without DTSTART, COUNT or INTERVAL > 1, daily or finer, is the same rule
+        # from any midnight: it is evaluated from the day before each query, not from 2020
+        # (dateutil walks every occurrence from its start).
+        movable = (
+            name in _DAY_INVARIANT
+            and "DTSTART" not in text
+            and "COUNT=" not in text
+            and re.search(r"INTERVAL=(?!1\b)\d+", text) is None
+        )
+        object.__setattr__(self, "_tz", tz)
+        object.__setattr__(self, "_real", name in ("HOURLY", "MINUTELY", "SECONDLY"))
+        object.__setattr__(self, "_movable", movable)
+        object.__setattr__(self, "_freq", name)
+        start = datetime.datetime(2020, 1, 1)
+        rule = self._parse(start)
+        try:  # a rule whose DTSTART has a zone compares with aware datetimes only
+            rule.after(start)
+            aware = False
+        except TypeError:
+            aware = True
+        object.__setattr__(self, "_aware", aware)
+        object.__setattr__(self, "_rule", rule)
+
+    def _parse(self, dtstart: datetime.datetime) -> Any:
         from dateutil.rrule import rrulestr  # type: ignore[import-untyped]
 
-        tz = _zone(self.timezone)
         try:
-            rule = rrulestr(self.rrule, forceset=True, dtstart=datetime.datetime(2020, 1, 1))
-            rule.after(datetime.datetime(2020, 1, 1))
+            return rrulestr(self.rrule, forceset=True, dtstart=dtstart, cache=True)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"Invalid RRULE {self.rrule!r}: {exc}") from None
-        freq = _FREQ.search(self.rrule)
-        real = freq is not None and freq.group(1).upper() in ("HOURLY", "MINUTELY", "SECONDLY")
-        object.__setattr__(self, "_rule", rule)
-        object.__setattr__(self, "_tz", tz)
-        object.__setattr__(self, "_real", real)
 
     def next_after(self, after: datetime.datetime) -> datetime.datetime:
         after = _aware(after, "after").astimezone(UTC)
         tz: datetime.tzinfo = self._tz  # type: ignore[attr-defined]
         rule: Any = self._rule  # type: ignore[attr-defined]
+        if self._aware:  # type: ignore[attr-defined]
+            # dateutil keeps the wall time of its DTSTART's zone itself
+            found = rule.after(after)
+            if found is None:
+                raise ScheduleExhausted(f"RRULE {self.rrule!r} has no time after {after}.")
+            return found.astimezone(UTC)  # type: ignore[no-any-return]
         wall = after.astimezone(tz).replace(tzinfo=None) - _LOOK_BACK
+        if self._movable:  # type: ignore[attr-defined]
+            rule = self._parse(_period_start(wall, self._freq))  # type: ignore[attr-defined]
         while True:
-            wall = rule.after(wall)
+            try:
+                wall = rule.after(wall)
+            except TypeError as exc:  # (an UNTIL in UTC with a plain DTSTART, say)
+                raise ValueError(f"Invalid RRULE {self.rrule!r}: {exc}") from None
             if wall is None:
-                raise ValueError(f"RRULE {self.rrule!r} has no time after {after}.")
-            if wall.tzinfo is not None:  # a DTSTART with a zone: its wall time here
-                wall = wall.astimezone(tz).replace(tzinfo=None)
+                raise ScheduleExhausted(f"RRULE {self.rrule!r} has no time after {after}.")
             for instant in _instants(wall, tz, self._real):  # type: ignore[attr-defined]
                 if instant > after:
                     return instant
+
+
+def _period_start(wall: datetime.datetime, freq: str) -> datetime.datetime:
+    """A start for a movable rule before `wall`: a unit of its frequency back, on the
+    boundary that keeps the default fields (the minute and second of a midnight start)."""
+    if freq == "DAILY":
+        return wall.replace(hour=0, minute=0, second=0, microsecond=0) - _DAY
+    if freq == "SECONDLY":
+        return wall.replace(second=0, microsecond=0) - datetime.timedelta(minutes=1)
+    return wall.replace(minute=0, second=0, microsecond=0) - datetime.timedelta(hours=1)
 
 
 def Schedule(
@@ -302,4 +359,4 @@ def Schedule(
     return RRule(rrule, timezone, **options)
 
 
-__all__ = ["ALIASES", "Cron", "Interval", "RRule", "Schedule"]
+__all__ = ["ALIASES", "Cron", "Interval", "RRule", "Schedule", "ScheduleExhausted"]

@@ -100,7 +100,9 @@ class Inputs(CachePolicy):
         self.exclude = tuple(exclude)
 
     def compute_key(self, run: Any, inputs: dict[str, Any]) -> str | None:
-        made = getattr(run.hook_data, "inputs_keys", None)  # (the run's digests so far)
+        # the run's digests of these very inputs so far (its cache and restore keys share one)
+        data = getattr(run, "hook_data", None)
+        made = getattr(data, "inputs_keys", None) if inputs is getattr(data, "inputs", 0) else None
         if made is not None and self.exclude in made:
             return made[self.exclude]  # type: ignore[no-any-return]
         key = hash_objects({k: v for k, v in inputs.items() if k not in self.exclude})

@@ -110,18 +110,19 @@ class _Keys:
     its restore key (None: not restorable), whether its result was taken from storage,
     and the digests of its inputs made so far (by excluded names: each is made once)."""
 
-    __slots__ = ("cache_key", "inputs_keys", "restore_key", "taken")
+    __slots__ = ("cache_key", "inputs", "inputs_keys", "restore_key", "taken")
 
     def __init__(self) -> None:
         self.taken = False
         self.restore_key: str | None = None
         self.cache_key: str | None = None
+        self.inputs: dict[str, Any] | None = None  # what `inputs_keys` are digests of
         self.inputs_keys: dict[tuple[str, ...], str] = {}
 
     def compute(self, run: Any) -> None:
         if run.kind == KIND_FLOW:
             return  # (a nested flow run is matched by its parameters: see restore)
-        parameters = run.parameters
+        parameters = self.inputs = run.parameters
         policy = run.spec.cache
         if policy is not None:
             self.cache_key = _cache_key(run, policy, parameters)
@@ -132,6 +133,7 @@ class _Keys:
             base = task_base(run, parameters, policy)
             if base is not None:
                 self.restore_key = for_attempt(parent).key(base)
+        self.inputs = None  # (the digests are not needed past this point)
 
 
 def _restore(run: Any, data: _Keys) -> State[Any] | None:

@@ -246,19 +246,25 @@ def prepare_restart(flow: Any, run_id: Any) -> tuple[Any, dict[str, Any]]:
         )
         try:
             runs, attempts = store.earlier_runs(restart.pk)
-        except BaseException:
+            restore = Restore(build(runs, attempts, restart.pk, store_record), 1)
+            alias = Alias(restart.id, restart.pk, restart.seq_base)
+        except BaseException:  # (a storage that cannot be opened here, an interrupt...)
             store.abort_restart(restart)
             raise
     finally:
         store.close()
-    restore = Restore(build(runs, attempts, restart.pk, store_record), 1)
-    alias = Alias(restart.id, restart.pk, restart.seq_base)
 
     def undo() -> None:
-        again = connect(url)
+        """Put the stored run back; a failure here is logged (the caller's error wins)."""
         try:
-            again.abort_restart(restart)
-        finally:
-            again.close()
+            again = connect(url)
+            try:
+                again.abort_restart(restart)
+            finally:
+                again.close()
+        except Exception as exc:
+            logger.error(
+                "Flow run %s stays AwaitingRetry: undoing its restart failed: %s", alias.id, exc
+            )
 
     return Restarting(flow, alias, run.name, restore, undo), parameters

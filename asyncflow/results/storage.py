@@ -38,12 +38,16 @@ def check_key(key: str) -> PurePosixPath:
     path = PurePosixPath(key)
     if path.is_absolute() or any(part in ("", ".", "..") for part in key.split("/")):
         raise ValueError(
-            f"Result storage key {key!r} must be a relative path without '.' or '..' parts."
+            f"Result storage key {key!r} must be a relative '/'-separated path without "
+            "empty, '.' or '..' parts."
         )
+    if "\\" in key or (os.name == "nt" and ":" in key):  # (Windows separators and drives)
+        raise ValueError(f"Result storage key {key!r} must not contain '\\' (use '/').")
     return path
 
 
 _temp_names = itertools.count()
+_NT = os.name == "nt"  # (keys are checked in full there: drives)
 
 
 class LocalFileSystem(ResultStorage):
@@ -57,7 +61,7 @@ class LocalFileSystem(ResultStorage):
 
     def _path(self, key: str) -> str:
         """The key's file (plain strings: pathlib costs ~40 µs a write on this path)."""
-        if not isinstance(key, str) or not key or key[0] == "/" or "\\" in key:
+        if not isinstance(key, str) or not key or key[0] == "/" or "\\" in key or _NT:
             check_key(key)
         parts = key.split("/")
         if "" in parts or "." in parts or ".." in parts:

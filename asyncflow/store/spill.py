@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("asyncflow.store")
 
-SPILL_VERSION = 1
+#: 2: new runs' rows carry tags and an entrypoint (version 1 files are still read).
+SPILL_VERSION = 2
 _SUFFIX = ".spill"
 _replay_lock = threading.Lock()  # one replay at a time in this process
 
@@ -130,7 +131,7 @@ def _load(path: Path) -> Spill | None:
     except Exception as exc:
         logger.error("Run history: spill file %s cannot be read (%s); left in place.", path, exc)
         return None
-    if version != SPILL_VERSION or not isinstance(spill, Spill):
+    if version not in (1, SPILL_VERSION) or not isinstance(spill, Spill):
         logger.error("Run history: spill file %s is from another asyncflow; left in place.", path)
         return None
     return spill
