@@ -130,6 +130,15 @@ class Flow(Spec, Generic[P, R]):
             return None
         return f"{os.path.abspath(path)}:{qualname}"
 
+    def to_deployment(self, name: str | None = None, **options: Any) -> Any:
+        """A deployment of this flow (`RunnerDeployment`): `name` (default: the flow's),
+        `cron=`, `interval=`, `rrule=` (one or a list each) or `schedules=[...]`,
+        `parameters`, `tags`, `description`, `version`, `paused`, `concurrency_limit`,
+        `timezone`, `catchup`, `max_catchup`, `overlap`. `.apply()` registers it."""
+        from asyncflow.deployments.deployment import to_deployment
+
+        return to_deployment(self, name, **options)
+
     def retry(self, run_id: UUID | str, return_state: bool = False) -> Any:
         """Run a Failed, Crashed or Cancelled run of this flow again, from the run store:
         the same run id (its run count goes up, its states are appended), its stored

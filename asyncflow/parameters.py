@@ -159,6 +159,32 @@ class Signature:
                 return _validated(adapter, parameters, explicit, what)
         return parameters
 
+    def json_schema(self) -> dict[str, Any]:
+        """The parameters as a JSON schema: an object with a property per parameter (its
+        type and JSON-able default) and the required ones (a deployment's schema)."""
+        import json
+
+        adapter = self._adapter or self._build_adapter()
+        try:
+            schema: dict[str, Any] = adapter.json_schema()
+        except Exception:  # a type pydantic cannot describe: any value, by name
+            schema = {"type": "object", "properties": {name: {} for name in self.params}}
+        schema["title"] = "Parameters"
+        properties = schema.setdefault("properties", {})
+        for name, default in self._defaults.items():
+            if name in properties:
+                try:
+                    json.dumps(default)
+                except (TypeError, ValueError):
+                    continue
+                properties[name]["default"] = default
+        schema["required"] = [
+            name
+            for name, p in self.params.items()
+            if p.default is _P.empty and p.kind not in (_P.VAR_POSITIONAL, _P.VAR_KEYWORD)
+        ]
+        return schema
+
     def _build_adapter(self) -> Any:
         from pydantic import ConfigDict, TypeAdapter
         from typing_extensions import TypedDict

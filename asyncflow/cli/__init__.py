@@ -93,6 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=("asyncio", "trio"), default="asyncio", help="for async flows"
     )
 
+    deployments = commands.add_parser("deployments", help="list and manage deployments")
+    deployment_commands = deployments.add_subparsers(
+        dest="deployments_command", metavar="COMMAND", required=True
+    )
+    dep_ls = deployment_commands.add_parser("ls", help="list deployments")
+    dep_subs = [dep_ls]
+    for verb, text in (
+        ("inspect", "a deployment's details and its next scheduled slots"),
+        ("pause", "pause a deployment's schedules"),
+        ("resume", "resume a deployment's schedules"),
+        ("delete", "delete a deployment (its runs stay)"),
+    ):
+        sub = deployment_commands.add_parser(verb, help=text)
+        sub.add_argument("name", metavar="NAME", help="'flow name/deployment name'")
+        dep_subs.append(sub)
+    dep_subs[-1].add_argument("--yes", action="store_true", help="do not ask")
+
     variable = commands.add_parser("variable", help="set, get, list and unset variables")
     variable_commands = variable.add_subparsers(
         dest="variable_command", metavar="COMMAND", required=True
@@ -122,7 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     variable_subs = (var_set, var_get, var_ls, var_unset)
-    for sub in (ls, inspect, tree, result, retry, run, cache_ls, cache_clear, *variable_subs):
+    for sub in (
+        ls,
+        inspect,
+        tree,
+        result,
+        retry,
+        run,
+        cache_ls,
+        cache_clear,
+        *variable_subs,
+        *dep_subs,
+    ):
         sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
         _store_option(sub, argparse.SUPPRESS)
     for sub in (ls, inspect, tree):
@@ -175,6 +203,10 @@ def _runs_command(args: argparse.Namespace) -> int:
         from asyncflow.cli import _cache
 
         command = _cache.ls if args.cache_command == "ls" else _cache.clear
+    elif args.command == "deployments":
+        from asyncflow.cli import _deployments
+
+        command = _deployments.run
     else:
         command = commands[args.runs_command]
     from asyncflow.cli import _format
@@ -182,8 +214,10 @@ def _runs_command(args: argparse.Namespace) -> int:
     _format.show_secrets = getattr(args, "show_secrets", False)
     missing = _missing_sqlite_file(args.store)
     if missing is not None:  # reading must not create a database (a mistyped --store, say)
-        if args.command == "cache":
-            print("[]" if args.json else f"No cache records: {missing} does not exist.")
+        if args.command in ("cache", "deployments"):
+            if args.command == "deployments" and args.deployments_command != "ls":
+                raise CLIError(f"no deployment {args.name!r}: no run store at {missing}")
+            print("[]" if args.json else f"Nothing recorded yet: {missing} does not exist.")
             return 0
         if args.runs_command != "ls":
             raise CLIError(f"no run {args.run!r}: no run history at {missing} (no such file)")

@@ -613,3 +613,49 @@ class SqlStore:
         sql = "SELECT name, value, tags, created, updated FROM variables ORDER BY name"
         rows = self._query(lambda c: c.execute(sql).fetchall())
         return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    # -- deployments ----------------------------------------------------------------------------
+    _DEPLOYMENT_COLUMNS = (
+        "name, flow_name, entrypoint, description, version, tags, parameters, "
+        "parameter_schema, schedules, paused, concurrency_limit, collision_strategy, created, "
+        "updated"
+    )
+
+    def save_deployment(self, row: dict[str, Any]) -> None:
+        """Add or replace a deployment (by its name); its `created` time is kept."""
+        names = self._DEPLOYMENT_COLUMNS.split(", ")
+        now = time.time()
+        values = [row.get(n) for n in names[:-2]] + [now, now]
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in ("name", "created"))
+        sql = (
+            f"INSERT INTO deployments ({self._DEPLOYMENT_COLUMNS}) VALUES "
+            f"({', '.join('?' * len(names))}) ON CONFLICT (name) DO UPDATE SET {updates}"
+        )
+        with self._transaction() as conn:
+            conn.execute(self._sql(sql), values)
+
+    def list_deployments(self) -> list[dict[str, Any]]:
+        """Every deployment, by name, as a dict of its columns."""
+        sql = f"SELECT {self._DEPLOYMENT_COLUMNS} FROM deployments ORDER BY name"
+        rows = self._query(lambda c: c.execute(sql).fetchall())
+        names = self._DEPLOYMENT_COLUMNS.split(", ")
+        return [dict(zip(names, row, strict=True)) for row in rows]
+
+    def read_deployment(self, name: str) -> dict[str, Any] | None:
+        """One deployment by its name ('flow/deployment'), None when there is none."""
+        sql = self._sql(f"SELECT {self._DEPLOYMENT_COLUMNS} FROM deployments WHERE name = ?")
+        row = self._query(lambda c: c.execute(sql, (name,)).fetchone())
+        names = self._DEPLOYMENT_COLUMNS.split(", ")
+        return None if row is None else dict(zip(names, row, strict=True))
+
+    def set_deployment_paused(self, name: str, paused: bool) -> bool:
+        """Pause or resume a deployment's schedules; False when there is no such one."""
+        sql = self._sql("UPDATE deployments SET paused = ?, updated = ? WHERE name = ?")
+        with self._transaction() as conn:
+            return bool(conn.execute(sql, (int(paused), time.time(), name)).rowcount)
+
+    def delete_deployment(self, name: str) -> bool:
+        """Delete a deployment (its runs stay in the history); False when there was none."""
+        with self._transaction() as conn:
+            cur = conn.execute(self._sql("DELETE FROM deployments WHERE name = ?"), (name,))
+            return bool(cur.rowcount)

@@ -127,6 +127,22 @@ MIGRATIONS: dict[int, list[str]] = {
             process TEXT NOT NULL,
             attempt INTEGER NOT NULL
         )""",
+        """CREATE TABLE deployments (  -- flows served on schedules: 'flow/deployment'
+            name TEXT PRIMARY KEY,
+            flow_name TEXT NOT NULL,
+            entrypoint TEXT,
+            description TEXT,
+            version TEXT,
+            tags TEXT NOT NULL,           -- JSON list
+            parameters TEXT NOT NULL,     -- JSON: the defaults of its runs
+            parameter_schema TEXT NOT NULL,
+            schedules TEXT NOT NULL,      -- JSON list (asyncflow.deployments.deployment)
+            paused INTEGER NOT NULL,
+            concurrency_limit INTEGER,
+            collision_strategy TEXT,
+            created DOUBLE PRECISION NOT NULL,
+            updated DOUBLE PRECISION NOT NULL
+        )""",
         """CREATE TABLE variables (
             name TEXT PRIMARY KEY,
             value TEXT NOT NULL,

@@ -1,0 +1,121 @@
+"""`asyncflow deployments ls | inspect | pause | resume | delete`: the deployments the run
+store knows of."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+from typing import Any
+
+from asyncflow.cli._errors import CLIError
+from asyncflow.cli._format import clip, dumps, local_time, table
+from asyncflow.store.base import RunStore
+
+#: Next slots shown per schedule.
+NEXT_SLOTS = 3
+
+
+def _describe(row: dict[str, Any], now: datetime.datetime) -> dict[str, Any]:
+    from asyncflow.deployments.deployment import schedule_from_dict
+
+    schedules = []
+    for data in json.loads(row["schedules"]):
+        try:
+            slots = schedule_from_dict(data).next_slots(NEXT_SLOTS, now)
+            data["next_slots"] = [s.isoformat() for s in slots]
+        except ValueError as exc:  # a schedule that ended, or one this version cannot read
+            data["next_slots"] = []
+            data["error"] = str(exc)
+        schedules.append(data)
+    return {
+        "name": row["name"],
+        "flow": row["flow_name"],
+        "entrypoint": row["entrypoint"],
+        "description": row["description"],
+        "version": row["version"],
+        "tags": json.loads(row["tags"]),
+        "parameters": json.loads(row["parameters"]),
+        "parameter_schema": json.loads(row["parameter_schema"]),
+        "schedules": schedules,
+        "next_slots": sorted({s for d in schedules if d.get("active") for s in d["next_slots"]})[
+            :NEXT_SLOTS
+        ],
+        "paused": bool(row["paused"]),
+        "concurrency_limit": row["concurrency_limit"],
+        "collision_strategy": row["collision_strategy"],
+        "created": datetime.datetime.fromtimestamp(
+            row["created"], datetime.timezone.utc
+        ).isoformat(),
+        "updated": datetime.datetime.fromtimestamp(
+            row["updated"], datetime.timezone.utc
+        ).isoformat(),
+    }
+
+
+def _schedule_text(data: dict[str, Any]) -> str:
+    what = data.get("cron") or data.get("rrule") or f"every {data.get('interval')}s"
+    zone = f" ({data['timezone']})" if data.get("timezone") else ""
+    return f"{what}{zone}" + ("" if data.get("active", True) else " [inactive]")
+
+
+async def run(store: RunStore, args: argparse.Namespace) -> int:
+    import anyio.to_thread
+
+    command = args.deployments_command
+    now = datetime.datetime.now(datetime.timezone.utc)
+    if command == "ls":
+        rows = await anyio.to_thread.run_sync(store.list_deployments)
+        described = [_describe(r, now) for r in rows]
+        if args.json:
+            print(dumps(described))
+        elif not described:
+            print(f"No deployments in {store.url}.")
+        else:
+            lines = [
+                [
+                    clip(d["name"], 50),
+                    "; ".join(_schedule_text(s) for s in d["schedules"]) or "-",
+                    local_time(datetime.datetime.fromisoformat(d["next_slots"][0]))
+                    if d["next_slots"] and not d["paused"]
+                    else "-",
+                    "yes" if d["paused"] else "no",
+                ]
+                for d in described
+            ]
+            print(table(["NAME", "SCHEDULES", "NEXT", "PAUSED"], lines))
+        return 0
+    name = args.name
+    row = await anyio.to_thread.run_sync(store.read_deployment, name)
+    if row is None:
+        raise CLIError(f"no deployment {name!r} (names are 'flow name/deployment name')")
+    if command == "inspect":
+        info = _describe(row, now)
+        if args.json:
+            print(dumps(info))
+            return 0
+        out = [f"Deployment {info['name']!r}"]
+        for key in ("flow", "entrypoint", "description", "version", "paused"):
+            out.append(f"  {key:<11} {info[key] if info[key] is not None else '-'}")
+        out.append(f"  {'parameters':<11} {json.dumps(info['parameters'])}")
+        out += ["", "Schedules"]
+        for data in info["schedules"] or [{"none": True}]:
+            if data.get("none"):
+                out.append("  (none)")
+                continue
+            out.append(f"  {_schedule_text(data)}")
+            out += [
+                f"    next {local_time(datetime.datetime.fromisoformat(s))}"
+                for s in data["next_slots"]
+            ]
+        print("\n".join(out))
+        return 0
+    if command in ("pause", "resume"):
+        await anyio.to_thread.run_sync(store.set_deployment_paused, name, command == "pause")
+        print(f"Deployment {name!r} {'paused' if command == 'pause' else 'resumed'}.")
+        return 0
+    if not args.yes:
+        raise CLIError(f"deleting deployment {name!r} needs --yes (its runs stay in the history)")
+    await anyio.to_thread.run_sync(store.delete_deployment, name)
+    print(f"Deployment {name!r} deleted.")
+    return 0
