@@ -139,6 +139,22 @@ class Flow(Spec, Generic[P, R]):
 
         return to_deployment(self, name, **options)
 
+    def serve(self, name: str | None = None, *, limit: int | None = 8, **options: Any) -> None:
+        """Serve this flow as a deployment (see `to_deployment` for the options) until
+        interrupted: blocks. Its scheduled runs run in this process, at most `limit` at a
+        time. In a running event loop, `await my_flow.aserve(...)`."""
+        from asyncflow.deployments.serve import serve
+
+        serve(self.to_deployment(name, **options), limit=limit)
+
+    async def aserve(
+        self, name: str | None = None, *, limit: int | None = 8, **options: Any
+    ) -> None:
+        """`serve`, in a running event loop (until cancelled)."""
+        from asyncflow.deployments.serve import aserve
+
+        await aserve(self.to_deployment(name, **options), limit=limit)
+
     def retry(self, run_id: UUID | str, return_state: bool = False) -> Any:
         """Run a Failed, Crashed or Cancelled run of this flow again, from the run store:
         the same run id (its run count goes up, its states are appended), its stored

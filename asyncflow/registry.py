@@ -123,7 +123,7 @@ _ROW_BITS = 48  # a run id's last 12 hex digits are its row
 _ROW_MASK = (1 << _ROW_BITS) - 1
 
 
-def _new_prefix() -> int:
+def new_prefix() -> int:
     """A random run-id prefix: 64 random bits but for the UUID version (8, "custom") and the
     RFC 4122 variant, so every id is a valid UUID (`UUID(...).version == 8`)."""
     high = int.from_bytes(os.urandom(8), "big")
@@ -177,7 +177,7 @@ class MemoryRegistry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._prefix = _new_prefix()
+        self._prefix = new_prefix()
         self.open_trees = 0  # top-level runs registered here and not finished yet
         self.closed = False  # no new tree opens here (see the module docstring)
         #: Who persists this registry (the store writer), once decided; None: nobody.

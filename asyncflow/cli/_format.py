@@ -152,6 +152,8 @@ def run_dict(run: StoredRun, with_states: bool = False) -> dict[str, Any]:
         "run_count": run.run_count,
         "tags": list(run.tags),
         "entrypoint": run.entrypoint,
+        "deployment": run.deployment,
+        "scheduled_time": iso(run.scheduled_time),
     }
     if with_states:
         data["states"] = [state_dict(s) for s in run.states]

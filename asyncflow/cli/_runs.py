@@ -191,6 +191,9 @@ async def inspect(store: RunStore, args: argparse.Namespace) -> int:
     ]
     if run.tags:
         fields.append(("tags", ", ".join(run.tags)))
+    if run.deployment:
+        fields.append(("deployment", run.deployment))
+        fields.append(("scheduled", local_time(run.scheduled_time, millis=True)))
     stored = await store.result_of(run.id)
     if stored is not None:
         fields.append(

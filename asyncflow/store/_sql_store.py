@@ -10,6 +10,7 @@ driver errors are reported. A store supplies those (`placeholder`, `_transaction
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import socket
@@ -28,6 +29,7 @@ from asyncflow.store.base import (
     HEARTBEAT_SECONDS,
     RUN_COLUMNS,
     RUN_FROM,
+    Claimed,
     EarlierRun,
     Restart,
     StoredResult,
@@ -658,4 +660,143 @@ class SqlStore:
         """Delete a deployment (its runs stay in the history); False when there was none."""
         with self._transaction() as conn:
             cur = conn.execute(self._sql("DELETE FROM deployments WHERE name = ?"), (name,))
+            return bool(cur.rowcount)
+
+    # -- scheduled runs (deployments) -------------------------------------------------------------
+    #: how a JSON text parameter is bound (PostgreSQL's column is jsonb)
+    json_param = "?"
+
+    def schedule_runs(self, session: int, runs: list[tuple[Any, ...]]) -> int:
+        """Add scheduled runs of deployments, at most one per slot key (a slot another
+        process scheduled first is left as it is): rows of (name, flow name, parameters
+        JSON, deployment, scheduled time, slot key). Keys are the session's. Returns how
+        many were added."""
+        if not runs:
+            return 0
+        lo, hi = session << 32, (session + 1) << 32
+        sql = self._sql(
+            "INSERT INTO runs (pk, kind, name, spec_name, parameters, created, state_type, "
+            "state_name, state_ts, state_seq, run_count, deployment, scheduled_time, slot_key) "
+            f"VALUES (?, 'flow', ?, ?, {self.json_param}, ?, 'SCHEDULED', 'Scheduled', ?, 0, 0, "
+            "?, ?, ?) ON CONFLICT DO NOTHING"
+        )
+        added = 0
+        now = time.time()
+        with self._transaction() as conn:
+            row = conn.execute(
+                self._sql("SELECT max(pk) FROM runs WHERE pk >= ? AND pk < ?"), (lo, hi)
+            ).fetchone()
+            pk = lo - 1 if row is None or row[0] is None else int(row[0])
+            for name, flow_name, parameters, deployment, when, slot in runs:
+                pk += 1
+                cur = conn.execute(
+                    sql, (pk, name, flow_name, parameters, now, now, deployment, when, slot)
+                )
+                added += max(cur.rowcount, 0)
+        return added
+
+    def last_slot(self, deployment: str, slot_prefix: str) -> float | None:
+        """The latest scheduled time of the runs whose slot key starts with `slot_prefix`."""
+        sql = self._sql(
+            "SELECT max(scheduled_time) FROM runs WHERE deployment = ? "
+            "AND substr(slot_key, 1, ?) = ?"
+        )
+        row = self._query(
+            lambda c: c.execute(sql, (deployment, len(slot_prefix), slot_prefix)).fetchone()
+        )
+        return None if row is None or row[0] is None else float(row[0])
+
+    def open_slot_runs(self, deployment: str, slot_prefix: str) -> tuple[int, int]:
+        """(waiting, going): the runs of these slots still Scheduled, and those past it but
+        not finished."""
+        from asyncflow.store.base import TERMINAL_SQL
+
+        sql = self._sql(
+            "SELECT state_type = 'SCHEDULED', count(*) FROM runs WHERE deployment = ? "
+            f"AND substr(slot_key, 1, ?) = ? AND state_type NOT IN {TERMINAL_SQL} "
+            "GROUP BY state_type = 'SCHEDULED'"
+        )
+        rows = self._query(
+            lambda c: c.execute(sql, (deployment, len(slot_prefix), slot_prefix)).fetchall()
+        )
+        counts = {bool(waiting): int(n) for waiting, n in rows}
+        return counts.get(True, 0), counts.get(False, 0)
+
+    def claim_runs(
+        self, deployments: list[str], now: float, limit: int, process_id: str
+    ) -> list[Claimed]:
+        """Take up to `limit` due scheduled runs of these deployments for this process: each
+        goes to Pending, and this process answers for it (its death crashes it). A run is
+        claimed once, however many processes ask at the same moment."""
+        from asyncflow.store.base import TERMINAL_SQL
+
+        if not deployments or limit < 1:
+            return []
+        marks = ", ".join("?" * len(deployments))
+        select = (
+            self._sql(
+                "SELECT r.pk, p.id_prefix, r.name, r.spec_name, r.parameters, r.deployment, "
+                "r.scheduled_time, r.state_seq, x.attempt FROM runs r "
+                "JOIN processes p ON p.pk = r.pk >> 32 LEFT JOIN restarts x ON x.run_pk = r.pk "
+                "WHERE r.state_type = 'SCHEDULED' AND r.state_name = 'Scheduled' "
+                f"AND r.scheduled_time <= ? AND r.deployment IN ({marks}) "
+                "ORDER BY r.scheduled_time, r.pk LIMIT ?"
+            )
+            + self.skip_locked
+        )
+        log = self._sql(
+            "INSERT INTO transition_log (run_pk, seq, type, name, message, ts) "
+            "SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs "
+            "WHERE pk = ? ON CONFLICT DO NOTHING"
+        )
+        take = self._sql(
+            "UPDATE runs SET state_type = 'PENDING', state_name = 'Pending', "
+            "state_message = ?, state_ts = ?, state_seq = ? WHERE pk = ? "
+            f"AND state_type = 'SCHEDULED' AND state_type NOT IN {TERMINAL_SQL}"
+        )
+        own = self._sql(
+            "INSERT INTO restarts (run_pk, process, attempt) VALUES (?, ?, ?) "
+            "ON CONFLICT (run_pk) DO UPDATE SET process = excluded.process, "
+            "attempt = excluded.attempt"
+        )
+        claimed: list[Claimed] = []
+        with self._transaction() as conn:
+            rows = conn.execute(select, (now, *deployments, limit)).fetchall()
+            for pk, prefix, name, flow_name, params, deployment, when, _, done in rows:
+                attempt = 1 if done is None else int(done) + 1
+                seq_base = attempt << 48
+                conn.execute(log, (pk,))
+                cur = conn.execute(take, (f"Claimed by {process_id}", now, seq_base - 1, pk))
+                if not cur.rowcount:
+                    continue
+                conn.execute(own, (pk, process_id, attempt))
+                if isinstance(params, str):
+                    params = json.loads(params)
+                claimed.append(
+                    Claimed(run_id(prefix, pk), pk, name, flow_name, dict(params or {}),
+                            deployment, float(when), seq_base)
+                )  # fmt: skip
+        return claimed
+
+    #: appended to the claim's SELECT (PostgreSQL: rows another claimer holds are skipped)
+    skip_locked = ""
+
+    def fail_claimed(self, claimed: Claimed, message: str) -> bool:
+        """End Failed a claimed run whose flow could not even start (its parameters no longer
+        fit the flow, say); False when its attempt recorded states meanwhile."""
+        sql = self._sql(
+            "UPDATE runs SET state_type = 'FAILED', state_name = 'Failed', state_message = ?, "
+            "state_ts = ?, state_seq = ? WHERE pk = ? AND state_seq = ?"
+        )
+        with self._transaction() as conn:
+            log = self._sql(
+                "INSERT INTO transition_log (run_pk, seq, type, name, message, ts) "
+                "SELECT pk, state_seq, state_type, state_name, state_message, state_ts "
+                "FROM runs WHERE pk = ? AND state_seq = ? ON CONFLICT DO NOTHING"
+            )
+            conn.execute(log, (claimed.pk, claimed.seq_base - 1))
+            cur = conn.execute(
+                sql,
+                (message, time.time(), claimed.seq_base, claimed.pk, claimed.seq_base - 1),
+            )
             return bool(cur.rowcount)

@@ -58,9 +58,11 @@ TERMINAL_SQL = "(" + ", ".join(f"'{t.value}'" for t in _TYPES if t in TERMINAL) 
 #: range, and :session, its key): its own, except those another process restarted, and
 #: those its process restarted (`asyncflow runs retry`), wherever they came from.
 SESSION_RUNS = (
-    "(pk >= :lo AND pk < :hi AND pk NOT IN (SELECT run_pk FROM restarts)) "
+    "((pk >= :lo AND pk < :hi AND pk NOT IN (SELECT run_pk FROM restarts)) "
     "OR pk IN (SELECT x.run_pk FROM restarts x JOIN processes p ON p.id = x.process "
-    "WHERE p.pk = :session)"
+    "WHERE p.pk = :session)) "
+    # a scheduled run nobody claimed yet is nobody's: another server takes it
+    "AND NOT (state_type = 'SCHEDULED' AND state_name = 'Scheduled')"
 )
 
 
@@ -112,6 +114,8 @@ class StoredRun:
     states: tuple[StoredState, ...] = field(default=())
     tags: tuple[str, ...] = ()
     entrypoint: str | None = None  # a top-level flow run's 'path/to/file.py:function'
+    deployment: str | None = None  # a deployment's run: 'flow name/deployment name'
+    scheduled_time: datetime.datetime | None = None
 
     @property
     def duration(self) -> datetime.timedelta | None:
@@ -168,6 +172,19 @@ class Restart(NamedTuple):
     attempt: int  # 1 for the first restart
     seq_base: int  # its states' sequence numbers start here
     before: tuple[Any, ...]  # what `abort_restart` puts back
+
+
+class Claimed(NamedTuple):
+    """A scheduled run a serving process claimed (see SqlStore.claim_runs)."""
+
+    id: UUID
+    pk: int
+    name: str
+    flow_name: str
+    parameters: dict[str, Any]
+    deployment: str
+    scheduled_time: float
+    seq_base: int
 
 
 class EarlierRun(NamedTuple):
@@ -252,6 +269,18 @@ class RunStore(Protocol):
     def unset_variable(self, name: str) -> bool: ...
 
     def list_variables(self) -> list[tuple[str, str, str, float, float]]: ...
+
+    def schedule_runs(self, session: int, runs: list[tuple[Any, ...]]) -> int: ...
+
+    def last_slot(self, deployment: str, slot_prefix: str) -> float | None: ...
+
+    def open_slot_runs(self, deployment: str, slot_prefix: str) -> tuple[int, int]: ...
+
+    def claim_runs(
+        self, deployments: list[str], now: float, limit: int, process_id: str
+    ) -> list[Claimed]: ...
+
+    def fail_claimed(self, claimed: Claimed, message: str) -> bool: ...
 
     def save_deployment(self, row: dict[str, Any]) -> None: ...
 
@@ -618,8 +647,11 @@ def _alias_rows(batch: ColumnExport, alias_results: list[tuple[Any, ...]]) -> di
         if not found:
             continue
         runs = 0
-        for i in found:
+        start: tuple[float, int] = (0.0, -1)  # the attempt's first Running: the start of a
+        for i in found:  # run that never started before (the store keeps an older one)
             code = batch.t_type[i]
+            if code == _R and not runs:
+                start = (batch.t_ts[i], alias.seq_base + t0 + i)
             runs += code == _R
             name, message = batch.t_text.get(t0 + i, (None, None))
             seq = alias.seq_base + t0 + i
@@ -627,7 +659,7 @@ def _alias_rows(batch: ColumnExport, alias_results: list[tuple[Any, ...]]) -> di
             if i != found[-1]:
                 log.append(entry)
             else:
-                changed.append((alias.pk, 0.0, -1, *entry[2:5], entry[5], seq, runs))
+                changed.append((alias.pk, *start, *entry[2:5], entry[5], seq, runs))
     return {
         "alias_changed": changed,
         "alias_transitions": log,
@@ -795,7 +827,7 @@ RUN_COLUMNS = (
     "r.pk, p.id_prefix, r.kind, r.name, r.spec_name, r.state_type, r.state_name, "
     "r.state_message, r.created, r.start_time, r.state_ts, r.parent_pk, r.parent_task_pk, "
     "(SELECT c.pk FROM runs c WHERE c.parent_task_pk = r.pk), r.parameters, r.run_count, "
-    "r.start_seq, r.state_seq, r.tags, r.entrypoint"
+    "r.start_seq, r.state_seq, r.tags, r.entrypoint, r.deployment, r.scheduled_time"
 )
 RUN_FROM = "runs r JOIN processes p ON p.pk = r.pk >> 32"
 
@@ -811,7 +843,7 @@ def row_to_run(row: Sequence[Any], log: Sequence[Sequence[Any]] | None = None) -
     message, ts), its full history too."""
     (pk, prefix, kind, name, spec, type_, state_name, message, created, start_time, state_ts,
      parent, parent_task, child, params, run_count, start_seq, state_seq, tags,
-     entrypoint) = row  # fmt: skip
+     entrypoint, deployment, scheduled) = row  # fmt: skip
     state_type = StateType(type_)
     if isinstance(params, str):
         params = json.loads(params)
@@ -820,7 +852,8 @@ def row_to_run(row: Sequence[Any], log: Sequence[Sequence[Any]] | None = None) -
     states: tuple[StoredState, ...] = ()
     if log is not None:
         history = [(-1, StateType.PENDING, "Pending", None, created)]
-        if start_seq is not None:
+        if start_seq is not None and all(entry[0] != start_seq for entry in log):
+            # (a restarted or scheduled run's first Running may be in the log as well)
             history.append((start_seq, StateType.RUNNING, "Running", None, start_time))
         history.extend((s, StateType(t), n, m, ts) for s, t, n, m, ts in log)
         if not latest_is_implicit(type_, state_name, message, state_seq, start_seq):
@@ -846,6 +879,8 @@ def row_to_run(row: Sequence[Any], log: Sequence[Sequence[Any]] | None = None) -
         states=states,
         tags=tuple(tags or ()),
         entrypoint=entrypoint,
+        deployment=deployment,
+        scheduled_time=_dt(scheduled),
     )
 
 

@@ -110,6 +110,26 @@ MIGRATIONS: dict[int, list[str]] = {
     2: [
         "ALTER TABLE runs ADD COLUMN tags JSONB",
         "ALTER TABLE runs ADD COLUMN entrypoint TEXT",
+        "ALTER TABLE runs ADD COLUMN deployment TEXT",
+        "ALTER TABLE runs ADD COLUMN scheduled_time DOUBLE PRECISION",
+        "ALTER TABLE runs ADD COLUMN slot_key TEXT",
+        "CREATE UNIQUE INDEX runs_slot ON runs (slot_key) WHERE slot_key IS NOT NULL",
+        "CREATE INDEX runs_due ON runs (scheduled_time) WHERE state_type = 'SCHEDULED'",
+        "DROP VIEW transitions",
+        f"""CREATE VIEW transitions AS
+        SELECT run_pk, row_number() OVER (PARTITION BY run_pk ORDER BY seq) - 1 AS seq,
+               type, name, message, ts
+        FROM (SELECT pk AS run_pk, -1 AS seq, 'PENDING' AS type, 'Pending' AS name,
+                     NULL AS message, created AS ts FROM runs
+              UNION ALL
+              SELECT pk, start_seq, 'RUNNING', 'Running', NULL, start_time FROM runs
+              WHERE start_seq IS NOT NULL AND NOT EXISTS (SELECT 1 FROM transition_log l
+                    WHERE l.run_pk = runs.pk AND l.seq = runs.start_seq)
+              UNION ALL
+              SELECT run_pk, seq, type, name, message, ts FROM transition_log
+              UNION ALL
+              SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs
+              WHERE {_EXPLICIT_LATEST}) AS states""",
         """CREATE TABLE results (
             run_pk BIGINT PRIMARY KEY,
             storage TEXT NOT NULL,
@@ -265,6 +285,8 @@ class PostgresStore(SqlStore):
 
     placeholder = "%s"
     for_update = " FOR UPDATE OF r"
+    skip_locked = " FOR UPDATE OF r SKIP LOCKED"
+    json_param = "CAST(%s AS jsonb)"
 
     def __init__(self, url: str, *, detect_crashes: bool = True) -> None:
         self.url = redact(url)

@@ -1,0 +1,231 @@
+"""`serve`: run deployments' scheduled runs in this process, over the run store.
+
+A serving process registers its deployments, then loops: it adds the runs of schedule slots
+that are due (one run per slot, whatever the number of processes serving: the slot is a
+unique key of the store), claims due runs of its deployments (each run is claimed once:
+the claim moves it to Pending in one transaction, and this process answers for it from
+then on, so its death crashes it), and runs each as an ordinary flow run that takes the
+scheduled run's id (the registry alias that restarts use), at most `limit` at a time.
+
+Catch-up, when no process served a schedule for a while: `"latest"` (the default) runs
+only the most recent missed slot, `"none"` none, `"all"` the missed slots up to
+`max_catchup`; missed slots that do not run are not created. Overlap, when a run of the
+schedule is still going at its next slot: `"allow"` (the default) runs it anyway, `"skip"`
+does not create that slot's run, `"buffer_one"` creates it unless one is already waiting.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import time
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from asyncflow.deployments.deployment import RunnerDeployment, _json
+
+#: Runs of one serving process at a time, unless `limit=` says otherwise.
+DEFAULT_LIMIT = 8
+#: Longest sleep between two looks at the store (runs other processes schedule, pauses).
+POLL_SECONDS = 0.25
+
+logger = logging.getLogger("asyncflow.deployments")
+
+
+def serve(*deployments: RunnerDeployment, limit: int | None = DEFAULT_LIMIT) -> None:
+    """Serve these deployments until interrupted (Ctrl-C): blocks. In a running event
+    loop, use `await aserve(...)`."""
+    import sniffio
+
+    try:
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        pass
+    else:
+        raise RuntimeError(
+            "serve() blocks, and an event loop is running here: use `await aserve(...)` "
+            "(or `await my_flow.aserve(...)`) instead."
+        )
+    try:
+        anyio.run(lambda: aserve(*deployments, limit=limit))
+    except KeyboardInterrupt:
+        logger.info("Stopped serving.")
+
+
+async def aserve(*deployments: RunnerDeployment, limit: int | None = DEFAULT_LIMIT) -> None:
+    """Serve these deployments until cancelled."""
+    if not deployments:
+        raise ValueError("serve() needs at least one deployment (flow.to_deployment(...)).")
+    for deployment in deployments:
+        if not isinstance(deployment, RunnerDeployment):
+            raise TypeError(
+                f"serve() takes deployments (flow.to_deployment(...)), got {deployment!r}."
+            )
+    names = [d.full_name for d in deployments]
+    if len(set(names)) != len(names):
+        raise ValueError(f"serve() got one deployment twice: {sorted(names)}.")
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive int or None, got {limit!r}.")
+    await _Server(list(deployments), limit or math.inf).run()
+
+
+class _Server:
+    def __init__(self, deployments: list[RunnerDeployment], limit: float) -> None:
+        self.deployments = {d.full_name: d for d in deployments}
+        self.limiter = anyio.CapacityLimiter(limit)
+        self.running = 0
+        self.store: Any = None
+        self.session = 0
+        self.process_id = ""
+        # a schedule nobody served before starts from here (no catch-up of older slots)
+        self.started = datetime.datetime.now(datetime.timezone.utc)
+
+    async def run(self) -> None:
+        await anyio.to_thread.run_sync(self._open)
+        try:
+            async with anyio.create_task_group() as group:
+                while True:
+                    wake = await anyio.to_thread.run_sync(self._tick)
+                    for claimed in await anyio.to_thread.run_sync(self._claim):
+                        self.running += 1
+                        group.start_soon(self._execute, claimed)
+                    await anyio.sleep(max(0.0, min(wake, POLL_SECONDS)))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close)
+
+    # -- the store (worker threads) -----------------------------------------------------------
+    def _open(self) -> None:
+        from asyncflow.exceptions import StoreError
+        from asyncflow.registry import new_prefix
+        from asyncflow.store import connect, recording_url, writer
+        from asyncflow.store.base import run_id_prefix
+
+        url = recording_url()
+        if url is None:
+            raise StoreError(
+                "serve() needs a run store (the work queue of scheduled runs): "
+                "ASYNCFLOW_STORE is 'memory'."
+            )
+        self.store = connect(url)
+        for deployment in self.deployments.values():
+            self.store.save_deployment(deployment.to_row())
+        identity = writer.process_identity()
+        self.process_id = identity[0]
+        # scheduled runs this process adds have keys (and ids) of their own session
+        self.session = self.store.session_for(
+            identity[0], run_id_prefix(new_prefix()), *identity[1:]
+        )
+        logger.info(
+            "Serving %s (limit %s); Ctrl-C stops.",
+            ", ".join(repr(n) for n in self.deployments),
+            "none" if self.limiter.total_tokens == math.inf else int(self.limiter.total_tokens),
+        )
+
+    def _close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def _tick(self) -> float:
+        """Add the runs of the slots that are due; seconds until the next one."""
+        from asyncflow.naming import generate_run_name
+
+        now = time.time()
+        wake = POLL_SECONDS
+        rows: list[tuple[Any, ...]] = []
+        now_dt = _at(now)
+        for name, deployment in self.deployments.items():
+            stored = self.store.read_deployment(name)
+            if stored is None or stored["paused"]:
+                continue
+            for index, schedule in enumerate(deployment.schedules):
+                if not schedule.active:
+                    continue
+                prefix = f"{name}|{schedule.slug or index}|"
+                last = self.store.last_slot(name, prefix)
+                start = self.started if last is None else _at(last)
+                due = list(schedule.slots(start, now_dt)) if start < now_dt else []
+                due = _caught_up(schedule, due, now)
+                if due and schedule.overlap != "allow":
+                    waiting, going = self.store.open_slot_runs(name, prefix)
+                    if schedule.overlap == "skip" and (waiting or going):
+                        due = []
+                    elif schedule.overlap == "buffer_one":
+                        due = due[-1:] if not waiting else []
+                parameters = {**deployment.parameters, **schedule.parameters}
+                for slot in due:
+                    rows.append(
+                        (generate_run_name(), deployment.flow_name, _json(parameters), name,
+                         slot.timestamp(), f"{prefix}{slot.isoformat()}")
+                    )  # fmt: skip
+                try:
+                    upcoming = schedule.next_after(max(now_dt, due[-1]) if due else now_dt)
+                except ValueError:  # (the schedule ended)
+                    continue
+                wake = min(wake, upcoming.timestamp() - now)
+        self.store.schedule_runs(self.session, rows)
+        return wake
+
+    def _claim(self) -> list[Any]:
+        free = self.limiter.total_tokens - self.running
+        if free < 1:
+            return []
+        count = int(min(free, 100))
+        return self.store.claim_runs(list(self.deployments), time.time(), count, self.process_id)  # type: ignore[no-any-return]
+
+    # -- running one --------------------------------------------------------------------------
+    async def _execute(self, claimed: Any) -> None:
+        from asyncflow.engine.context import Restarting, restart_var
+        from asyncflow.registry import Alias
+        from asyncflow.results.restore import Restore
+
+        flow = self.deployments[claimed.deployment].flow
+        restarting = Restarting(
+            flow, Alias(claimed.id, claimed.pk, claimed.seq_base), claimed.name,
+            Restore({}, 1), undo=None,
+        )  # fmt: skip
+        call: Any = flow
+        try:
+            async with self.limiter:
+                if flow.kind == "async":
+                    token = restart_var.set(restarting)
+                    try:
+                        await call(**claimed.parameters, return_state=True)
+                    finally:
+                        restart_var.reset(token)
+                else:
+
+                    def run_sync() -> None:
+                        restart_var.set(restarting)  # (this thread's own context copy)
+                        call(**claimed.parameters, return_state=True)
+
+                    await anyio.to_thread.run_sync(run_sync)
+        except Exception as exc:
+            if restarting.used:
+                raise  # (a bug: a flow run's call returns its state)
+            message = f"The run could not start: {type(exc).__name__}: {exc}"
+            logger.error("Deployment %r: %s", claimed.deployment, message)
+            await anyio.to_thread.run_sync(self.store.fail_claimed, claimed, message)
+        finally:
+            self.running -= 1
+
+
+def _at(ts: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
+
+
+def _caught_up(schedule: Any, due: list[datetime.datetime], now: float) -> list[datetime.datetime]:
+    """The due slots that run, by the schedule's catch-up policy. While served, one slot
+    comes due at a time; several mean nobody served the schedule for a while."""
+    if len(due) <= 1 or schedule.catchup == "all":
+        return due[-schedule.max_catchup :]
+    if schedule.catchup == "latest":
+        return due[-1:]
+    # "none": only a slot that is just due now (not one missed while nobody served)
+    return [slot for slot in due[-1:] if now - slot.timestamp() < 2 * POLL_SECONDS]
+
+
+__all__ = ["DEFAULT_LIMIT", "aserve", "serve"]
