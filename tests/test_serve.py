@@ -21,7 +21,9 @@ from test_results_store import recording, store_url
 from test_store_postgres import server_url
 
 from asyncflow import flow
+from asyncflow.deployments.deployment import ConcurrencyLimitConfig
 from asyncflow.exceptions import StoreError
+from asyncflow.schedules import Interval
 from asyncflow.settings import reload_settings
 from asyncflow.states import StateType
 from asyncflow.store import open_store, writer
@@ -119,6 +121,7 @@ def test_two_serving_processes_run_each_slot_exactly_once(store_url: str, tmp_pa
 @pytest.mark.parametrize(("catchup", "expected"), [("latest", 1), ("none", 0), ("all", 4)])
 def test_catch_up_after_a_stop(recording: str, catchup: str, expected: int) -> None:
     from asyncflow.deployments.deployment import _json
+    from asyncflow.deployments.serve import schedule_key
 
     hourly = tick.to_deployment("hourly", interval=3600, catchup=catchup, max_catchup=4)
     hourly.apply()
@@ -129,9 +132,9 @@ def test_catch_up_after_a_stop(recording: str, catchup: str, expected: int) -> N
     store = open_store(recording)
     try:
         session = store.session_for("seeder", "00000000-0000-8000-8000-")
+        key = f"tick/hourly|{schedule_key(hourly.schedules[0])}|{slot}"
         store.schedule_runs(
-            session,
-            [("old-run", "tick", _json({}), "tick/hourly", last, f"tick/hourly|0|{slot}")],
+            session, [("old-run", "tick", _json({}), "tick/hourly", last, key, None, "[]")]
         )
         store._query(  # type: ignore[attr-defined]
             lambda c: c.execute(
@@ -232,3 +235,74 @@ def test_serve_refuses_bad_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     finally:
         monkeypatch.undo()
         reload_settings()
+
+
+def _overlaps(runs: list[Any]) -> bool:
+    """Whether two of these runs were going at the same time (from their stored states)."""
+    spans = sorted((r.start_time, r.end_time) for r in runs if r.start_time and r.end_time)
+    return any(b[0] < a[1] for a, b in itertools.pairwise(spans))
+
+
+@flow
+def slow_tick() -> None:
+    time.sleep(0.6)
+
+
+@pytest.mark.parametrize(
+    ("options", "cancelled"),
+    [
+        ({"overlap": "skip"}, False),
+        ({"overlap": "buffer_one"}, False),
+        ({"concurrency_limit": 1}, False),
+        ({"concurrency_limit": ConcurrencyLimitConfig(1, "CANCEL_NEW")}, True),
+    ],
+)
+def test_overlap_policies_and_concurrency_limits_keep_one_run_going(
+    recording: str, options: dict[str, Any], cancelled: bool
+) -> None:
+    from asyncflow.deployments.serve import aserve
+
+    deployment = slow_tick.to_deployment("one", interval=0.25, **options)
+
+    async def serve_briefly() -> None:
+        with anyio.move_on_after(2.5):
+            await aserve(deployment)
+
+    anyio.run(serve_briefly)
+    runs = _deployment_runs(recording, deployment.full_name)
+    done = [r for r in runs if r.state_name == "Completed"]
+    assert len(done) >= 2 and not _overlaps(done)
+    dropped = [r for r in runs if r.state_name == "Cancelled"]
+    assert bool(dropped) == cancelled
+    if cancelled:
+        assert "concurrency limit (1) was reached" in (dropped[0].state_message or "")
+
+
+def test_a_server_keeps_a_pause_and_runs_carry_the_deployments_metadata(
+    recording: str,
+) -> None:
+    from asyncflow.deployments.serve import aserve, schedule_key
+
+    tick.to_deployment("kept", interval=0.3, paused=True).apply()
+    again = tick.to_deployment("kept", interval=0.3)  # paused=None: as stored
+
+    async def serve_briefly() -> None:
+        with anyio.move_on_after(1.0):
+            await aserve(again)
+
+    anyio.run(serve_briefly)
+    assert _deployment_runs(recording, "tick/kept") == []  # still paused
+    tagged = tick.to_deployment("tagged", interval=0.3, tags=["nightly"])
+
+    async def serve_tagged() -> None:
+        with anyio.move_on_after(1.0):
+            await aserve(tagged)
+
+    anyio.run(serve_tagged)
+    runs = _deployment_runs(recording, "tick/tagged")
+    assert runs and all(r.tags == ("nightly",) for r in runs)
+    assert all(r.entrypoint and r.entrypoint.endswith("test_serve.py:tick") for r in runs)
+    # a schedule's slot key: its slug, else a digest of its timing (not its position)
+    assert schedule_key(Interval(5, slug="a|b")) == "a_b"
+    assert schedule_key(Interval(5)) == schedule_key(Interval(5, parameters={"n": 1}))
+    assert schedule_key(Interval(5)) != schedule_key(Interval(6))

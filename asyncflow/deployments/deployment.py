@@ -48,7 +48,7 @@ class RunnerDeployment:
     tags: list[str] = field(default_factory=list)
     description: str | None = None
     version: str | None = None
-    paused: bool = False
+    paused: bool | None = None  # None: as stored (not paused when new)
     concurrency_limit: ConcurrencyLimitConfig | None = None
 
     @property
@@ -73,7 +73,7 @@ class RunnerDeployment:
             "parameters": _json(self.parameters),
             "parameter_schema": json.dumps(self.flow.signature.json_schema()),
             "schedules": json.dumps([schedule_to_dict(s) for s in self.schedules]),
-            "paused": int(self.paused),
+            "paused": None if self.paused is None else int(self.paused),
             "concurrency_limit": None if limit is None else limit.limit,
             "collision_strategy": None if limit is None else limit.collision_strategy,
         }
@@ -110,7 +110,7 @@ def to_deployment(
     tags: list[str] | None = None,
     description: str | None = None,
     version: str | None = None,
-    paused: bool = False,
+    paused: bool | None = None,
     concurrency_limit: int | ConcurrencyLimitConfig | None = None,
     timezone: str | None = None,
     catchup: Any = "latest",
@@ -159,7 +159,7 @@ def to_deployment(
         tags=[str(t) for t in tags or ()],
         description=description,
         version=version,
-        paused=bool(paused),
+        paused=None if paused is None else bool(paused),
         concurrency_limit=concurrency_limit,
     )
 

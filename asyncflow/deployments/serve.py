@@ -17,6 +17,7 @@ does not create that slot's run, `"buffer_one"` creates it unless one is already
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import math
 import time
@@ -76,22 +77,42 @@ class _Server:
     def __init__(self, deployments: list[RunnerDeployment], limit: float) -> None:
         self.deployments = {d.full_name: d for d in deployments}
         self.limiter = anyio.CapacityLimiter(limit)
+        # sync flows get threads of their own: the loop's store calls must never queue
+        # behind `limit` running flows in anyio's default pool
+        self.threads = anyio.CapacityLimiter(limit if limit != math.inf else 10_000)
         self.running = 0
         self.store: Any = None
         self.session = 0
         self.process_id = ""
         # a schedule nobody served before starts from here (no catch-up of older slots)
         self.started = datetime.datetime.now(datetime.timezone.utc)
+        # per schedule: the time its slots were considered up to (skipped, paused, created)
+        self.seen: dict[str, datetime.datetime] = {}
+        self.failing = 0.0  # consecutive seconds of store errors (for the backoff)
 
     async def run(self) -> None:
+        from asyncflow.exceptions import StoreError
+
         await anyio.to_thread.run_sync(self._open)
         try:
             async with anyio.create_task_group() as group:
                 while True:
-                    wake = await anyio.to_thread.run_sync(self._tick)
-                    for claimed in await anyio.to_thread.run_sync(self._claim):
+                    try:
+                        wake = await anyio.to_thread.run_sync(self._tick)
+                        claimed = await anyio.to_thread.run_sync(self._claim)
+                    except StoreError as exc:  # (locked, a dropped connection...): go on
+                        if getattr(exc, "permanent", False):
+                            raise
+                        self.failing = min(max(self.failing * 2, 0.5), 10.0)
+                        logger.warning(
+                            "Serving: the run store failed (%s); again in %gs.", exc, self.failing
+                        )
+                        await anyio.sleep(self.failing)
+                        continue
+                    self.failing = 0.0
+                    for run in claimed:
                         self.running += 1
-                        group.start_soon(self._execute, claimed)
+                        group.start_soon(self._execute, run)
                     await anyio.sleep(max(0.0, min(wake, POLL_SECONDS)))
         finally:
             with anyio.CancelScope(shield=True):
@@ -134,20 +155,23 @@ class _Server:
         from asyncflow.naming import generate_run_name
 
         now = time.time()
+        now_dt = _at(now)
         wake = POLL_SECONDS
         rows: list[tuple[Any, ...]] = []
-        now_dt = _at(now)
         for name, deployment in self.deployments.items():
             stored = self.store.read_deployment(name)
-            if stored is None or stored["paused"]:
-                continue
-            for index, schedule in enumerate(deployment.schedules):
-                if not schedule.active:
+            paused = stored is None or bool(stored["paused"])
+            for schedule in deployment.schedules:
+                prefix = f"{name}|{schedule_key(schedule)}|"
+                if paused or not schedule.active:
+                    self.seen[prefix] = now_dt  # (a paused slot is dropped, not caught up)
                     continue
-                prefix = f"{name}|{schedule.slug or index}|"
-                last = self.store.last_slot(name, prefix)
-                start = self.started if last is None else _at(last)
+                start = self.seen.get(prefix)
+                if start is None:  # this server's first look: from the last slot created
+                    last = self.store.last_slot(name, prefix)
+                    start = self.started if last is None else _at(last)
                 due = list(schedule.slots(start, now_dt)) if start < now_dt else []
+                self.seen[prefix] = max(now_dt, start)
                 due = _caught_up(schedule, due, now)
                 if due and schedule.overlap != "allow":
                     waiting, going = self.store.open_slot_runs(name, prefix)
@@ -159,22 +183,35 @@ class _Server:
                 for slot in due:
                     rows.append(
                         (generate_run_name(), deployment.flow_name, _json(parameters), name,
-                         slot.timestamp(), f"{prefix}{slot.isoformat()}")
+                         slot.timestamp(), f"{prefix}{slot.isoformat()}",
+                         deployment.flow.entrypoint, json.dumps(sorted(deployment.tags)))
                     )  # fmt: skip
                 try:
-                    upcoming = schedule.next_after(max(now_dt, due[-1]) if due else now_dt)
+                    upcoming = schedule.next_after(now_dt)
                 except ValueError:  # (the schedule ended)
                     continue
                 wake = min(wake, upcoming.timestamp() - now)
-        self.store.schedule_runs(self.session, rows)
+        # in key order: two servers adding the same slots lock them in the same order
+        self.store.schedule_runs(self.session, sorted(rows, key=lambda row: row[5]))
         return wake
 
     def _claim(self) -> list[Any]:
         free = self.limiter.total_tokens - self.running
         if free < 1:
             return []
-        count = int(min(free, 100))
-        return self.store.claim_runs(list(self.deployments), time.time(), count, self.process_id)  # type: ignore[no-any-return]
+        exclusive = {  # a run of a non-"allow" schedule waits while another one goes
+            name: [f"{name}|{schedule_key(s)}|" for s in d.schedules if s.overlap != "allow"]
+            for name, d in self.deployments.items()
+        }
+        caps = {
+            name: (d.concurrency_limit.limit, d.concurrency_limit.collision_strategy)
+            for name, d in self.deployments.items()
+            if d.concurrency_limit is not None
+        }
+        return self.store.claim_runs(  # type: ignore[no-any-return]
+            list(self.deployments), time.time(), int(min(free, 100)), self.process_id,
+            exclusive={k: v for k, v in exclusive.items() if v}, caps=caps,
+        )  # fmt: skip
 
     # -- running one --------------------------------------------------------------------------
     async def _execute(self, claimed: Any) -> None:
@@ -202,15 +239,34 @@ class _Server:
                         restart_var.set(restarting)  # (this thread's own context copy)
                         call(**claimed.parameters, return_state=True)
 
-                    await anyio.to_thread.run_sync(run_sync)
+                    await anyio.to_thread.run_sync(run_sync, limiter=self.threads)
         except Exception as exc:
             if restarting.used:
                 raise  # (a bug: a flow run's call returns its state)
             message = f"The run could not start: {type(exc).__name__}: {exc}"
             logger.error("Deployment %r: %s", claimed.deployment, message)
-            await anyio.to_thread.run_sync(self.store.fail_claimed, claimed, message)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.store.fail_claimed, claimed, message)
         finally:
             self.running -= 1
+
+
+def schedule_key(schedule: Any) -> str:
+    """What names a schedule's slots in the store: its slug, else a digest of the schedule
+    (so adding, removing or reordering a deployment's schedules keeps the others' keys)."""
+    import hashlib
+
+    from asyncflow.deployments.deployment import schedule_to_dict
+
+    if schedule.slug:
+        return str(schedule.slug).replace("|", "_")
+    timing = {  # what decides its instants only (not its parameters or policies)
+        k: v
+        for k, v in schedule_to_dict(schedule).items()
+        if k not in ("parameters", "active", "catchup", "max_catchup", "overlap", "slug")
+    }
+    data = json.dumps(timing, sort_keys=True)
+    return "#" + hashlib.sha256(data.encode()).hexdigest()[:16]
 
 
 def _at(ts: float) -> datetime.datetime:
@@ -220,12 +276,11 @@ def _at(ts: float) -> datetime.datetime:
 def _caught_up(schedule: Any, due: list[datetime.datetime], now: float) -> list[datetime.datetime]:
     """The due slots that run, by the schedule's catch-up policy. While served, one slot
     comes due at a time; several mean nobody served the schedule for a while."""
+    if schedule.catchup == "none":  # only a slot just due (not one missed meanwhile)
+        return [slot for slot in due[-1:] if now - slot.timestamp() < 2 * POLL_SECONDS]
     if len(due) <= 1 or schedule.catchup == "all":
         return due[-schedule.max_catchup :]
-    if schedule.catchup == "latest":
-        return due[-1:]
-    # "none": only a slot that is just due now (not one missed while nobody served)
-    return [slot for slot in due[-1:] if now - slot.timestamp() < 2 * POLL_SECONDS]
+    return due[-1:]  # "latest"
 
 
 __all__ = ["DEFAULT_LIMIT", "aserve", "serve"]

@@ -624,9 +624,14 @@ class SqlStore:
     )
 
     def save_deployment(self, row: dict[str, Any]) -> None:
-        """Add or replace a deployment (by its name); its `created` time is kept."""
+        """Add or replace a deployment (by its name); its `created` time is kept, and so is
+        its paused flag when `row["paused"]` is None (a server starting does not resume a
+        deployment paused from the CLI)."""
         names = self._DEPLOYMENT_COLUMNS.split(", ")
         now = time.time()
+        if row.get("paused") is None:
+            stored = self.read_deployment(row["name"])
+            row = {**row, "paused": int(bool(stored and stored["paused"]))}
         values = [row.get(n) for n in names[:-2]] + [now, now]
         updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in ("name", "created"))
         sql = (
@@ -676,9 +681,10 @@ class SqlStore:
         lo, hi = session << 32, (session + 1) << 32
         sql = self._sql(
             "INSERT INTO runs (pk, kind, name, spec_name, parameters, created, state_type, "
-            "state_name, state_ts, state_seq, run_count, deployment, scheduled_time, slot_key) "
+            "state_name, state_ts, state_seq, run_count, deployment, scheduled_time, slot_key, "
+            "entrypoint, tags) "
             f"VALUES (?, 'flow', ?, ?, {self.json_param}, ?, 'SCHEDULED', 'Scheduled', ?, 0, 0, "
-            "?, ?, ?) ON CONFLICT DO NOTHING"
+            f"?, ?, ?, ?, {self.json_param}) ON CONFLICT DO NOTHING"
         )
         added = 0
         now = time.time()
@@ -687,11 +693,10 @@ class SqlStore:
                 self._sql("SELECT max(pk) FROM runs WHERE pk >= ? AND pk < ?"), (lo, hi)
             ).fetchone()
             pk = lo - 1 if row is None or row[0] is None else int(row[0])
-            for name, flow_name, parameters, deployment, when, slot in runs:
+            for name, flow_name, parameters, deployment, when, slot, entry, tags in runs:
                 pk += 1
-                cur = conn.execute(
-                    sql, (pk, name, flow_name, parameters, now, now, deployment, when, slot)
-                )
+                values = (pk, name, flow_name, parameters, now, now, deployment, when, slot)
+                cur = conn.execute(sql, (*values, entry, tags))
                 added += max(cur.rowcount, 0)
         return added
 
@@ -723,26 +728,49 @@ class SqlStore:
         return counts.get(True, 0), counts.get(False, 0)
 
     def claim_runs(
-        self, deployments: list[str], now: float, limit: int, process_id: str
+        self,
+        deployments: list[str],
+        now: float,
+        limit: int,
+        process_id: str,
+        exclusive: dict[str, list[str]] | None = None,
+        caps: dict[str, tuple[int, str]] | None = None,
     ) -> list[Claimed]:
         """Take up to `limit` due scheduled runs of these deployments for this process: each
         goes to Pending, and this process answers for it (its death crashes it). A run is
-        claimed once, however many processes ask at the same moment."""
-        from asyncflow.store.base import TERMINAL_SQL
+        claimed once, however many processes ask at the same moment.
 
+        `exclusive`: per deployment, slot-key prefixes (schedules) of which a run is only
+        claimed while none other goes. `caps`: per deployment, (limit, strategy) of its
+        concurrency limit, counted over every process: a run over it waits (`ENQUEUE`) or
+        ends Cancelled (`CANCEL_NEW`).
+        """
         if not deployments or limit < 1:
             return []
         marks = ", ".join("?" * len(deployments))
+        due = (
+            "r.state_type = 'SCHEDULED' AND r.state_name = 'Scheduled' "
+            f"AND r.scheduled_time <= ? AND r.deployment IN ({marks})"
+        )
+        probe = self._sql(f"SELECT 1 FROM runs r WHERE {due} LIMIT 1")
+        if self._query(lambda c: c.execute(probe, (now, *deployments)).fetchone()) is None:
+            return []  # (nothing due: no write transaction)
         select = (
             self._sql(
                 "SELECT r.pk, p.id_prefix, r.name, r.spec_name, r.parameters, r.deployment, "
-                "r.scheduled_time, r.state_seq, x.attempt FROM runs r "
+                "r.scheduled_time, r.slot_key, x.attempt FROM runs r "
                 "JOIN processes p ON p.pk = r.pk >> 32 LEFT JOIN restarts x ON x.run_pk = r.pk "
-                "WHERE r.state_type = 'SCHEDULED' AND r.state_name = 'Scheduled' "
-                f"AND r.scheduled_time <= ? AND r.deployment IN ({marks}) "
-                "ORDER BY r.scheduled_time, r.pk LIMIT ?"
+                f"WHERE {due} ORDER BY r.scheduled_time, r.pk LIMIT 500"
             )
             + self.skip_locked
+        )
+        going_sql = self._sql(
+            "SELECT count(*) FROM runs WHERE deployment = ? AND substr(slot_key, 1, ?) = ? "
+            "AND state_type IN ('PENDING', 'RUNNING', 'CANCELLING')"
+        )
+        count_sql = self._sql(
+            "SELECT count(*) FROM runs WHERE deployment = ? "
+            "AND state_type IN ('PENDING', 'RUNNING', 'CANCELLING')"
         )
         log = self._sql(
             "INSERT INTO transition_log (run_pk, seq, type, name, message, ts) "
@@ -750,9 +778,8 @@ class SqlStore:
             "WHERE pk = ? ON CONFLICT DO NOTHING"
         )
         take = self._sql(
-            "UPDATE runs SET state_type = 'PENDING', state_name = 'Pending', "
-            "state_message = ?, state_ts = ?, state_seq = ? WHERE pk = ? "
-            f"AND state_type = 'SCHEDULED' AND state_type NOT IN {TERMINAL_SQL}"
+            "UPDATE runs SET state_type = ?, state_name = ?, state_message = ?, state_ts = ?, "
+            "state_seq = ? WHERE pk = ? AND state_type = 'SCHEDULED'"
         )
         own = self._sql(
             "INSERT INTO restarts (run_pk, process, attempt) VALUES (?, ?, ?) "
@@ -761,15 +788,45 @@ class SqlStore:
         )
         claimed: list[Claimed] = []
         with self._transaction() as conn:
-            rows = conn.execute(select, (now, *deployments, limit)).fetchall()
-            for pk, prefix, name, flow_name, params, deployment, when, _, done in rows:
+            for name in sorted(caps or ()):  # (PostgreSQL: one counter of a limit at a time)
+                self._lock_name(conn, name)
+            rows = conn.execute(select, (now, *deployments)).fetchall()
+            blocked: set[str] = set()
+            for name, prefixes in (exclusive or {}).items():
+                for prefix in prefixes:
+                    args = (name, len(prefix), prefix)
+                    if conn.execute(going_sql, args).fetchone()[0]:
+                        blocked.add(prefix)
+            going = {
+                name: int(conn.execute(count_sql, (name,)).fetchone()[0]) for name in caps or {}
+            }
+            for pk, prefix, name, flow_name, params, deployment, when, slot, done in rows:
+                if len(claimed) >= limit:
+                    break
+                schedule = slot.rsplit("|", 1)[0] + "|" if slot else ""
+                if schedule in blocked:
+                    continue
                 attempt = 1 if done is None else int(done) + 1
                 seq_base = attempt << 48
+                cap = (caps or {}).get(deployment)
+                if cap is not None and going[deployment] >= cap[0]:
+                    if cap[1] != "CANCEL_NEW":
+                        continue  # ENQUEUE: it waits for a slot of the limit
+                    conn.execute(log, (pk,))
+                    message = f"The deployment's concurrency limit ({cap[0]}) was reached."
+                    conn.execute(take, ("CANCELLED", "Cancelled", message, now, seq_base, pk))
+                    continue
                 conn.execute(log, (pk,))
-                cur = conn.execute(take, (f"Claimed by {process_id}", now, seq_base - 1, pk))
+                cur = conn.execute(
+                    take, ("PENDING", "Pending", f"Claimed by {process_id}", now, seq_base - 1, pk)
+                )
                 if not cur.rowcount:
                     continue
                 conn.execute(own, (pk, process_id, attempt))
+                if schedule in {p for ps in (exclusive or {}).values() for p in ps}:
+                    blocked.add(schedule)
+                if cap is not None:
+                    going[deployment] += 1
                 if isinstance(params, str):
                     params = json.loads(params)
                 claimed.append(
@@ -777,6 +834,10 @@ class SqlStore:
                             deployment, float(when), seq_base)
                 )  # fmt: skip
         return claimed
+
+    def _lock_name(self, conn: Any, name: str) -> None:
+        """Serialize writers of one name within the transaction (SQLite's transactions
+        are serialized already; PostgreSQL takes an advisory lock)."""
 
     #: appended to the claim's SELECT (PostgreSQL: rows another claimer holds are skipped)
     skip_locked = ""

@@ -277,7 +277,13 @@ class RunStore(Protocol):
     def open_slot_runs(self, deployment: str, slot_prefix: str) -> tuple[int, int]: ...
 
     def claim_runs(
-        self, deployments: list[str], now: float, limit: int, process_id: str
+        self,
+        deployments: list[str],
+        now: float,
+        limit: int,
+        process_id: str,
+        exclusive: dict[str, list[str]] | None = None,
+        caps: dict[str, tuple[int, str]] | None = None,
     ) -> list[Claimed]: ...
 
     def fail_claimed(self, claimed: Claimed, message: str) -> bool: ...

@@ -395,6 +395,9 @@ class PostgresStore(SqlStore):
         with self._lock:
             self._conn.close()
 
+    def _lock_name(self, conn: Any, name: str) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
+
     # -- writing (the writer thread) ------------------------------------------------------------
     def _insert_process(self, conn: Any, values: tuple[Any, ...]) -> int:
         row = conn.execute(
