@@ -66,6 +66,32 @@ SESSION_RUNS = (
 )
 
 
+def transitions_view(explicit_latest: str, alias: str = "", version: int = 2) -> str:
+    """The `transitions` view: every state of every run, one row each, seq numbered 0, 1,
+    ... per run. `explicit_latest` is the store's test for a latest state that is not
+    implicit; PostgreSQL names its subquery (`alias`). Since version 2 a first Running that
+    is in the log too (a restarted or scheduled run's) is shown once."""
+    once = (
+        " AND NOT EXISTS (SELECT 1 FROM transition_log l WHERE l.run_pk = runs.pk "
+        "AND l.seq = runs.start_seq)"
+        if version >= 2
+        else ""
+    )
+    return f"""CREATE VIEW transitions AS
+        SELECT run_pk, row_number() OVER (PARTITION BY run_pk ORDER BY seq) - 1 AS seq,
+               type, name, message, ts
+        FROM (SELECT pk AS run_pk, -1 AS seq, 'PENDING' AS type, 'Pending' AS name,
+                     NULL AS message, created AS ts FROM runs
+              UNION ALL
+              SELECT pk, start_seq, 'RUNNING', 'Running', NULL, start_time FROM runs
+              WHERE start_seq IS NOT NULL{once}
+              UNION ALL
+              SELECT run_pk, seq, type, name, message, ts FROM transition_log
+              UNION ALL
+              SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs
+              WHERE {explicit_latest}){alias}"""
+
+
 def type_sql(code: str) -> str:
     """SQL for the state type (its value) whose code (position in list(StateType)) is `code`."""
     whens = " ".join(f"WHEN {i} THEN '{t.value}'" for i, t in enumerate(_TYPES))

@@ -31,6 +31,7 @@ from asyncflow.store.base import (
     WriteBatch,
     default_name_sql,
     redact,
+    transitions_view,
     type_sql,
 )
 
@@ -93,19 +94,7 @@ MIGRATIONS: dict[int, list[str]] = {
             ts DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (run_pk, seq)
         )""",
-        f"""CREATE VIEW transitions AS
-        SELECT run_pk, row_number() OVER (PARTITION BY run_pk ORDER BY seq) - 1 AS seq,
-               type, name, message, ts
-        FROM (SELECT pk AS run_pk, -1 AS seq, 'PENDING' AS type, 'Pending' AS name,
-                     NULL AS message, created AS ts FROM runs
-              UNION ALL
-              SELECT pk, start_seq, 'RUNNING', 'Running', NULL, start_time FROM runs
-              WHERE start_seq IS NOT NULL
-              UNION ALL
-              SELECT run_pk, seq, type, name, message, ts FROM transition_log
-              UNION ALL
-              SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs
-              WHERE {_EXPLICIT_LATEST}) AS states""",
+        transitions_view(_EXPLICIT_LATEST, " AS states", version=1),
     ],
     2: [
         "ALTER TABLE runs ADD COLUMN tags JSONB",
@@ -116,20 +105,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE UNIQUE INDEX runs_slot ON runs (slot_key) WHERE slot_key IS NOT NULL",
         "CREATE INDEX runs_due ON runs (scheduled_time) WHERE state_type = 'SCHEDULED'",
         "DROP VIEW transitions",
-        f"""CREATE VIEW transitions AS
-        SELECT run_pk, row_number() OVER (PARTITION BY run_pk ORDER BY seq) - 1 AS seq,
-               type, name, message, ts
-        FROM (SELECT pk AS run_pk, -1 AS seq, 'PENDING' AS type, 'Pending' AS name,
-                     NULL AS message, created AS ts FROM runs
-              UNION ALL
-              SELECT pk, start_seq, 'RUNNING', 'Running', NULL, start_time FROM runs
-              WHERE start_seq IS NOT NULL AND NOT EXISTS (SELECT 1 FROM transition_log l
-                    WHERE l.run_pk = runs.pk AND l.seq = runs.start_seq)
-              UNION ALL
-              SELECT run_pk, seq, type, name, message, ts FROM transition_log
-              UNION ALL
-              SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs
-              WHERE {_EXPLICIT_LATEST}) AS states""",
+        transitions_view(_EXPLICIT_LATEST, " AS states"),
         """CREATE TABLE results (
             run_pk BIGINT PRIMARY KEY,
             storage TEXT NOT NULL,

@@ -40,6 +40,7 @@ from asyncflow.store.base import (
     TYPE_VALUES,
     WriteBatch,
     default_name_sql,
+    transitions_view,
 )
 
 T = TypeVar("T")
@@ -105,20 +106,7 @@ MIGRATIONS: dict[int, list[str]] = {
             ts REAL NOT NULL,
             PRIMARY KEY (run_pk, seq)
         ) WITHOUT ROWID""",
-        # Every state of every run, one row each, seq numbered 0, 1, ... per run.
-        f"""CREATE VIEW transitions AS
-        SELECT run_pk, row_number() OVER (PARTITION BY run_pk ORDER BY seq) - 1 AS seq,
-               type, name, message, ts
-        FROM (SELECT pk AS run_pk, -1 AS seq, 'PENDING' AS type, 'Pending' AS name,
-                     NULL AS message, created AS ts FROM runs
-              UNION ALL
-              SELECT pk, start_seq, 'RUNNING', 'Running', NULL, start_time FROM runs
-              WHERE start_seq IS NOT NULL
-              UNION ALL
-              SELECT run_pk, seq, type, name, message, ts FROM transition_log
-              UNION ALL
-              SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs
-              WHERE {_EXPLICIT_LATEST})""",
+        transitions_view(_EXPLICIT_LATEST, "", version=1),
     ],
     2: [
         "ALTER TABLE runs ADD COLUMN tags TEXT",  # JSON list, NULL: none
@@ -129,20 +117,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE UNIQUE INDEX runs_slot ON runs (slot_key) WHERE slot_key IS NOT NULL",
         "CREATE INDEX runs_due ON runs (scheduled_time) WHERE state_type = 'SCHEDULED'",
         "DROP VIEW transitions",
-        f"""CREATE VIEW transitions AS
-        SELECT run_pk, row_number() OVER (PARTITION BY run_pk ORDER BY seq) - 1 AS seq,
-               type, name, message, ts
-        FROM (SELECT pk AS run_pk, -1 AS seq, 'PENDING' AS type, 'Pending' AS name,
-                     NULL AS message, created AS ts FROM runs
-              UNION ALL
-              SELECT pk, start_seq, 'RUNNING', 'Running', NULL, start_time FROM runs
-              WHERE start_seq IS NOT NULL AND NOT EXISTS (SELECT 1 FROM transition_log l
-                    WHERE l.run_pk = runs.pk AND l.seq = runs.start_seq)
-              UNION ALL
-              SELECT run_pk, seq, type, name, message, ts FROM transition_log
-              UNION ALL
-              SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs
-              WHERE {_EXPLICIT_LATEST})""",
+        transitions_view(_EXPLICIT_LATEST, ""),
         """CREATE TABLE results (       -- persisted results, one per run that has one
             run_pk INTEGER PRIMARY KEY,  -- the run it is the result of
             storage TEXT NOT NULL,       -- where: a directory or an fsspec URL
