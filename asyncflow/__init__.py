@@ -1,5 +1,7 @@
 """asyncflow: Prefect 3-style flows and tasks on an asyncio/trio structured-concurrency kernel."""
 
+from typing import TYPE_CHECKING, Any
+
 from asyncflow import runtime
 from asyncflow.annotations import allow_failure, opaque, quote, unmapped
 from asyncflow.context import tags
@@ -11,9 +13,23 @@ from asyncflow.states import State, StateType
 from asyncflow.store import writer as _writer
 from asyncflow.tasks import Task, task
 
+if TYPE_CHECKING:
+    from asyncflow.deployments.serve import aserve, serve
+
 _writer.install()  # run history goes to the configured store (ASYNCFLOW_STORE)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # `serve` and `aserve` load the deployments package when first used: `import asyncflow`
+    # stays light for programs that never serve
+    if name in ("serve", "aserve"):
+        from asyncflow.deployments import serve as serving
+
+        return getattr(serving, name)
+    raise AttributeError(f"module 'asyncflow' has no attribute {name!r}")
+
 
 __all__ = [
     "Flow",
@@ -25,12 +41,14 @@ __all__ = [
     "TaskRunFuture",
     "allow_failure",
     "as_completed",
+    "aserve",
     "cancel_run",
     "flow",
     "get_run_logger",
     "opaque",
     "quote",
     "runtime",
+    "serve",
     "tags",
     "task",
     "unmapped",
