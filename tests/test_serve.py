@@ -306,3 +306,34 @@ def test_a_server_keeps_a_pause_and_runs_carry_the_deployments_metadata(
     assert schedule_key(Interval(5, slug="a|b")) == "a_b"
     assert schedule_key(Interval(5)) == schedule_key(Interval(5, parameters={"n": 1}))
     assert schedule_key(Interval(5)) != schedule_key(Interval(6))
+
+
+def test_a_store_error_while_serving_loses_no_slot(
+    recording: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asyncflow.deployments.serve import aserve
+    from asyncflow.exceptions import StoreLockedError
+    from asyncflow.store._sql_store import SqlStore
+
+    original = SqlStore.schedule_runs
+    failures = {"left": 2}
+
+    def flaky(self: Any, session: int, runs: list[Any]) -> int:
+        if runs and failures["left"]:
+            failures["left"] -= 1
+            raise StoreLockedError("Run history database: is locked (a test)")
+        return original(self, session, runs)
+
+    monkeypatch.setattr(SqlStore, "schedule_runs", flaky)
+    deployment = tick.to_deployment("steady", interval=0.5, catchup="all")
+
+    async def serve_briefly() -> None:
+        with anyio.move_on_after(3.0):
+            await aserve(deployment)
+
+    anyio.run(serve_briefly)
+    assert failures["left"] == 0  # it failed twice, and went on serving
+    runs = _deployment_runs(recording, "tick/steady")
+    times = sorted(r.scheduled_time for r in runs)
+    assert len(times) >= 3
+    assert all((b - a).total_seconds() == 0.5 for a, b in itertools.pairwise(times))

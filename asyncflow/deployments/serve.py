@@ -158,20 +158,21 @@ class _Server:
         now_dt = _at(now)
         wake = POLL_SECONDS
         rows: list[tuple[Any, ...]] = []
+        seen: dict[str, datetime.datetime] = {}  # kept only once the rows are in the store
         for name, deployment in self.deployments.items():
             stored = self.store.read_deployment(name)
             paused = stored is None or bool(stored["paused"])
             for schedule in deployment.schedules:
                 prefix = f"{name}|{schedule_key(schedule)}|"
                 if paused or not schedule.active:
-                    self.seen[prefix] = now_dt  # (a paused slot is dropped, not caught up)
+                    seen[prefix] = now_dt  # (a paused slot is dropped, not caught up)
                     continue
                 start = self.seen.get(prefix)
                 if start is None:  # this server's first look: from the last slot created
                     last = self.store.last_slot(name, prefix)
                     start = self.started if last is None else _at(last)
                 due = list(schedule.slots(start, now_dt)) if start < now_dt else []
-                self.seen[prefix] = max(now_dt, start)
+                seen[prefix] = max(now_dt, start)
                 due = _caught_up(schedule, due, now)
                 if due and schedule.overlap != "allow":
                     waiting, going = self.store.open_slot_runs(name, prefix)
@@ -193,6 +194,7 @@ class _Server:
                 wake = min(wake, upcoming.timestamp() - now)
         # in key order: two servers adding the same slots lock them in the same order
         self.store.schedule_runs(self.session, sorted(rows, key=lambda row: row[5]))
+        self.seen.update(seen)  # (a failed write leaves them to the next tick)
         return wake
 
     def _claim(self) -> list[Any]:
