@@ -76,6 +76,12 @@ async def aserve(*deployments: RunnerDeployment, limit: int | None = DEFAULT_LIM
 class _Server:
     def __init__(self, deployments: list[RunnerDeployment], limit: float) -> None:
         self.deployments = {d.full_name: d for d in deployments}
+        # each schedule's slot-key prefix, made once (a digest of the schedule)
+        self.prefixes = {
+            (d.full_name, i): f"{d.full_name}|{schedule_key(s)}|"
+            for d in deployments
+            for i, s in enumerate(d.schedules)
+        }
         self.limiter = anyio.CapacityLimiter(limit)
         # sync flows get threads of their own: the loop's store calls must never queue
         # behind `limit` running flows in anyio's default pool
@@ -162,8 +168,8 @@ class _Server:
         for name, deployment in self.deployments.items():
             stored = self.store.read_deployment(name)
             paused = stored is None or bool(stored["paused"])
-            for schedule in deployment.schedules:
-                prefix = f"{name}|{schedule_key(schedule)}|"
+            for index, schedule in enumerate(deployment.schedules):
+                prefix = self.prefixes[name, index]
                 if paused or not schedule.active:
                     seen[prefix] = now_dt  # (a paused slot is dropped, not caught up)
                     continue
@@ -202,7 +208,9 @@ class _Server:
         if free < 1:
             return []
         exclusive = {  # a run of a non-"allow" schedule waits while another one goes
-            name: [f"{name}|{schedule_key(s)}|" for s in d.schedules if s.overlap != "allow"]
+            name: [
+                self.prefixes[name, i] for i, s in enumerate(d.schedules) if s.overlap != "allow"
+            ]
             for name, d in self.deployments.items()
         }
         caps = {
