@@ -4,8 +4,8 @@ from typing import TYPE_CHECKING, Any
 
 from asyncflow import runtime
 from asyncflow.annotations import allow_failure, opaque, quote, unmapped
+from asyncflow.cancel import cancel_run
 from asyncflow.context import tags
-from asyncflow.engine.cancellation import cancel_run
 from asyncflow.flows import Flow, flow
 from asyncflow.futures import FutureList, PrefectFuture, TaskRunFuture, as_completed, wait
 from asyncflow.logging import get_run_logger

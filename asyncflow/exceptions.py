@@ -30,6 +30,10 @@ class MissingResult(AsyncflowException):
     """A result that was not kept (not persisted) is asked for."""
 
 
+class ObjectNotFound(AsyncflowException, LookupError):
+    """No such object in the run store (a deployment `run_deployment` was given)."""
+
+
 class UnfinishedRun(AsyncflowException):
     """The result of a run that is not final yet is asked for."""
 
@@ -190,6 +194,7 @@ __all__ = [
     "MappingMissingIterable",
     "MissingContextError",
     "MissingResult",
+    "ObjectNotFound",
     "ParameterBindError",
     "ParameterSizeError",
     "ParameterTypeError",

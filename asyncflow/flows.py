@@ -139,21 +139,39 @@ class Flow(Spec, Generic[P, R]):
 
         return to_deployment(self, name, **options)
 
-    def serve(self, name: str | None = None, *, limit: int | None = 8, **options: Any) -> None:
+    def serve(
+        self,
+        name: str | None = None,
+        *,
+        limit: int | None = 8,
+        grace_period: float = 8.0,
+        pause_on_shutdown: bool = False,
+        **options: Any,
+    ) -> None:
         """Serve this flow as a deployment (see `to_deployment` for the options) until
-        interrupted: blocks. Its scheduled runs run in this process, at most `limit` at a
-        time. In a running event loop, `await my_flow.aserve(...)`."""
+        SIGINT/SIGTERM: blocks. Its runs run in this process, at most `limit` at a time;
+        stopping gives the running ones `grace_period` seconds, then cancels them (see
+        `asyncflow.serve`). In a running event loop, `await my_flow.aserve(...)`."""
         from asyncflow.deployments.serve import serve
 
-        serve(self.to_deployment(name, **options), limit=limit)
+        deployment = self.to_deployment(name, **options)
+        serve(
+            deployment, limit=limit, grace_period=grace_period, pause_on_shutdown=pause_on_shutdown
+        )
 
     async def aserve(
-        self, name: str | None = None, *, limit: int | None = 8, **options: Any
+        self,
+        name: str | None = None,
+        *,
+        limit: int | None = 8,
+        pause_on_shutdown: bool = False,
+        **options: Any,
     ) -> None:
         """`serve`, in a running event loop (until cancelled)."""
         from asyncflow.deployments.serve import aserve
 
-        await aserve(self.to_deployment(name, **options), limit=limit)
+        deployment = self.to_deployment(name, **options)
+        await aserve(deployment, limit=limit, pause_on_shutdown=pause_on_shutdown)
 
     def retry(self, run_id: UUID | str, return_state: bool = False) -> Any:
         """Run a Failed, Crashed or Cancelled run of this flow again, from the run store:

@@ -118,6 +118,7 @@ class ColumnExport(NamedTuple):
 FACT_TAGS = "tags"  # the run's tags (a set)
 FACT_ENTRYPOINT = "entrypoint"  # where its flow is defined: 'path/to/file.py:function'
 FACT_RESULT = "result"  # its persisted result: a store.base.RESULT_COLUMNS row without "row"
+FACT_CHILD = "child"  # a stand-in task run's child run in the store: (flow row, child's key)
 
 _ROW_BITS = 48  # a run id's last 12 hex digits are its row
 _ROW_MASK = (1 << _ROW_BITS) - 1

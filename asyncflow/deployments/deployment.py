@@ -3,8 +3,8 @@ store under `"flow name/deployment name"` (Prefect's `RunnerDeployment` and
 `flow.to_deployment`).
 
 `deployment.apply()` registers it; the store's `deployments` table is what `asyncflow
-deployments ls / inspect` read (with each schedule's next slots). Serving it (running its
-scheduled runs) is not built yet.
+deployments ls / inspect` read (with each schedule's next slots), what `run_deployment`
+checks parameters against, and what `serve` (asyncflow.deployments.serve) serves.
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ class RunnerDeployment:
     def to_row(self) -> dict[str, Any]:
         """The deployment as a row of the store's `deployments` table."""
         limit = self.concurrency_limit
+        schema = self.flow.signature.json_schema()
+        if not self.flow.signature.has_var_keyword:  # (what run_deployment checks names by)
+            schema["additionalProperties"] = False
         return {
             "name": self.full_name,
             "flow_name": self.flow_name,
@@ -71,7 +74,7 @@ class RunnerDeployment:
             "version": self.version,
             "tags": json.dumps(sorted(self.tags)),
             "parameters": _json(self.parameters),
-            "parameter_schema": json.dumps(self.flow.signature.json_schema()),
+            "parameter_schema": json.dumps(schema),
             "schedules": json.dumps([schedule_to_dict(s) for s in self.schedules]),
             "paused": None if self.paused is None else int(self.paused),
             "concurrency_limit": None if limit is None else limit.limit,

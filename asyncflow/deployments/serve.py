@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import math
+import threading
 import time
 from typing import Any
 
@@ -32,13 +33,29 @@ from asyncflow.deployments.deployment import RunnerDeployment, _json
 DEFAULT_LIMIT = 8
 #: Longest sleep between two looks at the store (runs other processes schedule, pauses).
 POLL_SECONDS = 0.25
+#: Seconds a stopping server lets its runs finish before it cancels them (less than the
+#: 10 s a container runtime usually waits before SIGKILL, so the cancels get recorded).
+GRACE_PERIOD = 8.0
+#: Longest wait for cancelled runs to record their end, before serving stops anyway.
+CANCEL_WAIT = 10.0
 
 logger = logging.getLogger("asyncflow.deployments")
 
 
-def serve(*deployments: RunnerDeployment, limit: int | None = DEFAULT_LIMIT) -> None:
-    """Serve these deployments until interrupted (Ctrl-C): blocks. In a running event
-    loop, use `await aserve(...)`."""
+def serve(
+    *deployments: RunnerDeployment,
+    limit: int | None = DEFAULT_LIMIT,
+    grace_period: float = GRACE_PERIOD,
+    pause_on_shutdown: bool = False,
+) -> None:
+    """Serve these deployments until SIGINT (Ctrl-C) or SIGTERM: blocks. In a running event
+    loop, use `await aserve(...)`.
+
+    On the signal it stops claiming runs, lets the running ones finish for `grace_period`
+    seconds (a second signal cuts it short), then cancels the rest: they end Cancelled.
+    `pause_on_shutdown=True` pauses the deployments' schedules as it stops (and serving
+    them again resumes them); the default leaves them to the other serving processes.
+    """
     import sniffio
 
     try:
@@ -50,14 +67,29 @@ def serve(*deployments: RunnerDeployment, limit: int | None = DEFAULT_LIMIT) -> 
             "serve() blocks, and an event loop is running here: use `await aserve(...)` "
             "(or `await my_flow.aserve(...)`) instead."
         )
+    server = _server(deployments, limit, grace_period, pause_on_shutdown)
     try:
-        anyio.run(lambda: aserve(*deployments, limit=limit))
-    except KeyboardInterrupt:
+        anyio.run(lambda: server.run(signals=True))
+    except KeyboardInterrupt:  # (a signal handler could not be set: not the main thread)
         logger.info("Stopped serving.")
 
 
-async def aserve(*deployments: RunnerDeployment, limit: int | None = DEFAULT_LIMIT) -> None:
-    """Serve these deployments until cancelled."""
+async def aserve(
+    *deployments: RunnerDeployment,
+    limit: int | None = DEFAULT_LIMIT,
+    pause_on_shutdown: bool = False,
+) -> None:
+    """Serve these deployments until cancelled; the runs going then are cancelled (they
+    end Cancelled). Signals are left to the application."""
+    await _server(deployments, limit, GRACE_PERIOD, pause_on_shutdown).run(signals=False)
+
+
+def _server(
+    deployments: tuple[RunnerDeployment, ...],
+    limit: int | None,
+    grace_period: float,
+    pause_on_shutdown: bool,
+) -> _Server:
     if not deployments:
         raise ValueError("serve() needs at least one deployment (flow.to_deployment(...)).")
     for deployment in deployments:
@@ -70,11 +102,30 @@ async def aserve(*deployments: RunnerDeployment, limit: int | None = DEFAULT_LIM
         raise ValueError(f"serve() got one deployment twice: {sorted(names)}.")
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a positive int or None, got {limit!r}.")
-    await _Server(list(deployments), limit or math.inf).run()
+    if not isinstance(grace_period, (int, float)) or not grace_period >= 0:
+        raise ValueError(f"grace_period must be a number of seconds >= 0, got {grace_period!r}.")
+    return _Server(list(deployments), limit or math.inf, grace_period, pause_on_shutdown)
+
+
+#: This process's running servers, which `run_deployment` wakes (see `wake`).
+_serving: set[_Server] = set()
+
+
+def wake(deployment: str) -> None:
+    """A run of `deployment` was just queued in this process: its servers look now."""
+    for server in list(_serving):
+        if deployment in server.deployments:
+            server.wake()
 
 
 class _Server:
-    def __init__(self, deployments: list[RunnerDeployment], limit: float) -> None:
+    def __init__(
+        self,
+        deployments: list[RunnerDeployment],
+        limit: float,
+        grace_period: float = GRACE_PERIOD,
+        pause_on_shutdown: bool = False,
+    ) -> None:
         self.deployments = {d.full_name: d for d in deployments}
         # each schedule's slot-key prefix, made once (a digest of the schedule)
         self.prefixes = {
@@ -86,7 +137,13 @@ class _Server:
         # sync flows get threads of their own: the loop's store calls must never queue
         # behind `limit` running flows in anyio's default pool
         self.threads = anyio.CapacityLimiter(limit if limit != math.inf else 10_000)
+        self.grace_period = grace_period
+        self.pause_on_shutdown = pause_on_shutdown
         self.running = 0
+        self.active: dict[Any, Any] = {}  # run id -> Claimed, for the runs going here
+        self.stopping = False  # no more claims
+        self.hurry = False  # a second signal: no more grace
+        self.cancelling = False  # the grace period is over: runs not started never start
         self.store: Any = None
         self.session = 0
         self.process_id = ""
@@ -95,34 +152,114 @@ class _Server:
         # per schedule: the time its slots were considered up to (skipped, paused, created)
         self.seen: dict[str, datetime.datetime] = {}
         self.failing = 0.0  # consecutive seconds of store errors (for the backoff)
+        self.token: Any = None  # the event loop's, to be woken from other threads
+        self.thread = 0
+        self.wakeup: Any = None
+        self.idle: Any = None  # set when the last run ends (while stopping)
+        self.grace: Any = None  # the grace period's cancel scope
 
-    async def run(self) -> None:
-        from asyncflow.exceptions import StoreError
+    def wake(self) -> None:
+        import anyio.from_thread
+
+        token = self.token
+        if token is None:
+            return
+        if threading.get_ident() == self.thread:
+            self.wakeup.set()
+            return
+        try:
+            anyio.from_thread.run_sync(self.wakeup.set, token=token)
+        except Exception:  # (the loop ended meanwhile)
+            pass
+
+    async def run(self, signals: bool) -> None:
+        import anyio.lowlevel
 
         await anyio.to_thread.run_sync(self._open)
+        self.token = anyio.lowlevel.current_token()
+        self.thread = threading.get_ident()
+        self.wakeup = anyio.Event()
+        _serving.add(self)
         try:
             async with anyio.create_task_group() as group:
-                while True:
-                    try:
-                        wake = await anyio.to_thread.run_sync(self._tick)
-                        claimed = await anyio.to_thread.run_sync(self._claim)
-                    except StoreError as exc:  # (locked, a dropped connection...): go on
-                        if getattr(exc, "permanent", False):
-                            raise
-                        self.failing = min(max(self.failing * 2, 0.5), 10.0)
-                        logger.warning(
-                            "Serving: the run store failed (%s); again in %gs.", exc, self.failing
-                        )
-                        await anyio.sleep(self.failing)
-                        continue
-                    self.failing = 0.0
-                    for run in claimed:
-                        self.running += 1
-                        group.start_soon(self._execute, run)
-                    await anyio.sleep(max(0.0, min(wake, POLL_SECONDS)))
+                if signals and threading.current_thread() is threading.main_thread():
+                    group.start_soon(self._on_signals)
+                try:
+                    await self._serve(group)
+                    await self._shut_down()
+                finally:
+                    self._cancel_active()  # (cancelled from outside: the runs end Cancelled)
+                group.cancel_scope.cancel()
         finally:
+            _serving.discard(self)
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._close)
+
+    async def _serve(self, group: Any) -> None:
+        from asyncflow.exceptions import StoreError
+
+        while not self.stopping:
+            try:
+                wake = await anyio.to_thread.run_sync(self._tick)
+                claimed = await anyio.to_thread.run_sync(self._claim)
+            except StoreError as exc:  # (locked, a dropped connection...): go on
+                if getattr(exc, "permanent", False):
+                    raise
+                self.failing = min(max(self.failing * 2, 0.5), 10.0)
+                logger.warning(
+                    "Serving: the run store failed (%s); again in %gs.", exc, self.failing
+                )
+                await anyio.sleep(self.failing)
+                continue
+            self.failing = 0.0
+            for run in claimed:
+                self.running += 1
+                self.active[run.id] = run
+                group.start_soon(self._execute, run)
+            with anyio.move_on_after(max(0.0, min(wake, POLL_SECONDS))):
+                await self.wakeup.wait()
+            self.wakeup = anyio.Event()
+
+    async def _on_signals(self) -> None:
+        import signal
+
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if self.stopping:
+                    self.hurry = True
+                    if self.grace is not None:
+                        self.grace.cancel()
+                    logger.warning("Serving: a second signal; cancelling the runs now.")
+                    continue
+                self.stopping = True
+                self.wakeup.set()
+                logger.info(
+                    "Serving: %s; no more runs are claimed, %d running get %gs to finish.",
+                    signal.Signals(signum).name, len(self.active), self.grace_period,
+                )  # fmt: skip
+
+    async def _shut_down(self) -> None:
+        """Stopping: grace for the runs going, then cancel them and wait for their ends."""
+        self.idle = anyio.Event()
+        if not self.active:
+            self.idle.set()
+        with anyio.move_on_after(self.grace_period) as self.grace:
+            if not self.hurry:
+                await self.idle.wait()
+        if self.active:
+            logger.warning("Serving: cancelling %d run(s) still going.", len(self.active))
+        self.cancelling = True
+        deadline = time.monotonic() + CANCEL_WAIT
+        while self.active and time.monotonic() < deadline:
+            self._cancel_active()  # (again: a run claimed a moment ago registers late)
+            await anyio.sleep(0.1)
+
+    def _cancel_active(self) -> None:
+        from asyncflow.engine.cancellation import cancel_local
+
+        self.cancelling = True
+        for run_id in list(self.active):
+            cancel_local(run_id)
 
     # -- the store (worker threads) -----------------------------------------------------------
     def _open(self) -> None:
@@ -139,7 +276,10 @@ class _Server:
             )
         self.store = connect(url)
         for deployment in self.deployments.values():
-            self.store.save_deployment(deployment.to_row())
+            row = deployment.to_row()
+            if self.pause_on_shutdown and row["paused"] is None:
+                row["paused"] = 0  # (what this server paused as it stopped, it resumes)
+            self.store.save_deployment(row)
         identity = writer.process_identity()
         self.process_id = identity[0]
         # scheduled runs this process adds have keys (and ids) of their own session
@@ -153,7 +293,14 @@ class _Server:
         )
 
     def _close(self) -> None:
-        if self.store is not None:
+        if self.store is None:
+            return
+        try:
+            if self.pause_on_shutdown:
+                for name in self.deployments:
+                    self.store.set_deployment_paused(name, True)
+                logger.info("Serving: paused %s.", ", ".join(map(repr, self.deployments)))
+        finally:
             self.store.close()
 
     def _tick(self) -> float:
@@ -237,6 +384,13 @@ class _Server:
         call: Any = flow
         try:
             async with self.limiter:
+                if self.cancelling:  # (stopping: a run that has not started never does)
+                    message = "The serving process stopped before the run started."
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(
+                            self.store.fail_claimed, claimed, message, "CANCELLED"
+                        )
+                    return
                 if flow.kind == "async":
                     token = restart_var.set(restarting)
                     try:
@@ -259,6 +413,9 @@ class _Server:
                 await anyio.to_thread.run_sync(self.store.fail_claimed, claimed, message)
         finally:
             self.running -= 1
+            self.active.pop(claimed.id, None)
+            if not self.active and self.idle is not None:
+                self.idle.set()
 
 
 def schedule_key(schedule: Any) -> str:

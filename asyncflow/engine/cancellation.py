@@ -1,4 +1,5 @@
-"""`cancel_run(run_id)`: stop a running flow run (with its subtree) or a submitted task run."""
+"""Stop a flow run (with its subtree) or a submitted task run of this process by id (what
+`asyncflow.cancel_run` does first, and what the writer does for a cancel request)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,9 @@ def untrack(registry: object, row: int) -> None:
     _cancellers.pop((id(registry), row), None)
 
 
-def cancel_run(run_id: UUID | str) -> bool:
-    """Cancel a running flow run or submitted task run by id.
-
-    Everything the run started is cancelled with it and every run in that subtree ends
-    Cancelled; an awaited or called flow then raises CancelledRun. Returns False when the
-    run is unknown to this process or already final.
-    """
+def cancel_local(run_id: UUID | str) -> bool:
+    """Cancel a running flow run or submitted task run of this process by id; False when
+    the run is unknown to this process or already final."""
     found = locate(run_id)
     if found is None:
         return False

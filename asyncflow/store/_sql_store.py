@@ -286,6 +286,10 @@ class SqlStore:
             raise ambiguous_run(run, [str(run_id(prefix, pk)) for pk, prefix in found])
         return int(found[0][0])
 
+    def key_of(self, run: UUID | str) -> int:
+        """A run's key in this store (KeyError for an unknown or ambiguous id)."""
+        return self._query(lambda conn: self._pk_of(conn, run))
+
     def read_run_sync(self, run: UUID | str) -> StoredRun:
         """`read_run` without the thread hop."""
         self._before_read()
@@ -842,12 +846,13 @@ class SqlStore:
     #: appended to the claim's SELECT (PostgreSQL: rows another claimer holds are skipped)
     skip_locked = ""
 
-    def fail_claimed(self, claimed: Claimed, message: str) -> bool:
-        """End Failed a claimed run whose flow could not even start (its parameters no longer
-        fit the flow, say); False when its attempt recorded states meanwhile."""
+    def fail_claimed(self, claimed: Claimed, message: str, type_: str = "FAILED") -> bool:
+        """End Failed (or `type_`) a claimed run whose flow did not start (its parameters no
+        longer fit the flow, say); False when its attempt recorded states meanwhile."""
+        name = StateType(type_).value.capitalize()
         sql = self._sql(
-            "UPDATE runs SET state_type = 'FAILED', state_name = 'Failed', state_message = ?, "
-            "state_ts = ?, state_seq = ? WHERE pk = ? AND state_seq = ?"
+            f"UPDATE runs SET state_type = '{type_}', state_name = '{name}', "
+            "state_message = ?, state_ts = ?, state_seq = ? WHERE pk = ? AND state_seq = ?"
         )
         with self._transaction() as conn:
             log = self._sql(
@@ -861,3 +866,118 @@ class SqlStore:
                 (message, time.time(), claimed.seq_base, claimed.pk, claimed.seq_base - 1),
             )
             return bool(cur.rowcount)
+
+    # -- runs made on request (run_deployment) ------------------------------------------------
+    def add_deployment_run(
+        self,
+        session: int,
+        row: tuple[Any, ...],
+        slot_key: str | None = None,
+    ) -> tuple[UUID, int, bool]:
+        """Add a Scheduled run of a deployment: `row` is (name, flow name, parameters JSON,
+        deployment, scheduled time, entrypoint, tags JSON). With a `slot_key` (an
+        idempotency key) the run made earlier with that key, if there is one, is the answer.
+        Returns (id, key, added)."""
+        name, flow_name, parameters, deployment, when, entrypoint, tags = row
+        lo, hi = session << 32, (session + 1) << 32
+        insert = self._sql(
+            "INSERT INTO runs (pk, kind, name, spec_name, parameters, created, state_type, "
+            "state_name, state_ts, state_seq, run_count, deployment, scheduled_time, slot_key, "
+            "entrypoint, tags) "
+            f"VALUES (?, 'flow', ?, ?, {self.json_param}, ?, 'SCHEDULED', 'Scheduled', ?, 0, 0, "
+            f"?, ?, ?, ?, {self.json_param}) "
+            "ON CONFLICT (slot_key) WHERE slot_key IS NOT NULL DO NOTHING"
+        )
+        find = self._sql(
+            "SELECT r.pk, p.id_prefix FROM runs r JOIN processes p ON p.pk = r.pk >> 32 "
+            "WHERE r.slot_key = ?"
+        )
+        now = time.time()
+        with self._transaction() as conn:
+            if slot_key is not None:
+                found = conn.execute(find, (slot_key,)).fetchone()
+                if found is not None:
+                    return run_id(found[1], found[0]), int(found[0]), False
+            last = conn.execute(
+                self._sql("SELECT max(pk) FROM runs WHERE pk >= ? AND pk < ?"), (lo, hi)
+            ).fetchone()
+            pk = lo if last is None or last[0] is None else int(last[0]) + 1
+            values = (pk, name, flow_name, parameters, now, now, deployment, when, slot_key)
+            added = conn.execute(insert, (*values, entrypoint, tags)).rowcount > 0
+            if not added:  # (another process added the key's run meanwhile)
+                found = conn.execute(find, (slot_key,)).fetchone()
+                return run_id(found[1], found[0]), int(found[0]), False
+            prefix = self._prefix_of(conn, pk)
+        return run_id(prefix, pk), pk, True
+
+    def run_state(self, pk: int) -> tuple[StateType, str] | None:
+        """A run's latest state (type, name) by its key: what a waiter polls."""
+        sql = self._sql("SELECT state_type, state_name FROM runs WHERE pk = ?")
+        row = self._query(lambda c: c.execute(sql, (pk,)).fetchone())
+        return None if row is None else (StateType(row[0]), str(row[1]))
+
+    # -- cancel requests ------------------------------------------------------------------------
+    def request_cancel(self, run: UUID | str, process_id: str = "") -> tuple[str, StoredRun]:
+        """Cancel a run recorded here: a Scheduled one ends Cancelled at once (it never
+        starts: a claim takes only Scheduled runs); another open one gets a cancel request,
+        which the process running it acts on, unless that is `process_id` (the caller).
+        Returns ("cancelled" | "requested" | "final" | "own", the run as it was). KeyError
+        for an unknown run."""
+        from asyncflow.store.base import TERMINAL
+
+        self._before_read()
+        stored = self.read_run_sync(run)
+        log = self._sql(
+            "INSERT INTO transition_log (run_pk, seq, type, name, message, ts) "
+            "SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs "
+            "WHERE pk = ? AND state_type = 'SCHEDULED' ON CONFLICT DO NOTHING"
+        )
+        end = self._sql(
+            "UPDATE runs SET state_type = 'CANCELLED', state_name = 'Cancelled', "
+            "state_message = ?, state_ts = ?, state_seq = state_seq + 1 "
+            "WHERE pk = ? AND state_type = 'SCHEDULED'"
+        )
+        ask = self._sql(
+            "INSERT INTO cancel_requests (run_pk, requested) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        )
+        state = self._sql(
+            "SELECT r.state_type, coalesce(x.process, p.id) FROM runs r "
+            "JOIN processes p ON p.pk = r.pk >> 32 LEFT JOIN restarts x ON x.run_pk = r.pk "
+            "WHERE r.pk = ?"
+        )
+        with self._transaction() as conn:
+            pk = self._pk_of(conn, stored.id)
+            conn.execute(log, (pk,))
+            message = "Cancelled before it started (cancel_run)."
+            if conn.execute(end, (message, time.time(), pk)).rowcount:
+                return "cancelled", stored
+            type_, owner = conn.execute(state, (pk,)).fetchone()
+            if StateType(type_) in TERMINAL:
+                return "final", stored
+            if owner == process_id:
+                return "own", stored
+            conn.execute(ask, (pk, time.time()))
+        return "requested", stored
+
+    def cancel_requests(self, process_id: str) -> list[UUID]:
+        """The open runs this process answers for (its own, or restarted or claimed by it)
+        that someone asked to cancel. Requests for runs that ended are dropped."""
+        from asyncflow.store.base import TERMINAL
+
+        probe = "SELECT 1 FROM cancel_requests LIMIT 1"
+        if self._query(lambda c: c.execute(probe).fetchone()) is None:
+            return []  # (the usual answer: one read of an empty table)
+        sql = self._sql(
+            "SELECT c.run_pk, p.id_prefix, r.state_type FROM cancel_requests c "
+            "JOIN runs r ON r.pk = c.run_pk JOIN processes p ON p.pk = c.run_pk >> 32 "
+            "LEFT JOIN restarts x ON x.run_pk = c.run_pk "
+            "WHERE x.process = ? OR (x.process IS NULL AND p.id = ?)"
+        )
+        rows = self._query(lambda c: c.execute(sql, (process_id, process_id)).fetchall())
+        ended = [pk for pk, _, state in rows if StateType(state) in TERMINAL]
+        if ended:
+            drop = self._sql("DELETE FROM cancel_requests WHERE run_pk = ?")
+            with self._transaction() as conn:
+                for pk in ended:
+                    conn.execute(drop, (pk,))
+        return [run_id(prefix, pk) for pk, prefix, state in rows if pk not in ended]

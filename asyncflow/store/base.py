@@ -21,7 +21,7 @@ from itertools import compress
 from typing import Any, Literal, NamedTuple, Protocol
 from uuid import UUID
 
-from asyncflow.registry import FACT_ENTRYPOINT, FACT_RESULT, FACT_TAGS, ColumnExport
+from asyncflow.registry import FACT_CHILD, FACT_ENTRYPOINT, FACT_RESULT, FACT_TAGS, ColumnExport
 from asyncflow.states import DEFAULT_NAMES, StateType
 
 TERMINAL = frozenset(
@@ -29,8 +29,9 @@ TERMINAL = frozenset(
 )
 
 #: Version of the tables both stores create; a database with a higher one is refused.
-#: 2 added run tags and entrypoints, result metadata, restarts and variables.
-SCHEMA_VERSION = 2
+#: 2 added run tags and entrypoints, result metadata, restarts and variables; 3, cancel
+#: requests (`cancel_run` of a run another process runs).
+SCHEMA_VERSION = 3
 #: Sequence number of the Crashed transition that crash detection adds: above any the
 #: engine assigns, so it sorts last, and the same for every detector (so it is added once).
 CRASH_SEQ = 1 << 62
@@ -380,6 +381,10 @@ class RecordingStore(RunStore, Protocol):
         """The process is exiting: mark Crashed (with `reason`) the runs it leaves open."""
         ...
 
+    def cancel_requests(self, process_id: str) -> list[UUID]:
+        """Open runs this process answers for that `cancel_run` asked to cancel."""
+        ...
+
 
 # -- writing: a registry export, encoded ------------------------------------------------------
 #
@@ -428,6 +433,9 @@ class WriteBatch(NamedTuple):
     alias_transitions: Sequence[tuple[Any, ...]] = ()  # TRANSITION_COLUMNS, idem
     alias_results: Sequence[tuple[Any, ...]] = ()  # RESULT_COLUMNS, idem
     alias_parents: Sequence[tuple[int, int]] = ()  # (row, key): the row's children link to key
+    # Runs of other processes' making that are children here (run_deployment as a subflow):
+    # (stand-in task row, its flow run's row, the child run's key)
+    links: Sequence[tuple[int, int, int]] = ()
 
 
 PLAIN_RUN_COLUMNS = (  # all numbers: they bind fastest
@@ -572,7 +580,11 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
     tags: list[tuple[int, str]] = []
     entrypoints: list[tuple[int, str]] = []
     alias_results: list[tuple[Any, ...]] = []
+    links: list[tuple[int, int, int]] = []
     for row, what, value in batch.facts:
+        if what == FACT_CHILD:
+            links.append((row, *value))
+            continue
         if aliases and row in aliases:
             if what == FACT_RESULT:
                 alias_results.append((aliases[row].pk, *value))
@@ -654,6 +666,7 @@ def encode_batch(batch: ColumnExport) -> WriteBatch:
         results=results,
         tags=tags,
         entrypoints=entrypoints,
+        links=links,
         **(_alias_rows(batch, alias_results) if aliases else {}),
     )
 
@@ -855,11 +868,19 @@ def _safe_repr(value: Any) -> str:
 # -- reading ------------------------------------------------------------------------------------
 #: Columns every run query selects, in this order (`row_to_run` decodes them). Run ids are
 #: not stored: a run's key and its session's id prefix make it (see `run_id`).
+_OTHER_PREFIX = (
+    "CASE WHEN {key} >> 32 <> r.pk >> 32 "
+    "THEN (SELECT q.id_prefix FROM processes q WHERE q.pk = {key} >> 32) END"
+)
 RUN_COLUMNS = (
     "r.pk, p.id_prefix, r.kind, r.name, r.spec_name, r.state_type, r.state_name, "
     "r.state_message, r.created, r.start_time, r.state_ts, r.parent_pk, r.parent_task_pk, "
     "(SELECT c.pk FROM runs c WHERE c.parent_task_pk = r.pk), r.parameters, r.run_count, "
-    "r.start_seq, r.state_seq, r.tags, r.entrypoint, r.deployment, r.scheduled_time"
+    "r.start_seq, r.state_seq, r.tags, r.entrypoint, r.deployment, r.scheduled_time, "
+    # the id prefixes of linked runs of other sessions (a restarted or served run's, or
+    # run_deployment's child): NULL, and no lookup, when the session is the run's own
+    f"{_OTHER_PREFIX.format(key='r.parent_pk')}, {_OTHER_PREFIX.format(key='r.parent_task_pk')}, "
+    f"(SELECT {_OTHER_PREFIX.format(key='c.pk')} FROM runs c WHERE c.parent_task_pk = r.pk)"
 )
 RUN_FROM = "runs r JOIN processes p ON p.pk = r.pk >> 32"
 
@@ -875,7 +896,8 @@ def row_to_run(row: Sequence[Any], log: Sequence[Sequence[Any]] | None = None) -
     message, ts), its full history too."""
     (pk, prefix, kind, name, spec, type_, state_name, message, created, start_time, state_ts,
      parent, parent_task, child, params, run_count, start_seq, state_seq, tags,
-     entrypoint, deployment, scheduled) = row  # fmt: skip
+     entrypoint, deployment, scheduled, parent_prefix, parent_task_prefix,
+     child_prefix) = row  # fmt: skip
     state_type = StateType(type_)
     if isinstance(params, str):
         params = json.loads(params)
@@ -903,9 +925,11 @@ def row_to_run(row: Sequence[Any], log: Sequence[Sequence[Any]] | None = None) -
         created=_utc(created),
         start_time=_dt(start_time),
         end_time=_utc(state_ts) if state_type in TERMINAL else None,
-        parent_flow_run_id=None if parent is None else run_id(prefix, parent),
-        parent_task_run_id=None if parent_task is None else run_id(prefix, parent_task),
-        child_flow_run_id=None if child is None else run_id(prefix, child),
+        parent_flow_run_id=None if parent is None else run_id(parent_prefix or prefix, parent),
+        parent_task_run_id=(
+            None if parent_task is None else run_id(parent_task_prefix or prefix, parent_task)
+        ),
+        child_flow_run_id=None if child is None else run_id(child_prefix or prefix, child),
         parameters=params,
         run_count=run_count,
         states=states,

@@ -147,6 +147,12 @@ MIGRATIONS: dict[int, list[str]] = {
             updated DOUBLE PRECISION NOT NULL
         )""",
     ],
+    3: [
+        """CREATE TABLE cancel_requests (
+            run_pk BIGINT PRIMARY KEY,
+            requested DOUBLE PRECISION NOT NULL
+        )""",
+    ],
 }
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
@@ -413,6 +419,11 @@ class PostgresStore(SqlStore):
             statements.append((_INSERT_RESULTS, _params(_columns(batch.results), base=base)))
         if batch.alias_results:
             statements.append((_INSERT_RESULTS, _params(_columns(batch.alias_results), base=0)))
+        statements += [  # (before the alias update: the flow row may be a restarted run)
+            ("UPDATE runs SET parent_pk = %s, parent_task_pk = %s WHERE pk = %s",
+             (base + flow_row, base + row, child))
+            for row, flow_row, child in batch.links
+        ]  # fmt: skip
         statements += [
             ("UPDATE runs SET parent_pk = %s WHERE parent_pk = %s", (pk, base + row))
             for row, pk in batch.alias_parents

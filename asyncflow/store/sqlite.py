@@ -159,6 +159,12 @@ MIGRATIONS: dict[int, list[str]] = {
             updated REAL NOT NULL
         )""",
     ],
+    3: [
+        """CREATE TABLE cancel_requests (  -- runs to cancel, for the process running them
+            run_pk INTEGER PRIMARY KEY,
+            requested REAL NOT NULL
+        )""",
+    ],
 }
 assert max(MIGRATIONS) == SCHEMA_VERSION
 
@@ -601,6 +607,11 @@ class SQLiteStore(SqlStore):
             statements += _inserts(_insert_results_sql, (base,), _transpose(batch.results))
         if batch.alias_results:
             statements += _inserts(_insert_results_sql, (0,), _transpose(batch.alias_results))
+        statements += [  # (before the alias update: the flow row may be a restarted run)
+            ("UPDATE runs SET parent_pk = ?, parent_task_pk = ? WHERE pk = ?",
+             (base + flow_row, base + row, child))
+            for row, flow_row, child in batch.links
+        ]  # fmt: skip
         statements += [
             ("UPDATE runs SET parent_pk = ? WHERE parent_pk = ?", (pk, base + row))
             for row, pk in batch.alias_parents

@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 #: passes keep the backlog small, so the flush at the end of a big flow run is short too.
 BUSY_INTERVAL = 0.05
 IDLE_INTERVAL = 0.2
+#: Seconds between two looks for cancel requests (`cancel_run` from another process) while
+#: this process runs flows.
+CANCEL_CHECK_SECONDS = 0.5
 #: Longest an explicit flush (a read's catch-up) waits for the writer's lock (the
 #: database's own busy timeout, 2 s, comes on top when another process holds its write lock).
 FLUSH_TIMEOUT = 3.0
@@ -111,6 +114,8 @@ class Writer:
         self.kept: dict[MemoryRegistry, _Progress] = {}  # the thread's (lock held)
         self.incoming: deque[MemoryRegistry] = deque()  # kept from now on: run threads add
         self.last_beat = 0.0
+        self.next_cancel_check = 0.0
+        self.cancelled: set[uuid.UUID] = set()  # requests acted on (runs not over yet)
         self.wake = threading.Event()
         self.stopping = False
         # failures: when the current run of them began, how many, when to try again
@@ -211,6 +216,9 @@ class Writer:
             return True
         self._succeeded()
         self._retire()
+        if time.monotonic() >= self.next_cancel_check and any(r.open_trees for r in self.kept):
+            self.next_cancel_check = time.monotonic() + CANCEL_CHECK_SECONDS
+            self._act_on_cancel_requests(store)
         if not pending and time.monotonic() - self.last_beat > _heartbeat_seconds():
             self.last_beat = time.monotonic()
             try:
@@ -218,6 +226,20 @@ class Writer:
             except Exception as exc:
                 logger.debug("Run history heartbeat failed: %s", exc)
         return bool(pending)
+
+    def _act_on_cancel_requests(self, store: RecordingStore) -> None:
+        """Cancel the runs of this process that another one asked to cancel."""
+        from asyncflow.engine.cancellation import cancel_local
+
+        try:
+            asked = store.cancel_requests(self.process_id)
+        except Exception as exc:  # (the next pass asks again)
+            logger.debug("Run history: reading cancel requests failed: %s", exc)
+            return
+        for run_id in asked:  # (one not running here yet is tried again next time)
+            if run_id not in self.cancelled and cancel_local(run_id):
+                self.cancelled.add(run_id)
+        self.cancelled.intersection_update(asked)
 
     def _open(self) -> RecordingStore:
         if self.store is None:

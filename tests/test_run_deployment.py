@@ -1,0 +1,427 @@
+"""`run_deployment`, cancellation across processes and a serving process's shutdown
+(issue 15): a real serving process, a real SQLite file and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import pydantic
+import pytest
+from test_results_store import recording, store_url
+from test_store_postgres import server_url
+
+from asyncflow import cancel_run, flow, task
+from asyncflow.deployments import FlowRun, arun_deployment, run_deployment
+from asyncflow.deployments.parameters import check_parameters
+from asyncflow.exceptions import (
+    FailedRun,
+    MissingResult,
+    ObjectNotFound,
+    ParameterBindError,
+    ParameterTypeError,
+    StoreError,
+    UnfinishedRun,
+)
+from asyncflow.states import StateType
+from asyncflow.store import open_store, writer
+
+__all__ = ["recording", "server_url", "store_url"]
+ROOT = Path(__file__).resolve().parent.parent
+
+SERVED = """
+import sys, time
+from pathlib import Path
+from asyncflow import flow, task, serve
+
+@task
+def step(i: int) -> int:
+    time.sleep(0.02)
+    return i
+
+@flow(persist_result=True)
+def double(n: int = 1) -> int:
+    return 2 * n
+
+@flow
+def plain(n: int = 1) -> int:
+    return n
+
+@flow
+def broken() -> None:
+    raise ValueError("no luck")
+
+@flow
+def inner(steps: int) -> None:
+    for i in range(steps):
+        step(i)
+
+@flow
+def long(seconds: float = 60.0) -> None:
+    (Path(sys.argv[2]) / "started").write_text("")
+    inner(int(seconds * 40))
+
+serve(
+    double.to_deployment("api"), plain.to_deployment("plain"), broken.to_deployment("b"),
+    long.to_deployment("long"), limit=8, grace_period=float(sys.argv[1]),
+    pause_on_shutdown=sys.argv[3] == "pause",
+)
+"""
+
+
+def _start(store_url: str, tmp_path: Path, grace: float = 8.0, pause: bool = False) -> Any:
+    script = tmp_path / "served.py"
+    script.write_text(SERVED)
+    env = {**os.environ, "ASYNCFLOW_STORE": store_url, "ASYNCFLOW_LOGGING_LEVEL": "WARNING"}
+    args = [str(grace), str(tmp_path), "pause" if pause else "-"]
+    proc = subprocess.Popen([sys.executable, str(script), *args], env=env, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while True:  # registered: run_deployment finds the deployments
+        assert proc.poll() is None and time.monotonic() < deadline
+        store = open_store(store_url)
+        try:
+            if len(store.list_deployments()) == 4:  # type: ignore[attr-defined]
+                return proc
+        finally:
+            store.close()
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def served(recording: str, tmp_path: Path) -> Iterator[Any]:
+    """A process serving the deployments of SERVED; this process records to the same store."""
+    proc = _start(recording, tmp_path)
+    yield proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _read(url: str, run_id: Any) -> Any:
+    writer.flush()
+    store = open_store(url)
+    try:
+        return store.read_run_sync(run_id)
+    finally:
+        store.close()
+
+
+def _wait_for(url: str, run_id: Any, *types: StateType, seconds: float = 30.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while True:
+        run = _read(url, run_id)
+        if run.state_type in types or time.monotonic() > deadline:
+            return run
+        time.sleep(0.05)
+
+
+def test_run_deployment_returns_the_persisted_result_of_the_served_run(
+    served: Any, recording: str
+) -> None:
+    run = run_deployment("double/api", parameters={"n": 21})
+    assert isinstance(run, FlowRun) and run.state.is_completed()
+    assert run.result() == 42 and run.parameters == {"n": 21}
+    assert run.deployment == "double/api" and run.flow_name == "double"
+    assert run.start_time is not None and run.expected_start_time is not None
+    assert run.start_time >= run.expected_start_time  # never before its time
+    # a child that persisted nothing: MissingResult names what would have
+    plain = run_deployment("plain/plain", parameters={"n": 3})
+    assert plain.state.is_completed()
+    with pytest.raises(MissingResult, match="persist_result"):
+        plain.result()
+    failed = run_deployment("broken/b")
+    assert failed.state.type is StateType.FAILED
+    with pytest.raises(FailedRun, match="no luck"):
+        failed.result()
+    assert isinstance(failed.result(raise_on_failure=False), FailedRun)
+
+
+def test_timeout_zero_returns_a_scheduled_run_at_once_and_wait_follows_it(
+    served: Any, recording: str
+) -> None:
+    run = run_deployment("double/api", parameters={"n": 2}, timeout=0)
+    assert run.state.type is StateType.SCHEDULED and run.state.name == "Scheduled"
+    with pytest.raises(UnfinishedRun, match="wait"):
+        run.result()
+    assert run.wait(timeout=30) is run
+    assert run.state.is_completed() and run.result() == 4
+
+
+def test_bad_calls_raise_clear_errors_and_queue_nothing(
+    recording: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @flow
+    def typed(n: int, label: str = "x") -> None:
+        pass
+
+    typed.to_deployment("d").apply()
+    with pytest.raises(ParameterTypeError, match="parameter 'n': 'x' is not of type integer"):
+        run_deployment("typed/d", parameters={"n": "x"})
+    with pytest.raises(ParameterBindError, match=r"has no parameter.*'m'"):
+        run_deployment("typed/d", parameters={"n": 1, "m": 2})
+    with pytest.raises(ParameterBindError, match=r"needs the parameter.*'n'"):
+        run_deployment("typed/d")
+    with pytest.raises(ObjectNotFound, match=r"'typed/nope'.*known: 'typed/d'"):
+        run_deployment("typed/nope")
+    with pytest.raises(ValueError, match="flow name/deployment name"):
+        run_deployment("typed")
+    with pytest.raises(ValueError, match="timeout"):
+        run_deployment("typed/d", parameters={"n": 1}, timeout=-1)
+    with pytest.raises(ValueError, match="idempotency_key"):
+        run_deployment("typed/d", parameters={"n": 1}, idempotency_key="")
+    with pytest.raises(TypeError, match="parameters must be a dict"):
+        run_deployment("typed/d", parameters=[1])  # type: ignore[arg-type]
+    store = open_store(recording)
+    try:
+        assert [r for r in store.list_runs_sync() if r.deployment == "typed/d"] == []
+    finally:
+        store.close()
+    monkeypatch.setenv("ASYNCFLOW_STORE", "memory")
+    from asyncflow.settings import reload_settings
+
+    reload_settings()
+    with pytest.raises(StoreError, match="needs a run store"):
+        run_deployment("typed/d", parameters={"n": 1})
+
+
+def test_an_idempotency_key_gives_back_the_first_run(recording: str) -> None:
+    @flow
+    def once(n: int = 0) -> None:
+        pass
+
+    once.to_deployment("d").apply()
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    first = run_deployment("once/d", {"n": 1}, scheduled_time=when, timeout=0,
+                           idempotency_key="k", flow_run_name="first")  # fmt: skip
+    again = run_deployment("once/d", {"n": 2}, timeout=0, idempotency_key="k")
+    other = run_deployment("once/d", {"n": 3}, timeout=0, idempotency_key="k2")
+    assert again.id == first.id and again.parameters == {"n": 1} and again.name == "first"
+    assert other.id != first.id
+    assert first.expected_start_time is not None
+    assert abs((first.expected_start_time - when).total_seconds()) < 1e-3
+
+
+def test_a_scheduled_run_cancelled_before_it_starts_never_starts(
+    recording: str, tmp_path: Path
+) -> None:
+    from asyncflow.store.base import TERMINAL
+
+    @flow
+    def later() -> None:
+        pass
+
+    later.to_deployment("d").apply()
+    run = run_deployment("later/d", timeout=0)
+    assert cancel_run(run.id) is True
+    stored = _read(recording, run.id)
+    assert stored.state_type is StateType.CANCELLED and "before it started" in (
+        stored.state_message or ""
+    )
+    assert cancel_run(run.id) is False  # already final
+    assert stored.state_type in TERMINAL and stored.start_time is None
+
+
+def test_cancel_from_another_process_ends_the_run_and_its_subtree_cancelled(
+    served: Any, recording: str, tmp_path: Path
+) -> None:
+    run = run_deployment("long/long", timeout=0)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "started").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    time.sleep(0.3)  # (its nested flow and task runs are going)
+    assert cancel_run(run.id) is True
+    stored = _wait_for(recording, run.id, StateType.CANCELLED, StateType.COMPLETED)
+    assert stored.state_type is StateType.CANCELLED
+    store = open_store(recording)
+    try:
+        children = store.children_sync(run.id)  # type: ignore[attr-defined]
+        nested = [c for c in children if c.kind == "flow"]
+        assert nested and all(c.state_type is StateType.CANCELLED for c in nested)
+        assert all(c.parent_flow_run_id == run.id for c in children)
+        tasks = store.children_sync(nested[0].id)  # type: ignore[attr-defined]
+        assert tasks and all(t.is_final for t in tasks)
+        assert tasks[-1].state_type is StateType.CANCELLED
+    finally:
+        store.close()
+
+
+def test_run_deployment_in_a_flow_links_the_child_to_the_parent(
+    served: Any, recording: str
+) -> None:
+    @flow
+    def parent() -> Any:
+        return run_deployment("double/api", parameters={"n": 5})
+
+    child = parent()
+    assert child.state.is_completed() and child.result() == 10
+    writer.flush()
+    stored = _read(recording, child.id)
+    parents = open_store(recording)
+    try:
+        top = next(r for r in parents.list_runs_sync() if r.spec_name == "parent")
+        stand_in = parents.read_run_sync(stored.parent_task_run_id)
+    finally:
+        parents.close()
+    assert stored.parent_flow_run_id == top.id
+    assert stand_in.name == "double/api-0" and stand_in.child_flow_run_id == child.id
+    assert stand_in.state_type is StateType.COMPLETED
+
+
+@pytest.mark.anyio
+async def test_await_run_deployment_in_an_async_flow(served: Any, recording: str) -> None:
+    @flow
+    async def parent() -> int:
+        run = await run_deployment("double/api", parameters={"n": 4})
+        assert (await run.wait()) is run
+        return int(await run.result())
+
+    assert await parent() == 8
+    run = await arun_deployment("double/api", timeout=0, as_subflow=False)
+    await run.await_final(timeout=30)
+    assert run.state.is_completed()
+
+
+@pytest.mark.anyio
+async def test_plain_run_deployment_in_an_event_loop_is_refused(recording: str) -> None:
+    @flow
+    def target() -> None:
+        pass
+
+    target.to_deployment("d").apply()
+    with pytest.raises(RuntimeError, match="await run_deployment"):
+        run_deployment("target/d")
+    run = run_deployment("target/d", timeout=0)  # (only a store write: allowed)
+    assert run.state.type is StateType.SCHEDULED
+
+
+@pytest.mark.anyio
+async def test_a_server_in_this_process_runs_a_run_queued_here(recording: str) -> None:
+    from asyncflow.deployments.serve import aserve
+
+    @task
+    def add_one(n: int) -> int:
+        return n + 1
+
+    @flow(persist_result=True)
+    async def local(n: int = 0) -> int:
+        return add_one(n)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(lambda: aserve(local.to_deployment("here")))
+        with anyio.fail_after(30):
+            while True:  # (registered)
+                try:
+                    run = await arun_deployment("local/here", {"n": 1}, as_subflow=False)
+                    break
+                except ObjectNotFound:
+                    await anyio.sleep(0.05)
+        group.cancel_scope.cancel()
+    assert run.state.is_completed() and await run.result() == 2
+    tasks = open_store(recording)
+    try:  # the served run's task run links to it (the run has another session's key)
+        children = tasks.children_sync(run.id)  # type: ignore[attr-defined]
+    finally:
+        tasks.close()
+    assert [c.parent_flow_run_id for c in children] == [run.id]
+
+
+def test_a_cancelled_caller_cancels_the_child_it_waits_for(
+    served: Any, recording: str, tmp_path: Path
+) -> None:
+    @flow(timeout_seconds=1.5)
+    def impatient() -> None:
+        run_deployment("long/long", parameters={"seconds": 60})
+
+    state = impatient(return_state=True)
+    assert state.type is StateType.FAILED  # (its timeout)
+    writer.flush()
+    store = open_store(recording)
+    try:
+        long_run = next(r for r in store.list_runs_sync() if r.deployment == "long/long")
+    finally:
+        store.close()
+    stored = _wait_for(recording, long_run.id, StateType.CANCELLED, StateType.COMPLETED)
+    assert stored.state_type is StateType.CANCELLED
+
+
+@pytest.mark.parametrize("pause", [False, True])
+def test_sigterm_lets_short_runs_finish_and_cancels_long_ones(
+    recording: str, tmp_path: Path, pause: bool
+) -> None:
+    proc = _start(recording, tmp_path, grace=1.0, pause=pause)
+    try:
+        long_run = run_deployment("long/long", timeout=0)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "started").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        late = run_deployment("plain/plain", timeout=0)  # (queued while it stops)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stored = _read(recording, long_run.id)
+    assert stored.state_type is StateType.CANCELLED  # recorded, not Crashed
+    assert _read(recording, late.id).state_type in (StateType.SCHEDULED, StateType.COMPLETED)
+    store = open_store(recording)
+    try:
+        paused = {d["name"]: d["paused"] for d in store.list_deployments()}  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    assert paused["long/long"] == int(pause)
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Point(pydantic.BaseModel):
+    x: int
+
+
+@flow
+def shapes(
+    n: int,
+    ratio: float = 1.0,
+    items: list[int] | None = None,
+    color: Color = Color.RED,
+    point: Point | None = None,
+    pair: tuple[int, str] = (1, "a"),
+    bounded: Annotated[int, pydantic.Field(ge=0, lt=10)] = 0,
+) -> None:
+    pass
+
+
+def test_the_parameter_check_follows_the_schema_pydantic_writes() -> None:
+    schema = json.loads(shapes.to_deployment().to_row()["parameter_schema"])
+    ok = {"n": 1, "ratio": 2, "items": [1, 2], "color": "red", "point": {"x": 1},
+          "pair": [2, "b"], "bounded": 9}  # fmt: skip
+    check_parameters(schema, ok, "d")
+    check_parameters(schema, {"n": 1.0, "items": None, "point": None}, "d")
+    for bad, words in [
+        ({"n": True}, "not of type integer"),
+        ({"n": 1, "items": [1, "x"]}, "matches none"),
+        ({"n": 1, "color": "blue"}, "not one of 'red'"),
+        ({"n": 1, "point": {"y": 1}}, "matches none"),
+        ({"n": 1, "pair": [1, 2]}, "not of type string"),
+        ({"n": 1, "pair": [1, "a", 3]}, "more than 2 items"),
+        ({"n": 1, "bounded": 10}, "not less than 10"),
+        ({"n": 1, "bounded": -1}, "less than 0"),
+    ]:
+        with pytest.raises(ParameterTypeError, match=words):
+            check_parameters(schema, bad, "d")
