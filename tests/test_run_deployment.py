@@ -425,3 +425,99 @@ def test_the_parameter_check_follows_the_schema_pydantic_writes() -> None:
     ]:
         with pytest.raises(ParameterTypeError, match=words):
             check_parameters(schema, bad, "d")
+
+
+CLI_FLOWS = """
+import time
+from asyncflow import flow
+
+@flow(persist_result=True)
+def greet(name: str = "world", times: int = 1) -> str:
+    return " ".join([f"hello {name}"] * times)
+
+@flow
+def steps(n: int = 1000) -> None:
+    for _ in range(n):
+        time.sleep(0.01)
+"""
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from asyncflow.cli import main
+
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_cli_serves_a_file_runs_its_deployment_and_cancels_a_run(
+    recording: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "flows.py").write_text(CLI_FLOWS)
+    env = {**os.environ, "ASYNCFLOW_STORE": recording, "ASYNCFLOW_LOGGING_LEVEL": "WARNING"}
+    command = [sys.executable, "-m", "asyncflow.cli", "serve"]
+    procs = [
+        subprocess.Popen(
+            [*command, f"{tmp_path / 'flows.py'}:{name}", "--name", "cli", *extra],
+            env=env, cwd=ROOT,
+        )
+        for name, extra in (("greet", ["--param", "name=bob", "--cron", "0 0 1 1 *"]),
+                            ("steps", ["--grace-period", "0"]))
+    ]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            code, out, _ = _cli(capsys, "deployments", "ls", "--json")
+            if code == 0 and len(json.loads(out)) == 2:
+                break
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.1)
+        code, out, _ = _cli(capsys, "deployments", "inspect", "greet/cli", "--json")
+        info = json.loads(out)
+        assert info["parameters"] == {"name": "bob"} and len(info["next_slots"]) == 3
+        # a number-looking value of a str parameter stays a string; an int one is read as JSON
+        code, out, _ = _cli(capsys, "deployments", "run", "greet/cli", "--param", "name=5",
+                            "--param", "times=2", "--wait", "--json")  # fmt: skip
+        run = json.loads(out)
+        assert code == 0 and run["state_type"] == "COMPLETED" and run["parameters"] == {
+            "name": "5", "times": 2,
+        }  # fmt: skip
+        code, out, _ = _cli(capsys, "runs", "result", run["id"])
+        assert out.strip() == "hello 5 hello 5"
+        code, _, err = _cli(capsys, "deployments", "run", "greet/cli", "--param", "times=x")
+        assert code == 2 and "parameter 'times': 'x' is not of type integer" in err
+        code, _, err = _cli(capsys, "deployments", "run", "greet/none")
+        assert code == 2 and "No deployment 'greet/none'" in err
+        # cancel a run another process runs
+        code, out, _ = _cli(capsys, "deployments", "run", "steps/cli", "--json")
+        steps = json.loads(out)
+        assert steps["state_type"] == "SCHEDULED"
+        _wait_for(recording, steps["id"], StateType.RUNNING)
+        code, out, err = _cli(capsys, "runs", "cancel", steps["id"])
+        assert code == 0 and "Cancel requested" in out, err
+        stored = _wait_for(recording, steps["id"], StateType.CANCELLED, StateType.COMPLETED)
+        assert stored.state_type is StateType.CANCELLED
+        code, out, _ = _cli(capsys, "runs", "cancel", steps["id"], "--json")
+        assert code == 1 and json.loads(out)["outcome"] == "final"
+        code, _, err = _cli(capsys, "runs", "cancel", "ffffffff")
+        assert code == 2 and "ffffffff" in err
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            assert proc.wait(30) == 0
+
+
+def test_the_cli_serve_command_refuses_bad_options(
+    recording: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "flows.py").write_text(CLI_FLOWS)
+    target = f"{tmp_path / 'flows.py'}:greet"
+    code, _, err = _cli(capsys, "serve", target, "--cron", "not a cron")
+    assert code == 2 and "cron" in err.lower()
+    code, _, err = _cli(capsys, "serve", target, "--param", "times=x")
+    assert code == 2 and "times" in err
+    code, _, err = _cli(capsys, "serve", f"{tmp_path / 'flows.py'}:nope")
+    assert code == 2 and "no flow 'nope'" in err
+    code, _, err = _cli(capsys, "serve", target, "--limit", "0")
+    assert code == 2 and "limit" in err

@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", choices=("asyncio", "trio"), default="asyncio", help="for async flows"
     )
 
+    cancel = runs_commands.add_parser(
+        "cancel", help="cancel a run, whichever process runs it (a scheduled one never starts)"
+    )
+    cancel.add_argument("run", metavar="RUN", help="run id or a unique prefix of it")
+
     deployments = commands.add_parser("deployments", help="list and manage deployments")
     deployment_commands = deployments.add_subparsers(
         dest="deployments_command", metavar="COMMAND", required=True
@@ -109,6 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("name", metavar="NAME", help="'flow name/deployment name'")
         dep_subs.append(sub)
     dep_subs[-1].add_argument("--yes", action="store_true", help="do not ask")
+    dep_run = deployment_commands.add_parser("run", help="start a run of a deployment")
+    dep_run.add_argument("name", metavar="NAME", help="'flow name/deployment name'")
+    dep_run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a parameter (repeatable); VALUE is read as JSON if the parameter takes that",
+    )
+    dep_run.add_argument("--wait", action="store_true", help="wait for the run to end")
+    dep_run.add_argument(
+        "--timeout", type=float, metavar="SECONDS", help="with --wait: wait at most this long"
+    )
+    dep_run.add_argument("--idempotency-key", metavar="KEY", help="the same key: the same run")
+    dep_run.add_argument("--tag", action="append", metavar="TAG", help="a tag of the run")
+    dep_run.add_argument("--run-name", metavar="NAME", help="the flow run's name")
+    dep_subs.append(dep_run)
 
     variable = commands.add_parser("variable", help="set, get, list and unset variables")
     variable_commands = variable.add_subparsers(
@@ -124,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     var_ls = variable_commands.add_parser("ls", help="list variables")
     var_unset = variable_commands.add_parser("unset", help="delete a variable")
     var_unset.add_argument("name", metavar="NAME")
+
+    from asyncflow.cli import _serve
+
+    serve = _serve.add_parser(commands)
 
     run = commands.add_parser("run", help="run a flow from a Python file")
     run.add_argument("target", metavar="FILE[:FLOW]", help="e.g. path/to/file.py:my_flow")
@@ -145,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         tree,
         result,
         retry,
+        cancel,
         run,
         cache_ls,
         cache_clear,
@@ -153,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
         _store_option(sub, argparse.SUPPRESS)
+    _store_option(serve, argparse.SUPPRESS)
     for sub in (ls, inspect, tree):
         sub.add_argument(
             "--show-secrets",
@@ -170,7 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
-        if args.command in ("run", "variable") or getattr(args, "runs_command", None) == "retry":
+        if (
+            args.command in ("run", "variable", "serve")
+            or getattr(args, "runs_command", None) == "retry"
+            or getattr(args, "deployments_command", None) == "run"
+        ):
             return _run_command(args)
         return _runs_command(args)
     except (CLIError, StoreError) as exc:
@@ -198,6 +230,7 @@ def _runs_command(args: argparse.Namespace) -> int:
         "inspect": _runs.inspect,
         "tree": _runs.tree,
         "result": _runs.result,
+        "cancel": _runs.cancel,
     }
     if args.command == "cache":
         from asyncflow.cli import _cache
@@ -258,6 +291,14 @@ def _run_command(args: argparse.Namespace) -> int:
             from asyncflow.cli import _variables
 
             return _variables.run(args)
+        if args.command == "serve":
+            from asyncflow.cli import _serve
+
+            return _serve.serve(args)
+        if args.command == "deployments":
+            from asyncflow.cli import _deployments
+
+            return _deployments.run_now(args)
         return _run.retry(args) if args.command == "runs" else _run.run(args)
     finally:
         if args.store is not None:

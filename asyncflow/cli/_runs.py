@@ -1,4 +1,4 @@
-"""`asyncflow runs ls | inspect | tree | result`: reading the run history from a store."""
+"""`asyncflow runs ls | inspect | tree | result | cancel`: the run history in a store."""
 
 from __future__ import annotations
 
@@ -270,6 +270,25 @@ async def result(store: RunStore, args: argparse.Namespace) -> int:
 
         print(value if isinstance(value, str) else pprint.pformat(value, sort_dicts=False))
     return 0
+
+
+# -- cancel -------------------------------------------------------------------------------------
+async def cancel(store: RunStore, args: argparse.Namespace) -> int:
+    """Cancel a run, whichever process runs it (see asyncflow.cancel_run)."""
+    import anyio.to_thread
+
+    run = await read_run(store, args.run)
+    outcome, _ = await anyio.to_thread.run_sync(store.request_cancel, run.id)  # type: ignore[attr-defined]
+    text = {
+        "cancelled": "Cancelled (it had not started; it never will).",
+        "requested": "Cancel requested: the process running it stops it within a second.",
+        "final": f"Not cancelled: it is already {run.state_name}.",
+    }[outcome]
+    if args.json:
+        print(dumps({"id": str(run.id), "name": run.name, "outcome": outcome}))
+    else:
+        print(f"{run.kind.capitalize()} run {run.name!r} ({run.id}): {text}")
+    return 0 if outcome != "final" else 1
 
 
 async def _parent_text(store: RunStore, run: StoredRun) -> str:
