@@ -777,3 +777,32 @@ def test_failed_state_is_a_returned_value(store: Any) -> None:
     returns_failed(return_state=True)
     top = top_flow(store, "returns-failed")
     assert (top.state_type, top.state_message) == (StateType.FAILED, "nope")
+
+
+def test_a_second_connection_in_a_process_does_not_cost_the_first_its_wal(
+    tmp_path: Path,
+) -> None:
+    """Opening a store used to read the file's header through a descriptor of its own:
+    closing it dropped the process's POSIX locks, which its other connections hold, so
+    another process closing its connection took itself for the last one and deleted the WAL
+    the first connection went on writing to. Those writes were lost to every other reader."""
+    from asyncflow.store.sqlite import SQLiteStore
+
+    path = tmp_path / "runs.db"
+    first = SQLiteStore(path)
+    second = SQLiteStore(path)
+    try:
+        first.set_variable("before", '"1"', "[]", True)
+        other = "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('SELECT 1 FROM runs')"
+        subprocess.run([sys.executable, "-c", other, str(path)], check=True)
+        first.set_variable("after", '"2"', "[]", True)
+        assert (tmp_path / "runs.db-wal").exists()
+        reader = sqlite3.connect(path)
+        try:
+            names = {row[0] for row in reader.execute("SELECT name FROM variables")}
+        finally:
+            reader.close()
+        assert names == {"before", "after"}
+    finally:
+        second.close()
+        first.close()

@@ -48,7 +48,6 @@ T = TypeVar("T")
 #: `PRAGMA application_id` of asyncflow databases ("AFLW"): another program's SQLite file
 #: is refused rather than written into.
 APPLICATION_ID = 0x41464C57
-_HEADER = b"SQLite format 3\x00"
 _BUSY_TIMEOUT = 2.0  # with the writer's lock wait, bounds an explicit flush
 # Bound parameters per statement (SQLITE_MAX_VARIABLE_NUMBER: 999 before SQLite 3.32).
 _MAX_PARAMS = 32766 if sqlite3.sqlite_version_info >= (3, 32) else 999
@@ -351,13 +350,10 @@ class SQLiteStore(SqlStore):
                 )
             if path.is_dir():
                 raise self._error("is a directory, not a database file")
-            if path.exists() and path.stat().st_size > 0:
-                with open(path, "rb") as f:
-                    if f.read(len(_HEADER)) != _HEADER:
-                        raise self._error(
-                            "is not an SQLite database (left untouched)", kind=StoreCorruptError
-                        )
-            elif not path.exists():
+            # (no look at the file's header through a descriptor of our own: closing it would
+            # drop this process's POSIX locks on the file, which its other connections hold, and
+            # let another process delete the WAL they write to; SQLite itself says NOTADB)
+            if not path.exists():
                 # Private from the start: parameters can hold secrets. SQLite gives the -wal
                 # and -shm files the database file's permissions.
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -390,6 +386,10 @@ class SQLiteStore(SqlStore):
                 raise self._error("cannot be set up: the disk is full", exc, kind) from None
             if kind is StoreError and "unable to open" in str(exc):
                 raise self._error("cannot be opened", exc) from None
+            if "file is not a database" in str(exc):
+                raise self._error(
+                    "is not an SQLite database (left untouched)", kind=StoreCorruptError
+                ) from None
             raise self._error(
                 "is corrupt or not an asyncflow run history (left untouched)",
                 exc,
