@@ -201,7 +201,7 @@ class _Server:
         while not self.stopping:
             try:
                 wake = await anyio.to_thread.run_sync(self._tick)
-                claimed = await anyio.to_thread.run_sync(self._claim)
+                claimed, due = await anyio.to_thread.run_sync(self._claim)
             except StoreError as exc:  # (locked, a dropped connection...): go on
                 if getattr(exc, "permanent", False):
                     raise
@@ -216,6 +216,8 @@ class _Server:
                 self.running += 1
                 self.active[run.id] = run
                 group.start_soon(self._execute, run)
+            if due is not None:  # (a queued run's time: run_deployment(scheduled_time=...))
+                wake = min(wake, due - time.time())
             with anyio.move_on_after(max(0.0, min(wake, POLL_SECONDS))):
                 await self.wakeup.wait()
             self.wakeup = anyio.Event()
@@ -350,10 +352,12 @@ class _Server:
         self.seen.update(seen)  # (a failed write leaves them to the next tick)
         return wake
 
-    def _claim(self) -> list[Any]:
+    def _claim(self) -> tuple[list[Any], float | None]:
+        """Claim the due runs this process has room for; and when the next queued run is
+        due, if that is sooner than the next poll (None: not known)."""
         free = self.limiter.total_tokens - self.running
         if free < 1:
-            return []
+            return [], None
         exclusive = {  # a run of a non-"allow" schedule waits while another one goes
             name: [
                 self.prefixes[name, i] for i, s in enumerate(d.schedules) if s.overlap != "allow"
@@ -365,10 +369,15 @@ class _Server:
             for name, d in self.deployments.items()
             if d.concurrency_limit is not None
         }
-        return self.store.claim_runs(  # type: ignore[no-any-return]
-            list(self.deployments), time.time(), int(min(free, 100)), self.process_id,
+        names = list(self.deployments)
+        claimed = self.store.claim_runs(
+            names, time.time(), int(min(free, 100)), self.process_id,
             exclusive={k: v for k, v in exclusive.items() if v}, caps=caps,
         )  # fmt: skip
+        if len(claimed) >= free:
+            return claimed, None  # (full: the next run that ends wakes the loop)
+        due = self.store.next_due(names)
+        return claimed, None if due is None or due <= time.time() else due
 
     # -- running one --------------------------------------------------------------------------
     async def _execute(self, claimed: Any) -> None:
@@ -416,6 +425,8 @@ class _Server:
             self.active.pop(claimed.id, None)
             if not self.active and self.idle is not None:
                 self.idle.set()
+            if self.wakeup is not None:
+                self.wakeup.set()  # (room for another run: claim now, not at the next poll)
 
 
 def schedule_key(schedule: Any) -> str:

@@ -839,6 +839,19 @@ class SqlStore:
                 )  # fmt: skip
         return claimed
 
+    def next_due(self, deployments: list[str]) -> float | None:
+        """When the earliest Scheduled run of these deployments is due (a serving process
+        sleeps until then), None when there is none."""
+        if not deployments:
+            return None
+        marks = ", ".join("?" * len(deployments))
+        sql = self._sql(
+            "SELECT min(scheduled_time) FROM runs WHERE state_type = 'SCHEDULED' "
+            f"AND state_name = 'Scheduled' AND deployment IN ({marks})"
+        )
+        row = self._query(lambda c: c.execute(sql, deployments).fetchone())
+        return None if row is None or row[0] is None else float(row[0])
+
     def _lock_name(self, conn: Any, name: str) -> None:
         """Serialize writers of one name within the transaction (SQLite's transactions
         are serialized already; PostgreSQL takes an advisory lock)."""
