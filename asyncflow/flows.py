@@ -146,18 +146,21 @@ class Flow(Spec, Generic[P, R]):
         limit: int | None = 8,
         grace_period: float = 8.0,
         pause_on_shutdown: bool = False,
+        isolation: Literal["inline", "process"] = "inline",
         **options: Any,
     ) -> None:
         """Serve this flow as a deployment (see `to_deployment` for the options) until
         SIGINT/SIGTERM: blocks. Its runs run in this process, at most `limit` at a time;
-        stopping gives the running ones `grace_period` seconds, then cancels them (see
-        `asyncflow.serve`). In a running event loop, `await my_flow.aserve(...)`."""
+        stopping gives the running ones `grace_period` seconds, then cancels them;
+        `isolation="process"` runs each in a process of its own (see `asyncflow.serve`).
+        In a running event loop, `await my_flow.aserve(...)`."""
         from asyncflow.deployments.serve import serve
 
         deployment = self.to_deployment(name, **options)
         serve(
-            deployment, limit=limit, grace_period=grace_period, pause_on_shutdown=pause_on_shutdown
-        )
+            deployment, limit=limit, grace_period=grace_period,
+            pause_on_shutdown=pause_on_shutdown, isolation=isolation,
+        )  # fmt: skip
 
     async def aserve(
         self,
@@ -165,13 +168,16 @@ class Flow(Spec, Generic[P, R]):
         *,
         limit: int | None = 8,
         pause_on_shutdown: bool = False,
+        isolation: Literal["inline", "process"] = "inline",
         **options: Any,
     ) -> None:
         """`serve`, in a running event loop (until cancelled)."""
         from asyncflow.deployments.serve import aserve
 
         deployment = self.to_deployment(name, **options)
-        await aserve(deployment, limit=limit, pause_on_shutdown=pause_on_shutdown)
+        await aserve(
+            deployment, limit=limit, pause_on_shutdown=pause_on_shutdown, isolation=isolation
+        )
 
     def retry(self, run_id: UUID | str, return_state: bool = False) -> Any:
         """Run a Failed, Crashed or Cancelled run of this flow again, from the run store:

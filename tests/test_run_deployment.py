@@ -521,3 +521,111 @@ def test_the_cli_serve_command_refuses_bad_options(
     assert code == 2 and "no flow 'nope'" in err
     code, _, err = _cli(capsys, "serve", target, "--limit", "0")
     assert code == 2 and "limit" in err
+
+
+ISOLATED = """
+import os, sys, time
+from pathlib import Path
+from asyncflow import flow, serve
+
+@flow(persist_result=True)
+def pid_of() -> int:
+    return os.getpid()
+
+@flow
+def stuck(seconds: float = 60.0) -> None:
+    (Path(os.environ["MARKS"]) / f"stuck-{os.getpid()}").write_text("")
+    time.sleep(seconds)  # one long C call: only a process's main thread can be stopped in it
+
+if __name__ == "__main__":
+    serve(pid_of.to_deployment("iso"), stuck.to_deployment("iso"), isolation="process",
+          grace_period=0)
+"""
+
+UNGUARDED = """
+from asyncflow import flow, serve
+
+@flow
+def loose() -> int:
+    return 1
+
+serve(loose.to_deployment("iso"), isolation="process")
+"""
+
+
+def _serve_script(store: str, tmp_path: Path, text: str, count: int) -> Any:
+    script = tmp_path / "isolated_flows.py"
+    script.write_text(text)
+    env = {**os.environ, "ASYNCFLOW_STORE": store, "ASYNCFLOW_LOGGING_LEVEL": "WARNING",
+           "MARKS": str(tmp_path)}  # fmt: skip
+    proc = subprocess.Popen([sys.executable, str(script)], env=env, cwd=ROOT)
+    deadline = time.monotonic() + 30
+    while len(_listed(store)) < count:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    return proc
+
+
+def _listed(store: str) -> list[Any]:
+    opened = open_store(store)
+    try:
+        return opened.list_deployments()  # type: ignore[attr-defined,no-any-return]
+    finally:
+        opened.close()
+
+
+def test_isolated_runs_run_in_processes_of_their_own(recording: str, tmp_path: Path) -> None:
+    proc = _serve_script(recording, tmp_path, ISOLATED, 2)
+    try:
+        runs = [run_deployment("pid-of/iso", timeout=0) for _ in range(2)]
+        pids = {run.wait(timeout=60).result() for run in runs}
+        assert len(pids) == 2 and proc.pid not in pids
+        # a sync flow blocked in time.sleep is stopped by a cancel (it is in a main thread)
+        stuck = run_deployment("stuck/iso", timeout=0)
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("stuck-*")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert cancel_run(stuck.id) is True
+        assert stuck.wait(timeout=20).state.type is StateType.CANCELLED
+        # a run's process killed: the run ends Crashed and the server goes on serving
+        killed = run_deployment("stuck/iso", timeout=0)
+        while len(list(tmp_path.glob("stuck-*"))) < 2:
+            assert time.monotonic() < deadline + 30
+            time.sleep(0.05)
+        child = max(tmp_path.glob("stuck-*"), key=lambda p: p.stat().st_mtime)
+        os.kill(int(child.name.split("-")[1]), signal.SIGKILL)
+        assert killed.wait(timeout=20).state.type is StateType.CRASHED
+        assert run_deployment("pid-of/iso", timeout=60).state.is_completed()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+
+
+def test_an_unguarded_serve_call_is_not_run_again_by_a_runs_process(
+    recording: str, tmp_path: Path
+) -> None:
+    proc = _serve_script(recording, tmp_path, UNGUARDED, 1)
+    try:
+        run = run_deployment("loose/iso", timeout=60)
+        assert run.state.type is StateType.FAILED
+        assert "if __name__ == '__main__'" in (run.state.message or "")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+
+
+def test_isolation_needs_an_entrypoint() -> None:
+    from asyncflow.deployments.serve import serve
+
+    def make() -> Any:
+        @flow
+        def local() -> None:
+            pass
+
+        return local
+
+    with pytest.raises(ValueError, match="have none"):
+        serve(make().to_deployment("x"), isolation="process")
+    with pytest.raises(ValueError, match="isolation must be"):
+        serve(make().to_deployment("x"), isolation="thread")  # type: ignore[arg-type]

@@ -48,6 +48,10 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     serve.add_argument(
         "--pause-on-shutdown", action="store_true", help="pause its schedules when stopping"
     )
+    serve.add_argument(
+        "--isolation", choices=("inline", "process"), default="inline",
+        help="run each run in this process (default) or in a process of its own",
+    )  # fmt: skip
     return serve  # type: ignore[no-any-return]
 
 
@@ -78,6 +82,7 @@ def serve(args: argparse.Namespace) -> int:
             limit=args.limit,
             grace_period=args.grace_period,
             pause_on_shutdown=args.pause_on_shutdown,
+            isolation=args.isolation,
         )
     except (ValueError, TypeError) as exc:
         raise CLIError(one_line(str(exc))) from None

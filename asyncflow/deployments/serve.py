@@ -22,13 +22,15 @@ import logging
 import math
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
 
 from asyncflow.deployments.deployment import RunnerDeployment, _json
 
+#: Where a served run runs: in the serving process, or in a process of its own.
+Isolation = Literal["inline", "process"]
 #: Runs of one serving process at a time, unless `limit=` says otherwise.
 DEFAULT_LIMIT = 8
 #: Longest sleep between two looks at the store (runs other processes schedule, pauses).
@@ -47,9 +49,15 @@ def serve(
     limit: int | None = DEFAULT_LIMIT,
     grace_period: float = GRACE_PERIOD,
     pause_on_shutdown: bool = False,
+    isolation: Isolation = "inline",
 ) -> None:
     """Serve these deployments until SIGINT (Ctrl-C) or SIGTERM: blocks. In a running event
     loop, use `await aserve(...)`.
+
+    `isolation="inline"` (the default) runs each run in this process (sync flows in worker
+    threads); `"process"` runs each in a new Python process, which loads the flow from its
+    entrypoint (a module or file, not `__main__`): more memory and ~100 ms more per run,
+    but a crash, a leak or a stuck C call stays in that run.
 
     On the signal it stops claiming runs, lets the running ones finish for `grace_period`
     seconds (a second signal cuts it short), then cancels the rest: they end Cancelled.
@@ -67,7 +75,7 @@ def serve(
             "serve() blocks, and an event loop is running here: use `await aserve(...)` "
             "(or `await my_flow.aserve(...)`) instead."
         )
-    server = _server(deployments, limit, grace_period, pause_on_shutdown)
+    server = _server(deployments, limit, grace_period, pause_on_shutdown, isolation)
     try:
         anyio.run(lambda: server.run(signals=True))
     except KeyboardInterrupt:  # (a signal handler could not be set: not the main thread)
@@ -78,10 +86,12 @@ async def aserve(
     *deployments: RunnerDeployment,
     limit: int | None = DEFAULT_LIMIT,
     pause_on_shutdown: bool = False,
+    isolation: Isolation = "inline",
 ) -> None:
     """Serve these deployments until cancelled; the runs going then are cancelled (they
-    end Cancelled). Signals are left to the application."""
-    await _server(deployments, limit, GRACE_PERIOD, pause_on_shutdown).run(signals=False)
+    end Cancelled). Signals are left to the application. Options as for `serve`."""
+    server = _server(deployments, limit, GRACE_PERIOD, pause_on_shutdown, isolation)
+    await server.run(signals=False)
 
 
 def _server(
@@ -89,7 +99,10 @@ def _server(
     limit: int | None,
     grace_period: float,
     pause_on_shutdown: bool,
+    isolation: Isolation = "inline",
 ) -> _Server:
+    if refusal is not None:
+        raise RuntimeError(refusal)
     if not deployments:
         raise ValueError("serve() needs at least one deployment (flow.to_deployment(...)).")
     for deployment in deployments:
@@ -104,8 +117,22 @@ def _server(
         raise ValueError(f"limit must be a positive int or None, got {limit!r}.")
     if not isinstance(grace_period, (int, float)) or not grace_period >= 0:
         raise ValueError(f"grace_period must be a number of seconds >= 0, got {grace_period!r}.")
-    return _Server(list(deployments), limit or math.inf, grace_period, pause_on_shutdown)
+    if isolation not in ("inline", "process"):
+        raise ValueError(f"isolation must be 'inline' or 'process', got {isolation!r}.")
+    if isolation == "process":
+        unplaced = [d.full_name for d in deployments if not d.flow.entrypoint]
+        if unplaced:
+            raise ValueError(
+                f"isolation='process' loads each flow from its entrypoint, and {unplaced} "
+                "have none: define the flow in a module or file, not in __main__."
+            )
+    server = _Server(list(deployments), limit or math.inf, grace_period, pause_on_shutdown)
+    server.isolation = isolation
+    return server
 
+
+#: Why serve() may not start in this process (set while a run's own process loads its flow).
+refusal: str | None = None
 
 #: This process's running servers, which `run_deployment` wakes (see `wake`).
 _serving: set[_Server] = set()
@@ -139,6 +166,8 @@ class _Server:
         self.threads = anyio.CapacityLimiter(limit if limit != math.inf else 10_000)
         self.grace_period = grace_period
         self.pause_on_shutdown = pause_on_shutdown
+        self.isolation: Isolation = "inline"
+        self.children: dict[Any, Any] = {}  # run id -> its process (isolation="process")
         self.running = 0
         self.active: dict[Any, Any] = {}  # run id -> Claimed, for the runs going here
         self.stopping = False  # no more claims
@@ -251,17 +280,29 @@ class _Server:
         if self.active:
             logger.warning("Serving: cancelling %d run(s) still going.", len(self.active))
         self.cancelling = True
+        await anyio.to_thread.run_sync(self._ask_children)
         deadline = time.monotonic() + CANCEL_WAIT
         while self.active and time.monotonic() < deadline:
             self._cancel_active()  # (again: a run claimed a moment ago registers late)
             await anyio.sleep(0.1)
+
+    def _ask_children(self) -> None:
+        """Ask the runs in processes of their own to cancel (through the store)."""
+        from asyncflow.exceptions import StoreError
+
+        for run_id in list(self.children):
+            try:
+                self.store.request_cancel(run_id)
+            except (StoreError, KeyError):
+                pass  # (killed after CANCEL_WAIT instead)
 
     def _cancel_active(self) -> None:
         from asyncflow.engine.cancellation import cancel_local
 
         self.cancelling = True
         for run_id in list(self.active):
-            cancel_local(run_id)
+            if run_id not in self.children:  # (those in a process of their own: _stop_child)
+                cancel_local(run_id)
 
     # -- the store (worker threads) -----------------------------------------------------------
     def _open(self) -> None:
@@ -277,6 +318,7 @@ class _Server:
                 "ASYNCFLOW_STORE is 'memory'."
             )
         self.store = connect(url)
+        writer.warm(url)  # (the runs' writer connects now, not at the first run)
         for deployment in self.deployments.values():
             row = deployment.to_row()
             if self.pause_on_shutdown and row["paused"] is None:
@@ -400,7 +442,9 @@ class _Server:
                             self.store.fail_claimed, claimed, message, "CANCELLED"
                         )
                     return
-                if flow.kind == "async":
+                if self.isolation == "process":
+                    await self._in_subprocess(claimed, flow)
+                elif flow.kind == "async":
                     token = restart_var.set(restarting)
                     try:
                         await call(**claimed.parameters, return_state=True)
@@ -427,6 +471,56 @@ class _Server:
                 self.idle.set()
             if self.wakeup is not None:
                 self.wakeup.set()  # (room for another run: claim now, not at the next poll)
+
+    async def _in_subprocess(self, claimed: Any, flow: Any) -> None:
+        """Run a claimed run in a process of its own (asyncflow.deployments.isolated), which
+        takes it over in the store; wait for it. A cancel asks it through the store (it ends
+        the run Cancelled) and kills it only if it does not stop."""
+        import subprocess
+        import sys
+
+        job = json.dumps(
+            {**claimed._asdict(), "id": str(claimed.id), "owner": self.process_id,
+             "entrypoint": flow.entrypoint}
+        )  # fmt: skip
+        command = [sys.executable, "-m", "asyncflow.deployments.isolated"]
+        process = await anyio.open_process(command, stdin=subprocess.PIPE, stdout=None, stderr=None)
+        self.children[claimed.id] = process
+        try:
+            assert process.stdin is not None
+            await process.stdin.send(job.encode())
+            await process.stdin.aclose()
+            await process.wait()
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._stop_child(claimed, process)
+            raise
+        finally:
+            self.children.pop(claimed.id, None)
+        if process.returncode != 0:
+            await anyio.to_thread.run_sync(self._child_died, claimed, process.returncode)
+
+    async def _stop_child(self, claimed: Any, process: Any) -> None:
+        from asyncflow.exceptions import StoreError
+
+        if process.returncode is None:
+            try:
+                await anyio.to_thread.run_sync(self.store.request_cancel, claimed.id)
+            except (StoreError, KeyError):
+                pass
+            with anyio.move_on_after(CANCEL_WAIT):
+                await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+            await anyio.to_thread.run_sync(self._child_died, claimed, process.returncode)
+
+    def _child_died(self, claimed: Any, code: int | None) -> None:
+        """A run's process ended abnormally: its run ends Failed if the process never took it
+        over, else crash detection (the process is dead) ends it Crashed, now."""
+        message = f"The run's process exited with status {code} before the run started."
+        if not self.store.fail_claimed(claimed, message):
+            self.store.mark_crashed_runs()
 
 
 def schedule_key(schedule: Any) -> str:

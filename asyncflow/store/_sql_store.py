@@ -839,6 +839,18 @@ class SqlStore:
                 )  # fmt: skip
         return claimed
 
+    def adopt_claim(
+        self, claimed: Claimed, owner: str, process: tuple[str, int, str, float], prefix: str
+    ) -> bool:
+        """A claimed run moves to another process (the one that runs it, with
+        `isolation="process"`): from now on that process answers for it (its death crashes
+        it; cancel requests go to it). Its session is made first, so crash detection knows
+        it. False when `owner` no longer has the run."""
+        self.session_for(process[0], prefix, *process[1:])
+        sql = self._sql("UPDATE restarts SET process = ? WHERE run_pk = ? AND process = ?")
+        with self._transaction() as conn:
+            return bool(conn.execute(sql, (process[0], claimed.pk, owner)).rowcount)
+
     def next_due(self, deployments: list[str]) -> float | None:
         """When the earliest Scheduled run of these deployments is due (a serving process
         sleeps until then), None when there is none."""

@@ -540,27 +540,40 @@ def process_identity() -> tuple[str, int, str, float]:
 
 def on_first_tree(registry: MemoryRegistry) -> None:
     """Registry hook: its first top-level run decides where (and whether) it is persisted."""
-    global _writer
     from asyncflow.store import recording_url
 
     with _start_lock:
         if registry.decided:
             return
-        url = recording_url()
-        writer = _writer
-        if writer is not None and url != writer.url:
-            _writer = None
-            writer.close(_exit_timeout())
-            writer = None
-        if url is not None:
-            if writer is None:
-                from asyncflow.store.base import before_read
-
-                if catch_up not in before_read:
-                    before_read.append(catch_up)
-                _writer = writer = Writer(url)
+        writer = _writer_for(recording_url())
+        if writer is not None:
             writer.keep(registry)
         registry.decided = True
+
+
+def _writer_for(url: str | None) -> Writer | None:
+    """The writer of `url`, started if new (the one of another URL is closed); lock held."""
+    global _writer
+    writer = _writer
+    if writer is not None and url != writer.url:
+        _writer = None
+        writer.close(_exit_timeout())
+        writer = None
+    if url is not None and writer is None:
+        from asyncflow.store.base import before_read
+
+        if catch_up not in before_read:
+            before_read.append(catch_up)
+        _writer = writer = Writer(url)
+    return writer
+
+
+def warm(url: str) -> None:
+    """Start the writer of `url` now, so that it connects before the first run (a serving
+    process: its first scheduled run is not late by a connection's time)."""
+    with _start_lock:
+        if _writer is None or _writer.url == url:
+            _writer_for(url)
 
 
 def install() -> None:
