@@ -629,3 +629,24 @@ def test_isolation_needs_an_entrypoint() -> None:
         serve(make().to_deployment("x"), isolation="process")
     with pytest.raises(ValueError, match="isolation must be"):
         serve(make().to_deployment("x"), isolation="thread")  # type: ignore[arg-type]
+
+
+def test_queued_runs_are_announced_on_postgresql_and_polled_on_sqlite(recording: str) -> None:
+    @flow
+    def announced() -> None:
+        pass
+
+    announced.to_deployment("d").apply()
+    store: Any = open_store(recording)
+    listener = store.queue_listener()
+    try:
+        if recording.startswith("sqlite"):
+            assert listener is None  # (servers poll the file)
+            return
+        assert listener.wait(0.05) == []  # (connects and listens)
+        run_deployment("announced/d", timeout=0)
+        assert listener.wait(10) == ["announced/d"]
+    finally:
+        if listener is not None:
+            listener.close()
+        store.close()

@@ -213,6 +213,9 @@ class _Server:
             async with anyio.create_task_group() as group:
                 if signals and threading.current_thread() is threading.main_thread():
                     group.start_soon(self._on_signals)
+                listener = self.store.queue_listener()
+                if listener is not None:
+                    group.start_soon(self._listen, listener)
                 try:
                     await self._serve(group)
                     await self._shut_down()
@@ -250,6 +253,19 @@ class _Server:
             with anyio.move_on_after(max(0.0, min(wake, POLL_SECONDS))):
                 await self.wakeup.wait()
             self.wakeup = anyio.Event()
+
+    async def _listen(self, listener: Any) -> None:
+        """Wake the loop when another process queues a run of ours (PostgreSQL NOTIFY).
+        Only a shortcut: the loop polls anyway, so a listener that breaks stops, logged."""
+        try:
+            while True:
+                names = await anyio.to_thread.run_sync(listener.wait, 1.0, abandon_on_cancel=True)
+                if any(name in self.deployments for name in names):
+                    self.wakeup.set()
+        except Exception as exc:
+            logger.warning("Serving: listening for queued runs failed (%r); polling only.", exc)
+        finally:
+            listener.close()
 
     async def _on_signals(self) -> None:
         import signal

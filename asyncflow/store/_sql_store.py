@@ -933,7 +933,17 @@ class SqlStore:
                 found = conn.execute(find, (slot_key,)).fetchone()
                 return run_id(found[1], found[0]), int(found[0]), False
             prefix = self._prefix_of(conn, pk)
+            self._notify_queued(conn, deployment)
         return run_id(prefix, pk), pk, True
+
+    def _notify_queued(self, conn: Any, deployment: str) -> None:
+        """Tell the serving processes a run of `deployment` was queued (PostgreSQL: NOTIFY,
+        sent at commit; SQLite has no such thing: its servers poll)."""
+
+    def queue_listener(self) -> Any:
+        """An object whose `wait(seconds)` returns the deployments runs were queued for
+        meanwhile (see `_notify_queued`), or None where the store cannot tell."""
+        return None
 
     def run_state(self, pk: int) -> tuple[StateType, str] | None:
         """A run's latest state (type, name) by its key: what a waiter polls."""

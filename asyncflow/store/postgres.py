@@ -10,6 +10,7 @@ detectors never add two Crashed states to one run.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -377,6 +378,12 @@ class PostgresStore(SqlStore):
         with self._lock:
             self._conn.close()
 
+    def _notify_queued(self, conn: Any, deployment: str) -> None:
+        conn.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, deployment))
+
+    def queue_listener(self) -> Any:
+        return _QueueListener(self.source_url, self._psycopg)
+
     def _lock_name(self, conn: Any, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (name,))
 
@@ -523,3 +530,38 @@ def _params(columns: Sequence[Sequence[Any]], **extra: Any) -> dict[str, Any]:
 
 
 __all__ = ["MIGRATIONS", "PostgresStore", "redact"]
+
+
+#: The channel `run_deployment` notifies (payload: the deployment) and serving processes listen on.
+QUEUE_CHANNEL = "asyncflow_queue"
+
+
+class _QueueListener:
+    """A connection of its own that LISTENs for queued runs: a serving process wakes at once
+    instead of at its next poll. A lost connection is opened again at the next wait."""
+
+    def __init__(self, url: str, psycopg: Any) -> None:
+        self._url = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        self._psycopg = psycopg
+        self._conn: Any = None
+
+    def wait(self, seconds: float) -> list[str]:
+        """The deployments notified within `seconds` (an empty list: none, or no server)."""
+        psycopg = self._psycopg
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = psycopg.connect(self._url, autocommit=True, connect_timeout=10)
+                self._conn.execute(f"LISTEN {QUEUE_CHANNEL}")
+            return [n.payload for n in self._conn.notifies(timeout=seconds, stop_after=1)]
+        except psycopg.Error:
+            self.close()
+            time.sleep(seconds)  # (the server is away: try again after this, polls go on)
+            return []
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # (closing a broken connection)
+                pass
