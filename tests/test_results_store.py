@@ -259,9 +259,9 @@ def test_a_version_1_sqlite_store_is_migrated_and_keeps_its_runs(tmp_path: Path)
     finally:
         store.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {"results", "restarts", "variables"} <= tables
+    assert {"results", "restarts", "variables", "cancel_requests"} <= tables
     conn.close()
 
 

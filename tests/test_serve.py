@@ -213,6 +213,55 @@ def test_a_killed_server_leaves_its_run_crashed(store_url: str, tmp_path: Path) 
     assert all(s in ("Crashed", "Scheduled") for s in states)
 
 
+def test_a_killed_server_frees_its_slot_and_the_other_server_goes_on(
+    store_url: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "limited_slow.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, time
+            from pathlib import Path
+            from asyncflow import flow
+
+            @flow
+            def slow() -> None:
+                (Path(__file__).parent / f"running-{os.getpid()}").write_text("")
+                time.sleep(60 if not (Path(__file__).parent / "quick").exists() else 0.1)
+
+            slow.serve("one", interval=0.5, concurrency_limit=1)
+            """
+        )
+    )
+    env = {**os.environ, "ASYNCFLOW_STORE": store_url, "ASYNCFLOW_LOGGING_LEVEL": "WARNING"}
+    procs = {}
+    for _ in range(2):
+        proc = subprocess.Popen([sys.executable, str(script)], env=env, cwd=ROOT)
+        procs[proc.pid] = proc
+    try:
+        deadline = time.monotonic() + 30
+        while not list(tmp_path.glob("running-*")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first = int(next(tmp_path.glob("running-*")).name.split("-")[1])
+        (tmp_path / "quick").write_text("")  # (the runs after this one are short)
+        procs[first].send_signal(signal.SIGKILL)
+        procs[first].wait(10)
+        other = next(pid for pid in procs if pid != first)
+        while not (tmp_path / f"running-{other}").exists():  # the limit's slot came free
+            assert time.monotonic() < deadline + 30 and procs[other].poll() is None
+            time.sleep(0.05)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(30)
+    runs = _deployment_runs(store_url, "slow/one")
+    crashed = [r for r in runs if r.state_type is StateType.CRASHED]
+    assert len(crashed) == 1 and any(r.state_type is StateType.COMPLETED for r in runs)
+    assert not _overlaps([r for r in runs if r.state_type is not StateType.CRASHED])
+
+
 def test_serve_refuses_bad_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     from asyncflow.deployments.serve import aserve, serve
 
@@ -276,6 +325,41 @@ def test_overlap_policies_and_concurrency_limits_keep_one_run_going(
     dropped = [r for r in runs if "limit (1) was reached" in (r.state_message or "")]
     assert bool(dropped) == cancelled
     assert all(r.state_name == "Cancelled" for r in dropped)
+
+
+def test_a_concurrency_limit_holds_across_two_serving_processes(
+    store_url: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "limited.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            import anyio
+            from asyncflow import flow
+
+            @flow
+            def limited() -> None:
+                time.sleep(0.3)
+
+            async def main() -> None:
+                with anyio.move_on_after(float(sys.argv[1])):
+                    await limited.aserve("one", interval=0.1, concurrency_limit=1)
+
+            anyio.run(main)
+            """
+        )
+    )
+    env = {**os.environ, "ASYNCFLOW_STORE": store_url, "ASYNCFLOW_LOGGING_LEVEL": "WARNING"}
+    procs = [
+        subprocess.Popen([sys.executable, str(script), "3"], env=env, cwd=ROOT) for _ in range(2)
+    ]
+    for proc in procs:
+        assert proc.wait(60) == 0
+    runs = _deployment_runs(store_url, "limited/one")
+    ran = [r for r in runs if r.start_time is not None]
+    # (from the stored states: the other process, polling, found the limit taken each time)
+    assert len(ran) >= 3 and not _overlaps(ran)
 
 
 def test_a_server_keeps_a_pause_and_runs_carry_the_deployments_metadata(

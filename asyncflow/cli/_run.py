@@ -330,8 +330,8 @@ def retry(args: argparse.Namespace) -> int:
             "--entrypoint FILE:FLOW"
         )
     path_text, name = split_target(entrypoint)
-    module = _load_entrypoint(path_text)
-    flow = _entrypoint_flow(module, name, path_text)
+    module = load_entrypoint(path_text)
+    flow = entrypoint_flow(module, name, path_text)
     try:
         if flow.kind == "async":
 
@@ -346,7 +346,7 @@ def retry(args: argparse.Namespace) -> int:
     return _report(args, flow, state)
 
 
-def _load_entrypoint(path_text: str) -> ModuleType:
+def load_entrypoint(path_text: str) -> ModuleType:
     """The module of an entrypoint file: a module of a package is imported by its dotted
     name (its relative imports work), with the package's parent first on sys.path."""
     path = Path(path_text).resolve()
@@ -368,7 +368,7 @@ def _load_entrypoint(path_text: str) -> ModuleType:
         raise CLIError(f"{what}: {type(exc).__name__}: {detail}") from None
 
 
-def _entrypoint_flow(module: ModuleType, name: str | None, path_text: str) -> Flow[Any, Any]:
+def entrypoint_flow(module: ModuleType, name: str | None, path_text: str) -> Flow[Any, Any]:
     """The flow an entrypoint names: by variable, else by the function's qualified name."""
     if name is not None and "." not in name:
         candidates = [
@@ -392,7 +392,9 @@ def _run_name(run_id: Any) -> str | None:
 
 __all__ = [
     "coerce_params",
+    "entrypoint_flow",
     "find_flow",
+    "load_entrypoint",
     "load_file",
     "parse_params",
     "retry",

@@ -92,6 +92,9 @@ async def ls(store: RunStore, args: argparse.Namespace) -> int:
     headers = ["ID", "NAME", "FLOW", "STATE", "START", "DURATION"]
     if kind != "flow":
         headers = ["ID", "KIND", "NAME", "FLOW/TASK", "STATE", "START", "DURATION"]
+    deployed = any(r.deployment for r in runs)  # (a column only when it says something)
+    if deployed:
+        headers.append("DEPLOYMENT")
     rows = []
     for run in runs:
         cells = [
@@ -104,6 +107,8 @@ async def ls(store: RunStore, args: argparse.Namespace) -> int:
         ]
         if kind != "flow":
             cells.insert(1, run.kind)
+        if deployed:
+            cells.append(clip(run.deployment or "-", 40))
         rows.append(cells)
     print(table(headers, rows))
     return 0

@@ -50,7 +50,7 @@ def main() -> int:
 
 def _load(entrypoint: str | None) -> Any:
     from asyncflow.cli._errors import CLIError
-    from asyncflow.cli._run import _entrypoint_flow, _load_entrypoint, split_target
+    from asyncflow.cli._run import entrypoint_flow, load_entrypoint, split_target
     from asyncflow.deployments import serve
 
     # a script that calls serve() outside `if __name__ == "__main__":` must not serve here
@@ -62,7 +62,7 @@ def _load(entrypoint: str | None) -> Any:
         raise ValueError("the flow has no entrypoint (it is defined in __main__ or a notebook)")
     path, name = split_target(entrypoint)
     try:
-        return _entrypoint_flow(_load_entrypoint(path), name, path)
+        return entrypoint_flow(load_entrypoint(path), name, path)
     except CLIError as exc:
         raise ValueError(str(exc)) from None
 

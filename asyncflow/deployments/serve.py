@@ -35,6 +35,8 @@ Isolation = Literal["inline", "process"]
 DEFAULT_LIMIT = 8
 #: Longest sleep between two looks at the store (runs other processes schedule, pauses).
 POLL_SECONDS = 0.25
+#: Seconds between two looks for dead processes' runs while serving (crash detection).
+REAP_SECONDS = 2.0
 #: Seconds a stopping server lets its runs finish before it cancels them (less than the
 #: 10 s a container runtime usually waits before SIGKILL, so the cancels get recorded).
 GRACE_PERIOD = 8.0
@@ -181,6 +183,7 @@ class _Server:
         # per schedule: the time its slots were considered up to (skipped, paused, created)
         self.seen: dict[str, datetime.datetime] = {}
         self.failing = 0.0  # consecutive seconds of store errors (for the backoff)
+        self.reaped = time.time()  # when crash detection last ran (opening the store did)
         self.token: Any = None  # the event loop's, to be woken from other threads
         self.thread = 0
         self.wakeup: Any = None
@@ -368,6 +371,9 @@ class _Server:
         from asyncflow.naming import generate_run_name
 
         now = time.time()
+        if now - self.reaped > REAP_SECONDS:  # a dead server's runs end Crashed, freeing
+            self.reaped = now  # their share of concurrency limits (its slots stay ours)
+            self.store.mark_crashed_runs()
         now_dt = _at(now)
         wake = POLL_SECONDS
         rows: list[tuple[Any, ...]] = []
