@@ -16,7 +16,8 @@ def cancel_run(run_id: UUID | str) -> bool:
     CancelledRun. Otherwise the run store is asked: a Scheduled run (of a deployment) ends
     Cancelled and never starts; a run another process runs gets a cancel request, which
     that process acts on within about a second. Returns False when the run is already
-    final, or unknown here and to the store.
+    final, unknown here and to the store, or a task run of another process (only its own
+    process can cancel a task run: cancel its flow run instead).
     """
     if cancel_local(run_id):
         return True
@@ -24,9 +25,9 @@ def cancel_run(run_id: UUID | str) -> bool:
 
 
 def request_cancel(run_id: UUID | str, url: str | None = None) -> tuple[str, object | None]:
-    """Ask the store to cancel a run: ("cancelled" | "requested" | "final" | "own", the
-    stored run), or ("unknown", None) without a store or such a run there. "own": a run of
-    this process (which `cancel_local` did not find running)."""
+    """Ask the store to cancel a run: ("cancelled" | "requested" | "final" | "own" | "task",
+    the stored run), or ("unknown", None) without a store or such a run there. "own": a run
+    of this process (which `cancel_local` did not find running); "task": a task run."""
     import os
 
     from asyncflow.store import connect, recording_url, store_url

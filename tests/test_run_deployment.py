@@ -10,6 +10,8 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -383,7 +385,7 @@ def test_sigterm_lets_short_runs_finish_and_cancels_long_ones(
         paused = {d["name"]: d["paused"] for d in store.list_deployments()}  # type: ignore[attr-defined]
     finally:
         store.close()
-    assert paused["long/long"] == int(pause)
+    assert bool(paused["long/long"]) == pause
 
 
 class Color(enum.Enum):
@@ -650,3 +652,147 @@ def test_queued_runs_are_announced_on_postgresql_and_polled_on_sqlite(recording:
         if listener is not None:
             listener.close()
         store.close()
+
+
+@flow(retries=1, retry_delay_seconds=30)
+def waits_to_retry() -> None:
+    raise ValueError("first attempt fails")
+
+
+@flow
+def queued_child() -> int:
+    return 7
+
+
+def _ask(url: str, run_id: Any) -> str:
+    """A cancel request as another process makes it (this one is not the run's owner)."""
+    store: Any = open_store(url)
+    try:
+        return str(store.request_cancel(run_id)[0])
+    finally:
+        store.close()
+
+
+def _requests(url: str) -> int:
+    store: Any = open_store(url)
+    try:
+        return int(
+            store._query(lambda c: c.execute("SELECT count(*) FROM cancel_requests").fetchone()[0])
+        )
+    finally:
+        store.close()
+
+
+def test_a_run_waiting_to_retry_gets_a_request_and_ends_cancelled(recording: str) -> None:
+    import threading
+
+    states: list[Any] = []
+    thread = threading.Thread(target=lambda: states.append(waits_to_retry(return_state=True)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while True:
+        writer.flush()
+        store: Any = open_store(recording)
+        try:
+            runs = [r for r in store.list_runs_sync() if r.spec_name == "waits-to-retry"]
+        finally:
+            store.close()
+        if runs and runs[0].state_name == "AwaitingRetry":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    # (AwaitingRetry is of type SCHEDULED, but not a queued deployment run: a request)
+    assert _ask(recording, runs[0].id) == "requested"
+    thread.join(20)
+    assert not thread.is_alive() and states[0].type is StateType.CANCELLED
+    writer.flush()
+    store = open_store(recording)
+    try:
+        store.cancel_requests("anyone")  # type: ignore[attr-defined]  # (any process drops it)
+    finally:
+        store.close()
+    assert _requests(recording) == 0
+
+
+def test_a_task_run_is_not_cancelled_from_another_process(recording: str) -> None:
+    @task
+    def quick() -> int:
+        return 1
+
+    @flow
+    def holder() -> Any:
+        return quick(return_state=True)
+
+    state = holder(return_state=True)
+    writer.flush()
+    task_state = state.result()
+    task_id = task_state.state_details.task_run_id
+    assert _ask(recording, task_id) == "final"
+    code = textwrap.dedent(
+        """
+        import sys, time
+        from asyncflow import flow, task
+        from pathlib import Path
+
+        @task
+        def slow() -> None:
+            Path(sys.argv[1]).write_text("")
+            time.sleep(30)
+
+        @flow
+        def holding() -> None:
+            slow()
+
+        holding()
+        """
+    )
+    marker = Path(tempfile.mkdtemp()) / "go"
+    env = {**os.environ, "ASYNCFLOW_STORE": recording, "ASYNCFLOW_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(marker)], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+        store: Any = open_store(recording)
+        try:
+            running = [r for r in store.list_runs_sync(kind="task") if r.spec_name == "slow"]
+        finally:
+            store.close()
+        assert running and cancel_run(running[0].id) is False  # (cancel its flow run)
+        assert _requests(recording) == 0
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_an_idempotent_caller_that_stops_waiting_does_not_cancel_anothers_run(
+    recording: str,
+) -> None:
+    queued_child.to_deployment("later").apply()
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    first = run_deployment("queued-child/later", scheduled_time=later, timeout=0,
+                           idempotency_key="nightly")  # fmt: skip
+
+    @flow(timeout_seconds=0.5)
+    def impatient() -> None:
+        run_deployment("queued-child/later", idempotency_key="nightly")
+
+    assert impatient(return_state=True).type is StateType.FAILED
+    assert _read(recording, first.id).state_type is StateType.SCHEDULED  # (still queued)
+
+
+def test_a_deployment_run_linked_to_its_caller_can_be_retried(recording: str) -> None:
+    queued_child.to_deployment("linked").apply()
+
+    @flow
+    def caller() -> Any:
+        return run_deployment("queued-child/linked", timeout=0)
+
+    child = caller()
+    assert cancel_run(child.id) is True  # (never started: Cancelled)
+    stored = _read(recording, child.id)
+    assert stored.parent_flow_run_id is not None and stored.state_type is StateType.CANCELLED
+    assert queued_child.retry(child.id) == 7
+    assert _read(recording, child.id).state_type is StateType.COMPLETED

@@ -421,3 +421,37 @@ def test_a_store_error_while_serving_loses_no_slot(
     times = sorted(r.scheduled_time for r in runs)
     assert len(times) >= 3
     assert all((b - a).total_seconds() == 0.5 for a, b in itertools.pairwise(times))
+
+
+def test_pause_on_shutdown_resumes_only_its_own_pause(recording: str) -> None:
+    from asyncflow.deployments.serve import aserve
+
+    deployment = tick.to_deployment("paused", interval=3600)
+
+    def paused() -> int:
+        store = open_store(recording)
+        try:
+            row = store.read_deployment("tick/paused")  # type: ignore[attr-defined]
+            return int(row["paused"])
+        finally:
+            store.close()
+
+    async def serve_briefly(seen: list[int]) -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(lambda: aserve(deployment, pause_on_shutdown=True))
+            await anyio.sleep(0.5)
+            seen.append(paused())
+            group.cancel_scope.cancel()
+
+    seen: list[int] = []
+    anyio.run(serve_briefly, seen)
+    assert seen == [0] and paused() == 2  # (paused as it stopped)
+    anyio.run(serve_briefly, seen)
+    assert seen == [0, 0] and paused() == 2  # (its own pause: resumed while serving)
+    store = open_store(recording)
+    try:
+        store.set_deployment_paused("tick/paused", True)  # type: ignore[attr-defined]
+    finally:
+        store.close()
+    anyio.run(serve_briefly, seen)
+    assert seen == [0, 0, 1] and paused() == 1  # (an operator's pause: kept)

@@ -288,12 +288,13 @@ async def cancel(store: RunStore, args: argparse.Namespace) -> int:
         "cancelled": "Cancelled (it had not started; it never will).",
         "requested": "Cancel requested: the process running it stops it within a second.",
         "final": f"Not cancelled: it is already {run.state_name}.",
+        "task": "Not cancelled: a task run is cancelled with its flow run (cancel that).",
     }[outcome]
     if args.json:
         print(dumps({"id": str(run.id), "name": run.name, "outcome": outcome}))
     else:
         print(f"{run.kind.capitalize()} run {run.name!r} ({run.id}): {text}")
-    return 0 if outcome != "final" else 1
+    return 0 if outcome in ("cancelled", "requested") else 1
 
 
 async def _parent_text(store: RunStore, run: StoredRun) -> str:

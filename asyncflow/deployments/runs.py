@@ -72,7 +72,7 @@ class FlowRun:
         client = _client(self.url)
         pk = client.pk_of(self.id)
         _wait_sync(client, pk, timeout, poll_interval)
-        self._refresh(client.store.read_run_sync(self.id))
+        self._refresh(_read(self.url, self.id))
         return self
 
     async def await_final(
@@ -85,7 +85,7 @@ class FlowRun:
         client = _client(self.url)
         pk = await anyio.to_thread.run_sync(client.pk_of, self.id)
         await _wait_async(client, pk, timeout, poll_interval)
-        self._refresh(await anyio.to_thread.run_sync(client.store.read_run_sync, self.id))
+        self._refresh(await anyio.to_thread.run_sync(_read, self.url, self.id))
         return self
 
     def result(self, raise_on_failure: bool = True) -> Any:
@@ -166,9 +166,12 @@ def run_deployment(
     client, made = _create(name, parameters, scheduled_time, flow_run_name, tags, idempotency_key)
     stand_in = _StandIn.open(name, made, as_subflow)
     try:
-        if timeout != 0:
-            _wait_sync(client, made.pk, timeout, poll_interval)
-        flow_run = _flow_run(client.store.read_run_sync(made.id), client.url)
+        if timeout == 0 and made.added:
+            flow_run = made.as_queued(client.url)
+        else:
+            if timeout != 0:
+                _wait_sync(client, made.pk, timeout, poll_interval)
+            flow_run = _flow_run(_read(client.url, made.id), client.url)
     except BaseException as exc:
         if stand_in is not None:
             stand_in.abandon(exc, client)
@@ -198,10 +201,13 @@ async def arun_deployment(
     )
     stand_in = _StandIn.open(name, made, as_subflow)
     try:
-        if timeout != 0:
-            await _wait_async(client, made.pk, timeout, poll_interval)
-        stored = await anyio.to_thread.run_sync(client.store.read_run_sync, made.id)
-        flow_run = _flow_run(stored, client.url)
+        if timeout == 0 and made.added:
+            flow_run = made.as_queued(client.url)
+        else:
+            if timeout != 0:
+                await _wait_async(client, made.pk, timeout, poll_interval)
+            stored = await anyio.to_thread.run_sync(_read, client.url, made.id)
+            flow_run = _flow_run(stored, client.url)
     except BaseException as exc:
         if stand_in is not None:
             with anyio.CancelScope(shield=True):
@@ -218,6 +224,21 @@ class _Made:
     id: UUID
     pk: int
     added: bool
+    row: tuple[Any, ...] = ()  # (name, flow name, parameters JSON, deployment, when, ...)
+    created: float = 0.0
+
+    def as_queued(self, url: str) -> FlowRun:
+        """The run as this call queued it (Scheduled), without reading it back: a server
+        may claim it at once, and `timeout=0` answers with the run as it was made."""
+        name, flow_name, parameters, deployment, when, _, tags = self.row
+        at = datetime.datetime.fromtimestamp(self.created, datetime.timezone.utc)
+        scheduled = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+        state: State[Any] = State(StateType.SCHEDULED, timestamp=self.created)
+        return FlowRun(
+            id=self.id, name=name, flow_name=flow_name, deployment=deployment, state=state,
+            parameters=json.loads(parameters), tags=tuple(json.loads(tags)),
+            expected_start_time=scheduled, start_time=None, end_time=None, created=at, url=url,
+        )  # fmt: skip
 
 
 def _create(
@@ -228,10 +249,7 @@ def _create(
     tags: list[str] | None,
     idempotency_key: str | None,
 ) -> tuple[_Client, _Made]:
-    from asyncflow.deployments.deployment import _json
-    from asyncflow.deployments.parameters import check_parameters
-    from asyncflow.exceptions import ObjectNotFound, StoreError
-    from asyncflow.naming import generate_run_name
+    from asyncflow.exceptions import StoreError
     from asyncflow.store import recording_url
 
     if not isinstance(name, str) or name.count("/") != 1 or "" in name.split("/"):
@@ -254,7 +272,29 @@ def _create(
             "run_deployment() needs a run store (the queue serving processes take runs "
             "from): ASYNCFLOW_STORE is 'memory'."
         )
+    try:
+        return _queue(url, name, parameters, scheduled_time, flow_run_name, tags, idempotency_key)
+    except StoreError:  # (a dropped connection, a replaced file: once more, connected anew)
+        _forget(_client(url))
+        return _queue(url, name, parameters, scheduled_time, flow_run_name, tags, idempotency_key)
+
+
+def _queue(
+    url: str,
+    name: str,
+    parameters: dict[str, Any] | None,
+    scheduled_time: datetime.datetime | None,
+    flow_run_name: str | None,
+    tags: list[str] | None,
+    idempotency_key: str | None,
+) -> tuple[_Client, _Made]:
+    from asyncflow.deployments.deployment import _json
+    from asyncflow.deployments.parameters import check_parameters
+    from asyncflow.exceptions import ObjectNotFound
+    from asyncflow.naming import generate_run_name
+
     client = _client(url)
+    client.store.check_open()
     deployment = client.store.read_deployment(name)
     if deployment is None:
         known = [d["name"] for d in client.store.list_deployments()]
@@ -272,7 +312,8 @@ def _create(
         when, deployment["entrypoint"], json.dumps(merged),
     )  # fmt: skip
     key = None if idempotency_key is None else f"{name}||{idempotency_key}"
-    made = _Made(*client.create(row, key))
+    now = time.time()
+    made = _Made(*client.create(row, key), row=row, created=now)
     if made.added:
         _wake_servers(name)
     return client, made
@@ -328,8 +369,27 @@ def _client(url: str) -> _Client:
         return client
 
 
+def _forget(client: _Client) -> None:
+    """Drop a client whose connection failed: the next call connects again (a new session,
+    so a store that was replaced gets a session of its own)."""
+    with _clients_lock:
+        if _clients.get(client.url) is client:
+            del _clients[client.url]
+    try:
+        client.store.close()
+    except Exception:  # (closing a broken connection)
+        pass
+
+
+def _after_fork() -> None:
+    global _clients_lock, _poller
+    _clients.clear()
+    _clients_lock = threading.Lock()  # (a fork while it was held leaves it held)
+    _poller = None  # (its threads are not in the child)
+
+
 if hasattr(os, "register_at_fork"):  # a child process opens connections of its own
-    os.register_at_fork(after_in_child=_clients.clear)
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 # -- waiting ------------------------------------------------------------------------------------
@@ -342,11 +402,45 @@ def _check_wait(timeout: float | None, poll_interval: float) -> None:
         raise ValueError(f"poll_interval must be a number of seconds > 0, got {poll_interval!r}.")
 
 
+def _poll(url: str, pk: int) -> tuple[StateType, str] | None:
+    """The run's latest state; a failed connection is opened again once."""
+    from asyncflow.exceptions import StoreError
+
+    client = _client(url)
+    try:
+        return client.store.run_state(pk)  # type: ignore[no-any-return]
+    except StoreError:
+        _forget(client)
+        return _client(url).store.run_state(pk)  # type: ignore[no-any-return]
+
+
+def _read(url: str, run_id: UUID) -> Any:
+    """The stored run (a StoredRun); a failed connection is opened again once."""
+    from asyncflow.exceptions import StoreError
+
+    client = _client(url)
+    try:
+        return client.store.read_run_sync(run_id)
+    except StoreError:
+        _forget(client)
+        return _client(url).store.read_run_sync(run_id)
+
+
+_poller: Any = None  # a thread for the polls of sync waits (see _wait_sync)
+
+
 @interruptible  # (a sync flow's timeout or cancellation stops it while it sleeps here)
 def _wait_sync(client: _Client, pk: int, timeout: float | None, poll: float) -> None:
+    """Poll until the run is final. The polls run in a thread of their own: an interrupt
+    (the calling flow's timeout, a cancel) lands here, never inside the store's driver."""
+    global _poller
+    if _poller is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _poller = ThreadPoolExecutor(4, thread_name_prefix="asyncflow-run-deployment")
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        state = client.store.run_state(pk)
+        state = _poller.submit(_poll, client.url, pk).result()
         if state is None or state[0] in _TERMINAL:
             return
         left = poll if deadline is None else min(poll, deadline - time.monotonic())
@@ -361,7 +455,7 @@ async def _wait_async(client: _Client, pk: int, timeout: float | None, poll: flo
 
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        state = await anyio.to_thread.run_sync(client.store.run_state, pk)
+        state = await anyio.to_thread.run_sync(_poll, client.url, pk)
         if state is None or state[0] in _TERMINAL:
             return
         left = poll if deadline is None else min(poll, deadline - time.monotonic())
@@ -438,8 +532,12 @@ class _StandIn:
         if isinstance(exc, (StoreError, KeyError)):
             self._end(StateType.FAILED, None, f"{type(exc).__name__}: {exc}")
             return
+        if not self.made.added:
+            # (a run made earlier under the same idempotency key: its caller's, not ours)
+            self._end(StateType.CANCELLED, None, "Its flow run was stopped while it waited.")
+            return
         try:
-            client.store.request_cancel(self.made.id)
+            _client(client.url).store.request_cancel(self.made.id, why="its caller stopped waiting")
         except Exception:  # (the store is down: the child goes on; say so)
             import logging
 

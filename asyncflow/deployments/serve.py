@@ -20,6 +20,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import threading
 import time
 from typing import Any, Literal
@@ -184,33 +185,25 @@ class _Server:
         self.seen: dict[str, datetime.datetime] = {}
         self.failing = 0.0  # consecutive seconds of store errors (for the backoff)
         self.reaped = time.time()  # when crash detection last ran (opening the store did)
-        self.token: Any = None  # the event loop's, to be woken from other threads
-        self.thread = 0
+        self.soon: Any = None  # schedules a callback on the loop, from any thread
         self.wakeup: Any = None
         self.idle: Any = None  # set when the last run ends (while stopping)
         self.grace: Any = None  # the grace period's cancel scope
 
     def wake(self) -> None:
-        import anyio.from_thread
-
-        token = self.token
-        if token is None:
-            return
-        if threading.get_ident() == self.thread:
-            self.wakeup.set()
+        """Look at the queue now (from any thread; never waits for the loop)."""
+        soon = self.soon
+        if soon is None:
             return
         try:
-            anyio.from_thread.run_sync(self.wakeup.set, token=token)
-        except Exception:  # (the loop ended meanwhile)
+            soon(lambda: self.wakeup.set())
+        except Exception:  # (the loop ended meanwhile: nothing to wake)
             pass
 
     async def run(self, signals: bool) -> None:
-        import anyio.lowlevel
-
         await anyio.to_thread.run_sync(self._open)
-        self.token = anyio.lowlevel.current_token()
-        self.thread = threading.get_ident()
         self.wakeup = anyio.Event()
+        self.soon = _call_soon()
         _serving.add(self)
         try:
             async with anyio.create_task_group() as group:
@@ -236,7 +229,8 @@ class _Server:
         while not self.stopping:
             try:
                 wake = await anyio.to_thread.run_sync(self._tick)
-                claimed, due = await anyio.to_thread.run_sync(self._claim)
+                with anyio.CancelScope(shield=True):  # (runs it claims are never dropped)
+                    claimed, due = await anyio.to_thread.run_sync(self._claim)
             except StoreError as exc:  # (locked, a dropped connection...): go on
                 if getattr(exc, "permanent", False):
                     raise
@@ -341,7 +335,9 @@ class _Server:
         for deployment in self.deployments.values():
             row = deployment.to_row()
             if self.pause_on_shutdown and row["paused"] is None:
-                row["paused"] = 0  # (what this server paused as it stopped, it resumes)
+                stored = self.store.read_deployment(row["name"])
+                if stored is not None and stored["paused"] == 2:
+                    row["paused"] = 0  # (a server's pause at its shutdown: resumed; not a CLI's)
             self.store.save_deployment(row)
         identity = writer.process_identity()
         self.process_id = identity[0]
@@ -361,7 +357,9 @@ class _Server:
         try:
             if self.pause_on_shutdown:
                 for name in self.deployments:
-                    self.store.set_deployment_paused(name, True)
+                    stored = self.store.read_deployment(name)
+                    if stored is not None and not stored["paused"]:  # (keep an operator's)
+                        self.store.set_deployment_paused(name, True, on_shutdown=True)
                 logger.info("Serving: paused %s.", ", ".join(map(repr, self.deployments)))
         finally:
             self.store.close()
@@ -455,15 +453,13 @@ class _Server:
             Restore({}, 1), undo=None,
         )  # fmt: skip
         call: Any = flow
+        started = False
         try:
             async with self.limiter:
                 if self.cancelling:  # (stopping: a run that has not started never does)
-                    message = "The serving process stopped before the run started."
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(
-                            self.store.fail_claimed, claimed, message, "CANCELLED"
-                        )
+                    await self._never_started(claimed)
                     return
+                started = True
                 if self.isolation == "process":
                     await self._in_subprocess(claimed, flow)
                 elif flow.kind == "async":
@@ -478,7 +474,15 @@ class _Server:
                         restart_var.set(restarting)  # (this thread's own context copy)
                         call(**claimed.parameters, return_state=True)
 
-                    await anyio.to_thread.run_sync(run_sync, limiter=self.threads)
+                    # (cancelled, the loop stops waiting: the run was asked to stop, and a
+                    # thread stuck in C must not hold the server past its shutdown)
+                    await anyio.to_thread.run_sync(
+                        run_sync, limiter=self.threads, abandon_on_cancel=True
+                    )
+        except anyio.get_cancelled_exc_class():
+            if not started:  # (cancelled while it waited for its turn)
+                await self._never_started(claimed)
+            raise
         except Exception as exc:
             if restarting.used:
                 raise  # (a bug: a flow run's call returns its state)
@@ -493,6 +497,11 @@ class _Server:
                 self.idle.set()
             if self.wakeup is not None:
                 self.wakeup.set()  # (room for another run: claim now, not at the next poll)
+
+    async def _never_started(self, claimed: Any) -> None:
+        message = "The serving process stopped before the run started."
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.store.fail_claimed, claimed, message, "CANCELLED")
 
     async def _in_subprocess(self, claimed: Any, flow: Any) -> None:
         """Run a claimed run in a process of its own (asyncflow.deployments.isolated), which
@@ -541,8 +550,29 @@ class _Server:
         """A run's process ended abnormally: its run ends Failed if the process never took it
         over, else crash detection (the process is dead) ends it Crashed, now."""
         message = f"The run's process exited with status {code} before the run started."
-        if not self.store.fail_claimed(claimed, message):
+        if not self.store.fail_claimed(claimed, message, owner=self.process_id):
             self.store.mark_crashed_runs()
+
+
+def _call_soon() -> Any:
+    """How to run a callback on the current event loop from any thread, without waiting."""
+    import sniffio
+
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_trio_token().run_sync_soon
+    import asyncio
+
+    return asyncio.get_running_loop().call_soon_threadsafe
+
+
+def _after_fork() -> None:
+    _serving.clear()  # (their loops are not in the child)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def schedule_key(schedule: Any) -> str:

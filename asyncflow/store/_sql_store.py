@@ -286,6 +286,10 @@ class SqlStore:
             raise ambiguous_run(run, [str(run_id(prefix, pk)) for pk, prefix in found])
         return int(found[0][0])
 
+    def check_open(self) -> None:
+        """StoreReplacedError when the database this connection uses is not the one at its
+        path any more (SQLite: deleted or replaced); nothing to check on PostgreSQL."""
+
     def key_of(self, run: UUID | str) -> int:
         """A run's key in this store (KeyError for an unknown or ambiguous id)."""
         return self._query(lambda conn: self._pk_of(conn, run))
@@ -450,17 +454,18 @@ class SqlStore:
                 self._sql(
                     "SELECT r.kind, r.name, r.parent_pk, r.state_type, r.state_name, "
                     "r.state_message, r.state_ts, r.state_seq, r.start_seq, x.attempt, "
-                    "x.process "
+                    "x.process, r.deployment "
                     "FROM runs r LEFT JOIN restarts x ON x.run_pk = r.pk WHERE r.pk = ?"
                 )
                 + self.for_update,
                 (pk,),
             ).fetchone()
-            kind, name, parent, type_, state_name, message_, ts, seq, start_seq, done, by = row
+            (kind, name, parent, type_, state_name, message_, ts, seq, start_seq, done, by,
+             deployment) = row  # fmt: skip
             what = f"{kind.capitalize()} run {name!r} ({run_id(self._prefix_of(conn, pk), pk)})"
             if kind != "flow":
                 raise ValueError(f"{what} is a task run: retry the flow run it belongs to.")
-            if parent is not None:
+            if parent is not None and deployment is None:  # (run_deployment's child: its own)
                 top = run_id(self._prefix_of(conn, parent), parent)
                 raise ValueError(
                     f"{what} is a nested flow run: retry its parent flow run ({top}), which "
@@ -499,6 +504,8 @@ class SqlStore:
                 ),
                 (pk, process_id, attempt),
             )
+            # (a request for an earlier attempt must not cancel this one)
+            conn.execute(self._sql("DELETE FROM cancel_requests WHERE run_pk = ?"), (pk,))
         return Restart(run_id(self._prefix_of_pk(pk), pk), pk, attempt, seq_base, before)
 
     def abort_restart(self, restart: Restart) -> bool:
@@ -635,7 +642,7 @@ class SqlStore:
         now = time.time()
         if row.get("paused") is None:
             stored = self.read_deployment(row["name"])
-            row = {**row, "paused": int(bool(stored and stored["paused"]))}
+            row = {**row, "paused": int(stored["paused"]) if stored else 0}
         values = [row.get(n) for n in names[:-2]] + [now, now]
         updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in ("name", "created"))
         sql = (
@@ -659,11 +666,14 @@ class SqlStore:
         names = self._DEPLOYMENT_COLUMNS.split(", ")
         return None if row is None else dict(zip(names, row, strict=True))
 
-    def set_deployment_paused(self, name: str, paused: bool) -> bool:
-        """Pause or resume a deployment's schedules; False when there is no such one."""
+    def set_deployment_paused(self, name: str, paused: bool, on_shutdown: bool = False) -> bool:
+        """Pause or resume a deployment's schedules; False when there is no such one.
+        `on_shutdown`: paused by a server stopping (`pause_on_shutdown`), stored as 2, so
+        that serving it again resumes only such a pause, never one an operator set."""
+        value = (2 if on_shutdown else 1) if paused else 0
         sql = self._sql("UPDATE deployments SET paused = ?, updated = ? WHERE name = ?")
         with self._transaction() as conn:
-            return bool(conn.execute(sql, (int(paused), time.time(), name)).rowcount)
+            return bool(conn.execute(sql, (value, time.time(), name)).rowcount)
 
     def delete_deployment(self, name: str) -> bool:
         """Delete a deployment (its runs stay in the history); False when there was none."""
@@ -871,26 +881,37 @@ class SqlStore:
     #: appended to the claim's SELECT (PostgreSQL: rows another claimer holds are skipped)
     skip_locked = ""
 
-    def fail_claimed(self, claimed: Claimed, message: str, type_: str = "FAILED") -> bool:
+    def fail_claimed(
+        self, claimed: Claimed, message: str, type_: str = "FAILED", owner: str | None = None
+    ) -> bool:
         """End Failed (or `type_`) a claimed run whose flow did not start (its parameters no
-        longer fit the flow, say); False when its attempt recorded states meanwhile."""
+        longer fit the flow, say); False when its attempt recorded states meanwhile, or
+        (with `owner`) when another process than `owner` took it over."""
         name = StateType(type_).value.capitalize()
-        sql = self._sql(
-            f"UPDATE runs SET state_type = '{type_}', state_name = '{name}', "
-            "state_message = ?, state_ts = ?, state_seq = ? WHERE pk = ? AND state_seq = ?"
+        check = self._sql(
+            "SELECT 1 FROM runs WHERE pk = ? AND state_seq = ?"
+            + (
+                ""
+                if owner is None
+                else " AND pk IN (SELECT run_pk FROM restarts WHERE process = ?)"
+            )
         )
+        log = self._sql(
+            "INSERT INTO transition_log (run_pk, seq, type, name, message, ts) "
+            "SELECT pk, state_seq, state_type, state_name, state_message, state_ts "
+            "FROM runs WHERE pk = ? ON CONFLICT DO NOTHING"
+        )
+        end = self._sql(
+            f"UPDATE runs SET state_type = '{type_}', state_name = '{name}', "
+            "state_message = ?, state_ts = ?, state_seq = ? WHERE pk = ?"
+        )
+        args = (claimed.pk, claimed.seq_base - 1) + (() if owner is None else (owner,))
         with self._transaction() as conn:
-            log = self._sql(
-                "INSERT INTO transition_log (run_pk, seq, type, name, message, ts) "
-                "SELECT pk, state_seq, state_type, state_name, state_message, state_ts "
-                "FROM runs WHERE pk = ? AND state_seq = ? ON CONFLICT DO NOTHING"
-            )
-            conn.execute(log, (claimed.pk, claimed.seq_base - 1))
-            cur = conn.execute(
-                sql,
-                (message, time.time(), claimed.seq_base, claimed.pk, claimed.seq_base - 1),
-            )
-            return bool(cur.rowcount)
+            if conn.execute(check, args).fetchone() is None:
+                return False
+            conn.execute(log, (claimed.pk,))
+            conn.execute(end, (message, time.time(), claimed.seq_base, claimed.pk))
+            return True
 
     # -- runs made on request (run_deployment) ------------------------------------------------
     def add_deployment_run(
@@ -952,43 +973,51 @@ class SqlStore:
         return None if row is None else (StateType(row[0]), str(row[1]))
 
     # -- cancel requests ------------------------------------------------------------------------
-    def request_cancel(self, run: UUID | str, process_id: str = "") -> tuple[str, StoredRun]:
-        """Cancel a run recorded here: a Scheduled one ends Cancelled at once (it never
-        starts: a claim takes only Scheduled runs); another open one gets a cancel request,
-        which the process running it acts on, unless that is `process_id` (the caller).
-        Returns ("cancelled" | "requested" | "final" | "own", the run as it was). KeyError
-        for an unknown run."""
+    def request_cancel(
+        self, run: UUID | str, process_id: str = "", why: str = "cancel_run"
+    ) -> tuple[str, StoredRun]:
+        """Cancel a flow run recorded here. A deployment's run still waiting in the queue
+        ends Cancelled at once (it never starts: a claim takes only those); another open one
+        gets a cancel request, which the process running it acts on, unless that is
+        `process_id` (the caller). Returns ("cancelled" | "requested" | "final" | "own" |
+        "task", the run as it was): "task" for a task run, which only its own process can
+        cancel (`cancel_run` there). KeyError for an unknown run."""
         from asyncflow.store.base import TERMINAL
 
         self._before_read()
         stored = self.read_run_sync(run)
+        queued = (
+            "pk = ? AND state_type = 'SCHEDULED' AND state_name = 'Scheduled' "
+            "AND deployment IS NOT NULL AND pk NOT IN (SELECT run_pk FROM restarts)"
+        )
         log = self._sql(
             "INSERT INTO transition_log (run_pk, seq, type, name, message, ts) "
             "SELECT pk, state_seq, state_type, state_name, state_message, state_ts FROM runs "
-            "WHERE pk = ? AND state_type = 'SCHEDULED' ON CONFLICT DO NOTHING"
+            f"WHERE {queued} ON CONFLICT DO NOTHING"
         )
         end = self._sql(
             "UPDATE runs SET state_type = 'CANCELLED', state_name = 'Cancelled', "
-            "state_message = ?, state_ts = ?, state_seq = state_seq + 1 "
-            "WHERE pk = ? AND state_type = 'SCHEDULED'"
+            f"state_message = ?, state_ts = ?, state_seq = state_seq + 1 WHERE {queued}"
         )
         ask = self._sql(
             "INSERT INTO cancel_requests (run_pk, requested) VALUES (?, ?) ON CONFLICT DO NOTHING"
         )
         state = self._sql(
-            "SELECT r.state_type, coalesce(x.process, p.id) FROM runs r "
+            "SELECT r.kind, r.state_type, coalesce(x.process, p.id) FROM runs r "
             "JOIN processes p ON p.pk = r.pk >> 32 LEFT JOIN restarts x ON x.run_pk = r.pk "
             "WHERE r.pk = ?"
         )
         with self._transaction() as conn:
             pk = self._pk_of(conn, stored.id)
-            conn.execute(log, (pk,))
-            message = "Cancelled before it started (cancel_run)."
-            if conn.execute(end, (message, time.time(), pk)).rowcount:
-                return "cancelled", stored
-            type_, owner = conn.execute(state, (pk,)).fetchone()
+            kind, type_, owner = conn.execute(state, (pk,)).fetchone()
             if StateType(type_) in TERMINAL:
                 return "final", stored
+            if kind != "flow":
+                return "task", stored
+            conn.execute(log, (pk,))
+            message = f"Cancelled before it started ({why})."
+            if conn.execute(end, (message, time.time(), pk)).rowcount:
+                return "cancelled", stored
             if owner == process_id:
                 return "own", stored
             conn.execute(ask, (pk, time.time()))
@@ -996,23 +1025,27 @@ class SqlStore:
 
     def cancel_requests(self, process_id: str) -> list[UUID]:
         """The open runs this process answers for (its own, or restarted or claimed by it)
-        that someone asked to cancel. Requests for runs that ended are dropped."""
+        that someone asked to cancel. Requests for runs that ended, whoever ran them, are
+        dropped here."""
         from asyncflow.store.base import TERMINAL
 
         probe = "SELECT 1 FROM cancel_requests LIMIT 1"
         if self._query(lambda c: c.execute(probe).fetchone()) is None:
             return []  # (the usual answer: one read of an empty table)
-        sql = self._sql(
-            "SELECT c.run_pk, p.id_prefix, r.state_type FROM cancel_requests c "
-            "JOIN runs r ON r.pk = c.run_pk JOIN processes p ON p.pk = c.run_pk >> 32 "
-            "LEFT JOIN restarts x ON x.run_pk = c.run_pk "
-            "WHERE x.process = ? OR (x.process IS NULL AND p.id = ?)"
+        sql = (
+            "SELECT c.run_pk, p.id_prefix, r.state_type, coalesce(x.process, p.id) "
+            "FROM cancel_requests c JOIN runs r ON r.pk = c.run_pk "
+            "JOIN processes p ON p.pk = c.run_pk >> 32 LEFT JOIN restarts x ON x.run_pk = c.run_pk"
         )
-        rows = self._query(lambda c: c.execute(sql, (process_id, process_id)).fetchall())
-        ended = [pk for pk, _, state in rows if StateType(state) in TERMINAL]
+        rows = self._query(lambda c: c.execute(sql).fetchall())
+        ended = [pk for pk, _, state, _ in rows if StateType(state) in TERMINAL]
         if ended:
             drop = self._sql("DELETE FROM cancel_requests WHERE run_pk = ?")
             with self._transaction() as conn:
                 for pk in ended:
                     conn.execute(drop, (pk,))
-        return [run_id(prefix, pk) for pk, prefix, state in rows if pk not in ended]
+        return [
+            run_id(prefix, pk)
+            for pk, prefix, state, owner in rows
+            if owner == process_id and StateType(state) not in TERMINAL
+        ]

@@ -558,6 +558,9 @@ class SQLiteStore(SqlStore):
                 kind=StoreReplacedError,
             )
 
+    def check_open(self) -> None:
+        self._check_file()
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
