@@ -147,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     var_unset = variable_commands.add_parser("unset", help="delete a variable")
     var_unset.add_argument("name", metavar="NAME")
 
-    from asyncflow.cli import _serve
+    from asyncflow.cli import _serve, _server
 
     serve = _serve.add_parser(commands)
+    server_start = _server.add_parser(commands)
 
     run = commands.add_parser("run", help="run a flow from a Python file")
     run.add_argument("target", metavar="FILE[:FLOW]", help="e.g. path/to/file.py:my_flow")
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="machine-readable JSON output")
         _store_option(sub, argparse.SUPPRESS)
     _store_option(serve, argparse.SUPPRESS)
+    _store_option(server_start, argparse.SUPPRESS)
     for sub in (ls, inspect, tree):
         sub.add_argument(
             "--show-secrets",
@@ -199,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         if (
-            args.command in ("run", "variable", "serve")
+            args.command in ("run", "variable", "serve", "server")
             or getattr(args, "runs_command", None) == "retry"
             or getattr(args, "deployments_command", None) == "run"
         ):
@@ -295,6 +297,10 @@ def _run_command(args: argparse.Namespace) -> int:
             from asyncflow.cli import _serve
 
             return _serve.serve(args)
+        if args.command == "server":
+            from asyncflow.cli import _server
+
+            return _server.start(args)
         if args.command == "deployments":
             from asyncflow.cli import _deployments
 

@@ -10,47 +10,8 @@ from typing import Any
 
 from asyncflow.cli._errors import CLIError
 from asyncflow.cli._format import clip, dumps, local_time, table
+from asyncflow.deployments.deployment import describe
 from asyncflow.store.base import RunStore
-
-#: Next slots shown per schedule.
-NEXT_SLOTS = 3
-
-
-def _describe(row: dict[str, Any], now: datetime.datetime) -> dict[str, Any]:
-    from asyncflow.deployments.deployment import schedule_from_dict
-
-    schedules = []
-    for data in json.loads(row["schedules"]):
-        try:
-            slots = schedule_from_dict(data).next_slots(NEXT_SLOTS, now)
-            data["next_slots"] = [s.isoformat() for s in slots]
-        except ValueError as exc:  # a schedule that ended, or one this version cannot read
-            data["next_slots"] = []
-            data["error"] = str(exc)
-        schedules.append(data)
-    return {
-        "name": row["name"],
-        "flow": row["flow_name"],
-        "entrypoint": row["entrypoint"],
-        "description": row["description"],
-        "version": row["version"],
-        "tags": json.loads(row["tags"]),
-        "parameters": json.loads(row["parameters"]),
-        "parameter_schema": json.loads(row["parameter_schema"]),
-        "schedules": schedules,
-        "next_slots": sorted({s for d in schedules if d.get("active") for s in d["next_slots"]})[
-            :NEXT_SLOTS
-        ],
-        "paused": bool(row["paused"]),
-        "concurrency_limit": row["concurrency_limit"],
-        "collision_strategy": row["collision_strategy"],
-        "created": datetime.datetime.fromtimestamp(
-            row["created"], datetime.timezone.utc
-        ).isoformat(),
-        "updated": datetime.datetime.fromtimestamp(
-            row["updated"], datetime.timezone.utc
-        ).isoformat(),
-    }
 
 
 def _schedule_text(data: dict[str, Any]) -> str:
@@ -66,7 +27,7 @@ async def run(store: RunStore, args: argparse.Namespace) -> int:
     now = datetime.datetime.now(datetime.timezone.utc)
     if command == "ls":
         rows = await anyio.to_thread.run_sync(store.list_deployments)
-        described = [_describe(r, now) for r in rows]
+        described = [describe(r, now) for r in rows]
         if args.json:
             print(dumps(described))
         elif not described:
@@ -90,7 +51,7 @@ async def run(store: RunStore, args: argparse.Namespace) -> int:
     if row is None:
         raise CLIError(f"no deployment {name!r} (names are 'flow name/deployment name')")
     if command == "inspect":
-        info = _describe(row, now)
+        info = describe(row, now)
         if args.json:
             print(dumps(info))
             return 0

@@ -194,6 +194,48 @@ def _json(value: Any) -> str:
         raise ValueError(f"Deployment parameters must be JSON-serializable ({exc}).") from None
 
 
+#: Next slots shown per schedule.
+NEXT_SLOTS = 3
+
+
+def describe(row: dict[str, Any], now: datetime.datetime) -> dict[str, Any]:
+    """A deployment's stored row as JSON data (what `deployments inspect --json` and the
+    API show): its schedules each with their next slots from `now`, and the deployment's
+    next slots over all of them (ISO 8601, UTC)."""
+    schedules = []
+    for data in json.loads(row["schedules"]):
+        try:
+            slots = schedule_from_dict(data).next_slots(NEXT_SLOTS, now)
+            data["next_slots"] = [s.isoformat() for s in slots]
+        except ValueError as exc:  # a schedule that ended, or one this version cannot read
+            data["next_slots"] = []
+            data["error"] = str(exc)
+        schedules.append(data)
+    return {
+        "name": row["name"],
+        "flow": row["flow_name"],
+        "entrypoint": row["entrypoint"],
+        "description": row["description"],
+        "version": row["version"],
+        "tags": json.loads(row["tags"]),
+        "parameters": json.loads(row["parameters"]),
+        "parameter_schema": json.loads(row["parameter_schema"]),
+        "schedules": schedules,
+        "next_slots": sorted({s for d in schedules if d.get("active") for s in d["next_slots"]})[
+            :NEXT_SLOTS
+        ],
+        "paused": bool(row["paused"]),
+        "concurrency_limit": row["concurrency_limit"],
+        "collision_strategy": row["collision_strategy"],
+        "created": datetime.datetime.fromtimestamp(
+            row["created"], datetime.timezone.utc
+        ).isoformat(),
+        "updated": datetime.datetime.fromtimestamp(
+            row["updated"], datetime.timezone.utc
+        ).isoformat(),
+    }
+
+
 # -- schedules as data ----------------------------------------------------------------------------
 def schedule_to_dict(schedule: _Schedule) -> dict[str, Any]:
     """A schedule as JSON-able data (the store keeps a deployment's schedules so)."""
@@ -238,8 +280,10 @@ def schedule_from_dict(data: dict[str, Any]) -> _Schedule:
 
 
 __all__ = [
+    "NEXT_SLOTS",
     "ConcurrencyLimitConfig",
     "RunnerDeployment",
+    "describe",
     "schedule_from_dict",
     "schedule_to_dict",
     "to_deployment",

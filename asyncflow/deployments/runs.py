@@ -17,6 +17,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -252,6 +253,27 @@ def _create(
     from asyncflow.exceptions import StoreError
     from asyncflow.store import recording_url
 
+    _check_call(name, parameters, scheduled_time, flow_run_name, idempotency_key)
+    url = recording_url()
+    if url is None:
+        raise StoreError(
+            "run_deployment() needs a run store (the queue serving processes take runs "
+            "from): ASYNCFLOW_STORE is 'memory'."
+        )
+    try:
+        return _queue(url, name, parameters, scheduled_time, flow_run_name, tags, idempotency_key)
+    except StoreError:  # (a dropped connection, a replaced file: once more, connected anew)
+        _forget(_client(url))
+        return _queue(url, name, parameters, scheduled_time, flow_run_name, tags, idempotency_key)
+
+
+def _check_call(
+    name: Any,
+    parameters: Any,
+    scheduled_time: Any,
+    flow_run_name: Any,
+    idempotency_key: Any,
+) -> None:
     if not isinstance(name, str) or name.count("/") != 1 or "" in name.split("/"):
         raise ValueError(
             f"Deployment name {name!r} is not valid: it is 'flow name/deployment name'."
@@ -266,17 +288,6 @@ def _create(
         not isinstance(idempotency_key, str) or not idempotency_key
     ):
         raise ValueError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}.")
-    url = recording_url()
-    if url is None:
-        raise StoreError(
-            "run_deployment() needs a run store (the queue serving processes take runs "
-            "from): ASYNCFLOW_STORE is 'memory'."
-        )
-    try:
-        return _queue(url, name, parameters, scheduled_time, flow_run_name, tags, idempotency_key)
-    except StoreError:  # (a dropped connection, a replaced file: once more, connected anew)
-        _forget(_client(url))
-        return _queue(url, name, parameters, scheduled_time, flow_run_name, tags, idempotency_key)
 
 
 def _queue(
@@ -288,13 +299,48 @@ def _queue(
     tags: list[str] | None,
     idempotency_key: str | None,
 ) -> tuple[_Client, _Made]:
+    client = _client(url)
+    client.store.check_open()
+    made = _add(client, name, parameters, scheduled_time, flow_run_name, tags, idempotency_key)
+    return client, made
+
+
+def queue_run(
+    store: Any,
+    name: str,
+    parameters: dict[str, Any] | None = None,
+    scheduled_time: datetime.datetime | None = None,
+    flow_run_name: str | None = None,
+    tags: list[str] | None = None,
+    idempotency_key: str | None = None,
+) -> FlowRun:
+    """`run_deployment(..., timeout=0, as_subflow=False)` on a given store object (the HTTP
+    API's): the run as queued. Errors as `run_deployment`'s."""
+    _check_call(name, parameters, scheduled_time, flow_run_name, idempotency_key)
+    client = _store_clients.get(store)
+    if client is None:
+        client = _store_clients.setdefault(store, _Client(store.url, store))
+    made = _add(client, name, parameters, scheduled_time, flow_run_name, tags, idempotency_key)
+    return made.as_queued(store.url) if made.added else _flow_run(
+        store.read_run_sync(made.id), store.url
+    )
+
+
+def _add(
+    client: _Client,
+    name: str,
+    parameters: dict[str, Any] | None,
+    scheduled_time: datetime.datetime | None,
+    flow_run_name: str | None,
+    tags: list[str] | None,
+    idempotency_key: str | None,
+) -> _Made:
+    """Check the parameters against the deployment's schema and queue the run."""
     from asyncflow.deployments.deployment import _json
     from asyncflow.deployments.parameters import check_parameters
     from asyncflow.exceptions import ObjectNotFound
     from asyncflow.naming import generate_run_name
 
-    client = _client(url)
-    client.store.check_open()
     deployment = client.store.read_deployment(name)
     if deployment is None:
         known = [d["name"] for d in client.store.list_deployments()]
@@ -316,7 +362,7 @@ def _queue(
     made = _Made(*client.create(row, key), row=row, created=now)
     if made.added:
         _wake_servers(name)
-    return client, made
+    return made
 
 
 def _wake_servers(deployment: str) -> None:
@@ -332,11 +378,11 @@ class _Client:
     """This process's connection to one store for run_deployment, and its session there
     (the keys of the runs it adds)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, store: Any = None) -> None:
         from asyncflow.store import connect
 
         self.url = url
-        self.store: Any = connect(url)
+        self.store: Any = connect(url) if store is None else store
         self.lock = threading.Lock()
         self.session: int | None = None
 
@@ -358,6 +404,8 @@ class _Client:
 
 
 _clients: dict[str, _Client] = {}
+# (stores given to queue_run, e.g. the HTTP API's: a session each, gone with the store)
+_store_clients: weakref.WeakKeyDictionary[Any, _Client] = weakref.WeakKeyDictionary()
 _clients_lock = threading.Lock()
 
 
@@ -548,4 +596,4 @@ class _StandIn:
         self._end(StateType.CANCELLED, None, f"Its flow run was stopped{why} while it waited.")
 
 
-__all__ = ["POLL_INTERVAL", "FlowRun", "arun_deployment", "run_deployment"]
+__all__ = ["POLL_INTERVAL", "FlowRun", "arun_deployment", "queue_run", "run_deployment"]

@@ -45,6 +45,26 @@ from asyncflow.store.base import (
 
 T = TypeVar("T")
 
+
+def encode_cursor(created: float, pk: int) -> str:
+    """The opaque cursor of a page that ends at the run (created, key)."""
+    import base64
+
+    return base64.urlsafe_b64encode(f"{created!r}:{pk}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, int]:
+    """(created, key) from `encode_cursor`; ValueError for anything else."""
+    import base64
+    import binascii
+
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, pk = text.split(":")
+        return float(created), int(pk)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValueError(f"Not a cursor of this API: {cursor!r}.") from None
+
 logger = logging.getLogger("asyncflow.store")
 
 # A result row with its run: (RESULT_SELECT) FROM RESULT_FROM; `result_row` decodes it.
@@ -253,6 +273,80 @@ class SqlStore:
         )
         rows = self._query(lambda c: c.execute(sql, (*params, max(0, limit))).fetchall())
         return [row_to_run(row) for row in rows]
+
+    def list_runs_page(
+        self,
+        *,
+        kind: Literal["flow", "task"] | None = "flow",
+        spec_name: str | None = None,
+        state: StateType | None = None,
+        deployment: str | None = None,
+        parent: UUID | str | None = None,
+        since: datetime.datetime | None = None,
+        until: datetime.datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[StoredRun], str | None]:
+        """One page of runs, newest first, and the cursor of the next page (None: the last
+        one). Keyset pagination on (created, key): a page costs the same at any depth, and
+        runs added meanwhile never shift a page (no duplicates, no gaps). `parent`: the
+        runs directly under that flow run. ValueError for a bad cursor; KeyError for an
+        unknown parent."""
+        self._before_read()
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        for column, value in (
+            ("r.kind", kind),
+            ("r.spec_name", spec_name),
+            ("r.state_type", None if state is None else StateType(state).value),
+            ("r.deployment", deployment),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since is not None:
+            where.append("r.created >= ?")
+            params.append(since.timestamp())
+        if until is not None:
+            where.append("r.created < ?")
+            params.append(until.timestamp())
+        if cursor is not None:
+            created, pk = decode_cursor(cursor)
+            where.append("(r.created < ? OR (r.created = ? AND r.pk < ?))")
+            params += [created, created, pk]
+
+        def read(conn: Any) -> tuple[list[StoredRun], str | None]:
+            clauses, args = list(where), list(params)
+            if parent is not None:
+                clauses.append("r.parent_pk = ?")
+                args.append(self._pk_of(conn, parent))
+            sql = self._sql(
+                f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE {' AND '.join(clauses)} "
+                "ORDER BY r.created DESC, r.pk DESC LIMIT ?"
+            )
+            rows = conn.execute(sql, (*args, max(1, limit) + 1)).fetchall()
+            more = len(rows) > max(1, limit)
+            rows = rows[: max(1, limit)]
+            # (the key and creation time of the page's last run: RUN_COLUMNS 0 and 8)
+            token = encode_cursor(float(rows[-1][8]), int(rows[-1][0])) if more else None
+            return [row_to_run(row) for row in rows], token
+
+        return self._query(read)
+
+    def list_flows(self) -> list[dict[str, Any]]:
+        """Each flow name with its number of flow runs and its latest run's creation time
+        (ISO 8601), most recently run first."""
+        rows = self._query(
+            lambda c: c.execute(
+                "SELECT spec_name, count(*), max(created) FROM runs WHERE kind = 'flow' "
+                "GROUP BY spec_name ORDER BY max(created) DESC"
+            ).fetchall()
+        )
+        return [
+            {"name": name, "runs": int(count),
+             "last_run": datetime.datetime.fromtimestamp(last, datetime.timezone.utc).isoformat()}
+            for name, count, last in rows
+        ]  # fmt: skip
 
     async def list_runs(
         self,

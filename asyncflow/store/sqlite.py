@@ -163,6 +163,8 @@ MIGRATIONS: dict[int, list[str]] = {
             run_pk INTEGER PRIMARY KEY,
             requested REAL NOT NULL
         )""",
+        # a deployment's runs, newest first (the API's and UI's filter)
+        "CREATE INDEX runs_deployment ON runs (deployment, created) WHERE deployment IS NOT NULL",
     ],
 }
 assert max(MIGRATIONS) == SCHEMA_VERSION

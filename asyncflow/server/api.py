@@ -1,0 +1,224 @@
+"""The JSON API under `/api`: runs (keyset-paginated), run details and trees, flows,
+deployments, starting a deployment's run and cancelling a run, over a run store.
+
+Handlers read the store in worker threads (its calls block); errors are JSON
+`{"detail": "..."}` with 400 (a bad query parameter), 401 (no or wrong token), 404 (no
+such run or deployment), 409 (cancelling a run that already ended) or 422 (parameters
+the deployment's schema refuses).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+#: Most runs one page of `GET /api/runs` holds.
+MAX_LIMIT = 500
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def _store(request: Request) -> Any:
+    return request.app.state.store
+
+
+async def _call(fn: Any, *args: Any) -> Any:
+    """A store call in a worker thread; its KeyError is a 404, its ValueError a 400."""
+    try:
+        return await anyio.to_thread.run_sync(fn, *args)
+    except KeyError as exc:
+        raise ApiError(404, str(exc.args[0] if exc.args else exc)) from None
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def _run_json(run: Any, states: bool = False) -> dict[str, Any]:
+    from asyncflow.cli._format import run_dict
+
+    return run_dict(run, with_states=states)
+
+
+def _time(request: Request, name: str) -> datetime.datetime | None:
+    text = request.query_params.get(name)
+    if text is None:
+        return None
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, f"{name}: not an ISO 8601 date/time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+
+
+async def list_runs(request: Request) -> JSONResponse:
+    from asyncflow.states import StateType
+
+    query = request.query_params
+    unknown = sorted(set(query) - {"flow", "state", "kind", "deployment", "since", "until",
+                                   "parent", "limit", "cursor"})  # fmt: skip
+    if unknown:
+        raise ApiError(400, f"unknown query parameter(s): {', '.join(unknown)}")
+    state = query.get("state")
+    if state is not None:
+        try:
+            state_type: StateType | None = StateType(state.upper())
+        except ValueError:
+            valid = ", ".join(t.value for t in StateType)
+            raise ApiError(400, f"state: unknown state type {state!r} (one of {valid})") from None
+    else:
+        state_type = None
+    kind = query.get("kind", "flow")
+    if kind not in ("flow", "task", "all"):
+        raise ApiError(400, f"kind: 'flow', 'task' or 'all', not {kind!r}")
+    try:
+        limit = int(query.get("limit", "50"))
+    except ValueError:
+        raise ApiError(400, f"limit: not a number: {query.get('limit')!r}") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ApiError(400, f"limit: from 1 to {MAX_LIMIT}, not {limit}")
+    store = _store(request)
+
+    def page() -> tuple[list[Any], str | None]:
+        return store.list_runs_page(  # type: ignore[no-any-return]
+            kind=None if kind == "all" else kind, spec_name=query.get("flow"),
+            state=state_type, deployment=query.get("deployment"), parent=query.get("parent"),
+            since=_time(request, "since"), until=_time(request, "until"), limit=limit,
+            cursor=query.get("cursor"),
+        )  # fmt: skip
+
+    runs, cursor = await _call(page)
+    return JSONResponse({"runs": [_run_json(r) for r in runs], "next_cursor": cursor})
+
+
+async def read_run(request: Request) -> JSONResponse:
+    store = _store(request)
+    run_id = request.path_params["run_id"]
+    run = await _call(store.read_run_sync, run_id)
+    children = await _call(store.children_sync, run.id)
+    result = await _call(store.result_of_sync, run.id)
+    data = _run_json(run, states=True)
+    data["children"] = [_run_json(c) for c in children]
+    data["result"] = None if result is None else {
+        "storage": result.storage, "key": result.key, "serializer": result.serializer,
+        "size": result.size,
+    }  # fmt: skip
+    return JSONResponse(data)
+
+
+async def run_tree(request: Request) -> JSONResponse:
+    store = _store(request)
+    root = await _call(store.read_run_sync, request.path_params["run_id"])
+
+    def tree() -> dict[str, Any]:
+        def node(run: Any) -> dict[str, Any]:
+            data = _run_json(run)
+            kids = store.children_sync(run.id) if run.kind == "flow" else []
+            data["children"] = [node(c) for c in kids]
+            return data
+
+        return node(root)
+
+    return JSONResponse(await _call(tree))
+
+
+async def list_flows(request: Request) -> JSONResponse:
+    store = _store(request)
+    flows = await _call(store.list_flows)
+    return JSONResponse({"flows": flows})
+
+
+async def list_deployments(request: Request) -> JSONResponse:
+    from asyncflow.deployments.deployment import describe
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    rows = await _call(_store(request).list_deployments)
+    return JSONResponse({"deployments": [describe(r, now) for r in rows]})
+
+
+async def read_deployment(request: Request) -> JSONResponse:
+    from asyncflow.deployments.deployment import describe
+
+    name = f"{request.path_params['flow']}/{request.path_params['deployment']}"
+    row = await _call(_store(request).read_deployment, name)
+    if row is None:
+        raise ApiError(404, f"No deployment {name!r}.")
+    return JSONResponse(describe(row, datetime.datetime.now(datetime.timezone.utc)))
+
+
+async def start_run(request: Request) -> JSONResponse:
+    from asyncflow.deployments.runs import queue_run
+    from asyncflow.exceptions import ObjectNotFound, ParameterBindError, ParameterTypeError
+
+    name = f"{request.path_params['flow']}/{request.path_params['deployment']}"
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise ApiError(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, 'the body is a JSON object: {"parameters": {...}}')
+    unknown = sorted(set(body) - {"parameters", "idempotency_key", "flow_run_name", "tags"})
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(unknown)}")
+    store = _store(request)
+    try:
+        run = await anyio.to_thread.run_sync(
+            lambda: queue_run(
+                store, name, body.get("parameters"), flow_run_name=body.get("flow_run_name"),
+                tags=body.get("tags"), idempotency_key=body.get("idempotency_key"),
+            )
+        )  # fmt: skip
+    except ObjectNotFound as exc:
+        raise ApiError(404, str(exc)) from None
+    except (ParameterBindError, ParameterTypeError) as exc:
+        raise ApiError(422, str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise ApiError(422, str(exc)) from None
+    stored = await _call(store.read_run_sync, run.id)
+    return JSONResponse(_run_json(stored), status_code=201)
+
+
+async def cancel_run(request: Request) -> JSONResponse:
+    store = _store(request)
+    run = await _call(store.read_run_sync, request.path_params["run_id"])
+    outcome, _ = await _call(store.request_cancel, run.id)
+    if outcome == "final":
+        raise ApiError(409, f"Run {run.id} is already {run.state_name}.")
+    if outcome == "task":
+        raise ApiError(409, "A task run is cancelled with its flow run: cancel that one.")
+    return JSONResponse({"id": str(run.id), "outcome": outcome}, status_code=202)
+
+
+async def health(request: Request) -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+async def openapi(request: Request) -> JSONResponse:
+    from asyncflow.server.openapi import document
+
+    return JSONResponse(document())
+
+
+ROUTES = [
+    Route("/api/health", health),
+    Route("/api/openapi.json", openapi),
+    Route("/api/runs", list_runs),
+    Route("/api/runs/{run_id}", read_run),
+    Route("/api/runs/{run_id}/tree", run_tree),
+    Route("/api/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+    Route("/api/flows", list_flows),
+    Route("/api/deployments", list_deployments),
+    Route("/api/deployments/{flow}/{deployment}", read_deployment),
+    Route("/api/deployments/{flow}/{deployment}/runs", start_run, methods=["POST"]),
+]
+
+__all__ = ["MAX_LIMIT", "ROUTES", "ApiError"]
