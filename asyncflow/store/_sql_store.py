@@ -312,7 +312,8 @@ class SqlStore:
             params.append(until.timestamp())
         if cursor is not None:
             created, pk = decode_cursor(cursor)
-            where.append("(r.created < ? OR (r.created = ? AND r.pk < ?))")
+            # (the first term bounds the index range; the second breaks ties on the key)
+            where.append("r.created <= ? AND (r.created < ? OR r.pk < ?)")
             params += [created, created, pk]
 
         def read(conn: Any) -> tuple[list[StoredRun], str | None]:
