@@ -65,6 +65,7 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValueError(f"Not a cursor of this API: {cursor!r}.") from None
 
+
 logger = logging.getLogger("asyncflow.store")
 
 # A result row with its run: (RESULT_SELECT) FROM RESULT_FROM; `result_row` decodes it.
@@ -780,6 +781,17 @@ class SqlStore:
     #: how a JSON text parameter is bound (PostgreSQL's column is jsonb)
     json_param = "?"
 
+    def _queued_insert(self) -> str:
+        """The insert of a deployment's run, Scheduled: (key, name, flow name, parameters
+        JSON, created, state time, deployment, scheduled time, slot key, entrypoint, tags)."""
+        return (
+            "INSERT INTO runs (pk, kind, name, spec_name, parameters, created, state_type, "
+            "state_name, state_ts, state_seq, run_count, deployment, scheduled_time, slot_key, "
+            "entrypoint, tags) "
+            f"VALUES (?, 'flow', ?, ?, {self.json_param}, ?, 'SCHEDULED', 'Scheduled', ?, 0, 0, "
+            f"?, ?, ?, ?, {self.json_param})"
+        )
+
     def schedule_runs(self, session: int, runs: list[tuple[Any, ...]]) -> int:
         """Add scheduled runs of deployments, at most one per slot key (a slot another
         process scheduled first is left as it is): rows of (name, flow name, parameters
@@ -788,13 +800,7 @@ class SqlStore:
         if not runs:
             return 0
         lo, hi = session << 32, (session + 1) << 32
-        sql = self._sql(
-            "INSERT INTO runs (pk, kind, name, spec_name, parameters, created, state_type, "
-            "state_name, state_ts, state_seq, run_count, deployment, scheduled_time, slot_key, "
-            "entrypoint, tags) "
-            f"VALUES (?, 'flow', ?, ?, {self.json_param}, ?, 'SCHEDULED', 'Scheduled', ?, 0, 0, "
-            f"?, ?, ?, ?, {self.json_param}) ON CONFLICT DO NOTHING"
-        )
+        sql = self._sql(self._queued_insert() + " ON CONFLICT DO NOTHING")
         added = 0
         now = time.time()
         with self._transaction() as conn:
@@ -1022,12 +1028,7 @@ class SqlStore:
         name, flow_name, parameters, deployment, when, entrypoint, tags = row
         lo, hi = session << 32, (session + 1) << 32
         insert = self._sql(
-            "INSERT INTO runs (pk, kind, name, spec_name, parameters, created, state_type, "
-            "state_name, state_ts, state_seq, run_count, deployment, scheduled_time, slot_key, "
-            "entrypoint, tags) "
-            f"VALUES (?, 'flow', ?, ?, {self.json_param}, ?, 'SCHEDULED', 'Scheduled', ?, 0, 0, "
-            f"?, ?, ?, ?, {self.json_param}) "
-            "ON CONFLICT (slot_key) WHERE slot_key IS NOT NULL DO NOTHING"
+            self._queued_insert() + " ON CONFLICT (slot_key) WHERE slot_key IS NOT NULL DO NOTHING"
         )
         find = self._sql(
             "SELECT r.pk, p.id_prefix FROM runs r JOIN processes p ON p.pk = r.pk >> 32 "
