@@ -1,14 +1,17 @@
 """Deployments: start lateness, queue throughput and cancel latency of `serve` and
 `run_deployment`, on SQLite (and PostgreSQL with `--postgres URL`), with the bare floor.
 
-``python -m benchmarks.deployments [--quick] [--postgres URL] [--json PATH] [--check]``
+``python -m benchmarks.deployments [--quick] [--postgres URL] [--prefect-python PATH]
+[--json PATH] [--check]``
 
 Every scenario runs in fresh processes: a serving process (`asyncflow.serve`) and, where a
 run is queued or cancelled from elsewhere, a second process. Lateness is a run's start
 (its first Running) minus its scheduled time, read from the store afterwards.
 
-- `schedule_lateness`: N slots of an interval schedule (10 ms apart) served by one process.
-  Floor: an anyio loop sleeping until each slot (a timer's own lateness).
+- `schedule_lateness`: N slots of an interval schedule (10 ms apart) served by one process,
+  counted from half a second after the deployment was resumed, a second after the process
+  started serving (not its start-up, nor the poll that notices the resume). Floor: an
+  anyio loop sleeping until each slot (a timer's own lateness).
 - `queued_lateness`: N runs queued ahead by `run_deployment(scheduled_time=...)` from
   another process, 10 ms apart. Floor: as above.
 - `create`: `run_deployment(timeout=0)` calls per second, nobody serving. Floor: one
@@ -61,11 +64,9 @@ SERVED = textwrap.dedent(
 
     deployments = [trivial.to_deployment("queue"), busy.to_deployment("busy")]
     slots = int(sys.argv[1])
-    if slots:
-        start = time.time() + 3.0  # (after the process has started serving)
-        deployments.append(trivial.to_deployment("timed", schedules=[
-            Interval(INTERVAL, anchor_date=__import__("datetime").datetime.fromtimestamp(
-                start, __import__("datetime").timezone.utc), catchup="all", max_catchup=10_000)
+    if slots:  # (paused: the benchmark resumes it once this process serves, see Server)
+        deployments.append(trivial.to_deployment("timed", paused=True, schedules=[
+            Interval(INTERVAL, catchup="all", max_catchup=10_000)
         ]))
     serve(*deployments, limit=8, grace_period=0)
     """
@@ -113,6 +114,11 @@ class Server:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the serving process did not start")
             time.sleep(0.05)
+        if slots:  # its slots from now on: lateness once serving, not the process's start
+            time.sleep(1.0)
+            _stored(store, lambda s: s.set_deployment_paused("trivial/timed", False))
+        # (it notices the resume at its next poll: slots from half a second on are counted)
+        self.counted_from = time.time() + 0.5
 
     def stop(self) -> None:
         import signal
@@ -158,10 +164,15 @@ def _lateness(runs: list[Any]) -> list[float]:
 # -- scenarios ------------------------------------------------------------------------------------
 def schedule_lateness(home: Path, store: str, n: int) -> dict[str, Any]:
     server = Server(home, store, slots=n)
+    counted = server.counted_from
     try:
-        deadline = time.monotonic() + 3.0 + n * INTERVAL + 30
+        deadline = time.monotonic() + n * INTERVAL + 30
         while True:
-            done = [r for r in _runs_of(store, "trivial/timed") if r.is_final]
+            done = [
+                r
+                for r in _runs_of(store, "trivial/timed")
+                if r.is_final and r.scheduled_time.timestamp() >= counted
+            ]
             if len(done) >= n or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
@@ -358,12 +369,32 @@ def queue_floor(kind: str, home: Path, store: str, n: int) -> dict[str, Any]:
     }
 
 
+def prefect_serve(python: str, n: int) -> dict[str, Any]:
+    """Prefect 3.8.8's `serve` on the same scenarios (benchmarks/side_prefect_serve.py, run
+    by the Prefect interpreter against a `prefect server` of its own)."""
+    script = Path(__file__).with_name("side_prefect_serve.py")
+    out = subprocess.run(
+        [python, str(script), "--n", str(n)], capture_output=True, text=True, timeout=1800
+    )
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode != 0 or not lines:
+        return {"error": (out.stderr or out.stdout)[-2000:]}
+    return json.loads(lines[-1])  # type: ignore[no-any-return]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.deployments")
     parser.add_argument("--quick", action="store_true", help="small sizes (~1 min)")
     parser.add_argument("--postgres", metavar="URL", help="also on this PostgreSQL server")
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the results here")
     parser.add_argument("--check", action="store_true", help="exit 1 over the lateness target")
+    parser.add_argument(
+        "--prefect-python", metavar="PATH", help="a Prefect 3.8.8 venv's python: adds its serve"
+    )
+    parser.add_argument(
+        "--prefect-n", type=int, default=30, metavar="N",
+        help="runs per Prefect scenario (default 30: each is a process, ~2 min in all)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     n_slots = 200 if args.quick else 1000
     n_queue = 300 if args.quick else 2000
@@ -388,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
             row[name] = scenario(*fresh(), n)
         row["queue_floor"] = queue_floor(kind, *fresh(), n_queue)
         results[kind] = row
+    if args.prefect_python:
+        print(f"prefect: serve with {args.prefect_n} runs ...", file=sys.stderr, flush=True)
+        results["prefect"] = prefect_serve(args.prefect_python, args.prefect_n)
     _print(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
@@ -418,6 +452,21 @@ def _print(results: dict[str, Any]) -> None:
                   f"{r['us_per_run'] / floor[key + '_us']:.1f}x")  # fmt: skip
         c = row["cancel"]
         print(f"  {'cancel':18} p50 {ms(c['p50']):>9}  max {ms(c['max']):>9}  (n={c['n']})")
+    prefect = results.get("prefect")
+    if prefect is not None:
+        print("\nprefect 3.8.8 (serve, its own server, one process per run)")
+        if "error" in prefect:
+            print(f"  failed: {prefect['error'][-300:]}")
+            return
+        late = prefect["queued_lateness"]
+        ours = results["sqlite"]
+        print(
+            f"  queued_lateness    p50 {late['p50']:.1f} s  p99 {late['p99']:.1f} s  "
+            f"(n={late['n']}; asyncflow/sqlite p99 {ours['queued_lateness']['p99'] * 1000:.0f} ms)"
+        )
+        for name, key in (("create", "create_per_second"), ("serve", "serve_per_second")):
+            print(f"  {name:18} {prefect[key]:>9.2f} runs/s  (asyncflow/sqlite "
+                  f"{ours[name]['per_second'] / prefect[key]:.0f}x as many)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -432,14 +432,17 @@ class _Server:
             if d.concurrency_limit is not None
         }
         names = list(self.deployments)
+        now = time.time()
         claimed = self.store.claim_runs(
-            names, time.time(), int(min(free, 100)), self.process_id,
+            names, now, int(min(free, 100)), self.process_id,
             exclusive={k: v for k, v in exclusive.items() if v}, caps=caps,
         )  # fmt: skip
         if len(claimed) >= free:
             return claimed, None  # (full: the next run that ends wakes the loop)
         due = self.store.next_due(names)
-        return claimed, None if due is None or due <= time.time() else due
+        # (due by the claim's time and not claimed: held by a limit, the poll looks again;
+        # due since: at once)
+        return claimed, None if due is None or due <= now else due
 
     # -- running one --------------------------------------------------------------------------
     async def _execute(self, claimed: Any) -> None:
