@@ -42,11 +42,16 @@ def portal() -> BlockingPortal:
     return _portal
 
 
-@interruptible  # a sync run's timeout or cancellation may stop its wait for the kernel loop
 def run(awaitable: Awaitable[T]) -> T:
     """Block this thread until `awaitable` has run to completion on the kernel loop. An
     interrupt of the wait (the run's timeout or cancellation, SIGTERM) cancels it there."""
-    future = portal().start_task_soon(_await, awaitable)
+    # (not interruptible while the task is handed over: an interrupt there would lose its
+    # future, and the kernel loop's shutdown would then wait for the task to end)
+    return _wait(portal().start_task_soon(_await, awaitable))
+
+
+@interruptible  # a sync run's timeout or cancellation may stop its wait for the kernel loop
+def _wait(future: Future[T]) -> T:
     try:
         return future.result()
     except BaseException:
