@@ -39,6 +39,7 @@ def _store_option(parser: argparse.ArgumentParser, default: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from asyncflow import __version__
+    from asyncflow.cli._run import add_param_option
 
     parser = argparse.ArgumentParser(
         prog=PROG, description="Browse asyncflow's run history and run flows from files."
@@ -116,12 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     dep_subs[-1].add_argument("--yes", action="store_true", help="do not ask")
     dep_run = deployment_commands.add_parser("run", help="start a run of a deployment")
     dep_run.add_argument("name", metavar="NAME", help="'flow name/deployment name'")
-    dep_run.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        metavar="NAME=VALUE",
-        help="a parameter (repeatable); VALUE is read as JSON if the parameter takes that",
+    add_param_option(
+        dep_run, "a parameter (repeatable); VALUE is read as JSON if the parameter takes that"
     )
     dep_run.add_argument("--wait", action="store_true", help="wait for the run to end")
     dep_run.add_argument(
@@ -154,12 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a flow from a Python file")
     run.add_argument("target", metavar="FILE[:FLOW]", help="e.g. path/to/file.py:my_flow")
-    run.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        metavar="NAME=VALUE",
-        help="a flow parameter (repeatable); VALUE is read as JSON if it parses, else a string",
+    add_param_option(
+        run, "a flow parameter (repeatable); VALUE is read as JSON if it parses, else a string"
     )
     run.add_argument(
         "--backend", choices=("asyncio", "trio"), default="asyncio", help="for async flows"

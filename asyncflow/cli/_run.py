@@ -38,6 +38,11 @@ def split_target(target: str) -> tuple[str, str | None]:
     return path, name
 
 
+def add_param_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """The repeatable `-p/--param NAME=VALUE` option (`what`: its help text)."""
+    parser.add_argument("-p", "--param", action="append", metavar="NAME=VALUE", help=what)
+
+
 def parse_params(items: list[str]) -> dict[str, str]:
     """`["k=v", ...]` -> {k: v}; the values are still raw strings."""
     params: dict[str, str] = {}
@@ -391,6 +396,7 @@ def _run_name(run_id: Any) -> str | None:
 
 
 __all__ = [
+    "add_param_option",
     "coerce_params",
     "entrypoint_flow",
     "find_flow",

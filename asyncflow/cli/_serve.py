@@ -8,7 +8,14 @@ from typing import Any
 
 from asyncflow.cli._errors import CLIError
 from asyncflow.cli._format import one_line
-from asyncflow.cli._run import coerce_params, find_flow, load_file, parse_params, split_target
+from asyncflow.cli._run import (
+    add_param_option,
+    coerce_params,
+    find_flow,
+    load_file,
+    parse_params,
+    split_target,
+)
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -21,13 +28,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     )
     serve.add_argument("--rrule", action="append", metavar="RRULE", help="an RFC 5545 RRULE")
     serve.add_argument("--timezone", metavar="TZ", help="of the schedules, e.g. Europe/Paris")
-    serve.add_argument(
-        "-p",
-        "--param",
-        action="append",
-        metavar="NAME=VALUE",
-        help="a default parameter (repeatable); VALUE is read as JSON if it parses",
-    )
+    add_param_option(serve, "a default parameter (repeatable); VALUE is read as JSON if it parses")
     serve.add_argument("--tag", action="append", metavar="TAG", help="a tag of its runs")
     serve.add_argument("--description", metavar="TEXT")
     serve.add_argument("--version", dest="deployment_version", metavar="TEXT")
