@@ -30,7 +30,7 @@ def request_cancel(run_id: UUID | str, url: str | None = None) -> tuple[str, obj
     of this process (which `cancel_local` did not find running); "task": a task run."""
     import os
 
-    from asyncflow.store import connect, recording_url, store_url
+    from asyncflow.store import connect, recording_url, store_url, writer
 
     target = recording_url() if url is None else store_url(url)
     if target is None or (
@@ -38,8 +38,6 @@ def request_cancel(run_id: UUID | str, url: str | None = None) -> tuple[str, obj
     ):
         return "unknown", None  # (no history to find it in: none is created for this)
     store: Any = connect(target)
-    from asyncflow.store import writer
-
     try:
         # (a run of this process that cancel_local could not stop is not asked for again)
         return store.request_cancel(run_id, writer.process_identity()[0])  # type: ignore[no-any-return]
