@@ -283,7 +283,7 @@ async def cancel(store: RunStore, args: argparse.Namespace) -> int:
     import anyio.to_thread
 
     run = await read_run(store, args.run)
-    outcome, _ = await anyio.to_thread.run_sync(store.request_cancel, run.id)  # type: ignore[attr-defined]
+    outcome, _ = await anyio.to_thread.run_sync(store.request_cancel, run.id)
     text = {
         "cancelled": "Cancelled (it had not started; it never will).",
         "requested": "Cancel requested: the process running it stops it within a second.",
