@@ -1,29 +1,26 @@
-"""`asyncflow server`: an HTTP API over the run store (extra `[server]`: Starlette and
-uvicorn). `create_app(store=...)` is an ASGI app to run with any ASGI server or to mount in
-an existing app; `asyncflow server start` serves it with uvicorn.
+"""`asyncflow server`: an HTTP API and a web UI over the run store (extra `[server]`:
+Starlette, uvicorn and Jinja2). `create_app(store=...)` is an ASGI app to run with any ASGI
+server or to mount in an existing app; `asyncflow server start` serves it with uvicorn.
 
 With a token (`token=`, `ASYNCFLOW_SERVER_TOKEN`, `--token`), every route but
-`/api/health` needs `Authorization: Bearer <token>`.
+`/api/health` needs it: `Authorization: Bearer <token>` for the API, the session cookie of
+the login form (`/login`) for the UI.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-#: The environment variable a server's token is read from when none is given.
-TOKEN_ENV = "ASYNCFLOW_SERVER_TOKEN"
-#: Routes open without the token.
-OPEN_PATHS = frozenset({"/api/health"})
+from asyncflow.server.auth import OPEN_PATHS, TOKEN_ENV
 
 
 def create_app(store: Any = None, *, token: str | None = None) -> Any:
     """The ASGI app over `store`: a store URL (as for ASYNCFLOW_STORE), a store object
-    (`asyncflow.store.open_store(...)`), or None for the configured store. `token`: the
-    bearer token its routes need (default: $ASYNCFLOW_SERVER_TOKEN; none when unset)."""
+    (`asyncflow.store.open_store(...)`), or None for the configured store. `token`: what
+    its routes need (default: $ASYNCFLOW_SERVER_TOKEN; none when unset)."""
     try:
         from starlette.applications import Starlette
         from starlette.middleware import Middleware
@@ -33,17 +30,18 @@ def create_app(store: Any = None, *, token: str | None = None) -> Any:
         raise ImportError(
             "asyncflow's server needs the [server] extra: pip install 'asyncflow[server]'"
         ) from None
-    from asyncflow.server.api import ROUTES, ApiError
+    from asyncflow.server import api, ui
+    from asyncflow.server.auth import Auth, TokenCheck
 
     opened = None
     if store is None or isinstance(store, str):
         from asyncflow.store import open_store
 
         store = opened = open_store(store)
-    secret = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    auth = Auth(token if token is not None else os.environ.get(TOKEN_ENV) or None)
 
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ApiError)
+        assert isinstance(exc, api.ApiError)
         return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     @contextlib.asynccontextmanager
@@ -55,39 +53,14 @@ def create_app(store: Any = None, *, token: str | None = None) -> Any:
                 opened.close()
 
     app = Starlette(
-        routes=ROUTES,
-        exception_handlers={ApiError: api_error},
-        middleware=[Middleware(_TokenCheck, token=secret)] if secret else [],
+        routes=[*api.ROUTES, *ui.ROUTES],
+        exception_handlers={api.ApiError: api_error, **ui.HANDLERS},
+        middleware=[Middleware(TokenCheck, auth=auth)] if auth.token is not None else [],
         lifespan=lifespan,
     )
     app.state.store = store
+    app.state.auth = auth
     return app
-
-
-class _TokenCheck:
-    """Every request but OPEN_PATHS carries `Authorization: Bearer <token>`, else 401."""
-
-    def __init__(self, app: Any, token: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if hmac.compare_digest(given, self.expected):
-            await self.app(scope, receive, send)
-            return
-        from starlette.responses import JSONResponse
-
-        detail = "a bearer token is needed" if not given else "the token is not this server's"
-        response = JSONResponse(
-            {"detail": f"Unauthorized: {detail} (Authorization: Bearer <token>)."},
-            status_code=401,
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-        await response(scope, receive, send)
 
 
 __all__ = ["OPEN_PATHS", "TOKEN_ENV", "create_app"]

@@ -1,0 +1,99 @@
+"""The server's token check and the UI's session and CSRF tokens.
+
+With a token, an API request carries `Authorization: Bearer <token>` and a UI request the
+session cookie the login form sets (an HMAC of the token, so the cookie never holds the
+token itself and every session ends when the token changes). Every POST of the UI carries
+a CSRF token derived from a per-app secret, with or without a server token: a page of
+another site cannot read it, so it cannot make a browser start or cancel runs here, not
+even on a server open on localhost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Any
+from urllib.parse import quote
+
+#: The environment variable a server's token is read from when none is given.
+TOKEN_ENV = "ASYNCFLOW_SERVER_TOKEN"
+#: Routes open without the token.
+OPEN_PATHS = frozenset({"/api/health", "/login", "/static/app.css", "/static/app.js"})
+#: The UI's session cookie.
+COOKIE = "asyncflow_session"
+#: The form field a UI POST carries its CSRF token in.
+CSRF_FIELD = "csrf_token"
+
+
+class Auth:
+    """What a request must show: a bearer token or a session cookie (none when `token`
+    is None), and the CSRF token the UI's forms carry."""
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+        key = secrets.token_bytes(32) if token is None else token.encode()
+        self._bearer = f"Bearer {token}".encode() if token is not None else None
+        self._session = hmac.new(key, b"asyncflow session", hashlib.sha256).hexdigest()
+        self.csrf = hmac.new(key, b"asyncflow csrf", hashlib.sha256).hexdigest()
+
+    def login(self, given: str) -> str | None:
+        """The session cookie's value for a right token, None for a wrong one."""
+        if self.token is None or hmac.compare_digest(given.encode(), self.token.encode()):
+            return self._session
+        return None
+
+    def csrf_ok(self, given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), self.csrf.encode())
+
+    def allows(self, scope: Any) -> bool:
+        if self._bearer is None or scope["path"] in OPEN_PATHS:
+            return True
+        headers = dict(scope["headers"])
+        if hmac.compare_digest(headers.get(b"authorization", b""), self._bearer):
+            return True
+        return hmac.compare_digest(_cookie(headers.get(b"cookie", b"")), self._session.encode())
+
+
+class TokenCheck:
+    """ASGI middleware: a request `Auth` does not allow gets a 401 (API) or is sent to
+    the login form (UI)."""
+
+    def __init__(self, app: Any, auth: Auth) -> None:
+        self.app = app
+        self.auth = auth
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or self.auth.allows(scope):
+            await self.app(scope, receive, send)
+            return
+        from starlette.responses import JSONResponse, RedirectResponse, Response
+
+        response: Response
+        path = scope["path"]
+        if path.startswith("/api/"):
+            given = dict(scope["headers"]).get(b"authorization")
+            detail = "a bearer token is needed" if not given else "the token is not this server's"
+            response = JSONResponse(
+                {"detail": f"Unauthorized: {detail} (Authorization: Bearer <token>)."},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        elif scope.get("method") == "GET":
+            query = scope.get("query_string", b"").decode("latin-1")
+            target = path + (f"?{query}" if query else "")
+            response = RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+        else:
+            response = Response("Unauthorized: log in first (/login).", status_code=401)
+        await response(scope, receive, send)
+
+
+def _cookie(header: bytes) -> bytes:
+    for part in header.split(b";"):
+        name, _, value = part.strip().partition(b"=")
+        if name == COOKIE.encode():
+            return value
+    return b""
+
+
+__all__ = ["COOKIE", "CSRF_FIELD", "OPEN_PATHS", "TOKEN_ENV", "Auth", "TokenCheck"]

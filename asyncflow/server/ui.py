@@ -1,0 +1,505 @@
+"""The web UI: server-rendered pages (Jinja2, autoescaped) over the run store.
+
+Runs, a run's detail (parent and child flow runs, task runs, a state timeline, the state
+history), deployments with a form that starts a run, and flows. Every page works without
+JavaScript; `static/app.js` (a few lines, no build step) refreshes the regions marked
+`data-refresh` every 2 s, which keeps the runs table and a running run's page live.
+
+Each page is read from the store and rendered in one worker thread, so a slow store never
+holds the event loop.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode
+
+import anyio.to_thread
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from asyncflow.server.auth import COOKIE, CSRF_FIELD, Auth
+from asyncflow.states import StateType
+
+_HERE = Path(__file__).parent
+#: Most bars a run's timeline draws (the rest are counted: "N more").
+TIMELINE_CAP = 500
+#: Task runs a run's page lists (the rest are one click away, paginated).
+TASK_ROWS = 100
+#: Runs per page of the runs table.
+PAGE_SIZE = 50
+_UTC = datetime.timezone.utc
+_FILTERS = ("flow", "state", "kind", "deployment", "parent", "cursor")
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_HERE / "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["when"] = _when
+    env.filters["iso"] = lambda ts: "" if ts is None else _moment(ts).isoformat()
+    env.filters["took"] = _took
+    env.filters["pretty"] = lambda value: json.dumps(value, indent=2, default=repr)
+    env.filters["q"] = lambda text: quote(str(text), safe="")
+    env.filters["dep_url"] = lambda name: (
+        "/deployments/" + "/".join(quote(part, safe="") for part in name.split("/", 1))
+    )
+    return env
+
+
+def _aware(ts: datetime.datetime) -> datetime.datetime:
+    return ts if ts.tzinfo else ts.replace(tzinfo=_UTC)
+
+
+def _moment(ts: datetime.datetime | str) -> datetime.datetime:
+    """A stored time (an ISO 8601 string in deployments' data), aware."""
+    return _aware(datetime.datetime.fromisoformat(ts) if isinstance(ts, str) else ts)
+
+
+def _when(ts: datetime.datetime | str | None) -> str:
+    if ts is None:
+        return ""
+    return _moment(ts).astimezone(_UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _took(delta: datetime.timedelta | None) -> str:
+    from asyncflow.cli._format import duration
+
+    return duration(delta) if delta is not None else ""
+
+
+_ENV = _environment()
+
+
+class _Page:
+    """A page to render (an error page with its status)."""
+
+    def __init__(self, template: str, status: int = 200, **context: Any) -> None:
+        self.template = template
+        self.status = status
+        self.context = context
+
+
+class _Redirect:
+    """Where a POST sends the browser next (303 See Other)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+
+async def _render(request: Request, build: Any) -> Response:
+    """`build()` (store reads) and its page, rendered in one worker thread."""
+    auth: Auth = request.app.state.auth
+    fragment = request.query_params.get("fragment") == "1"
+
+    def work() -> tuple[str, int] | _Redirect:
+        try:
+            page = build()
+        except KeyError as exc:
+            page = _Page("error.html", 404, message=str(exc.args[0] if exc.args else exc))
+        except ValueError as exc:
+            page = _Page("error.html", 400, message=str(exc))
+        if isinstance(page, _Redirect):
+            return page
+        context = {
+            "csrf_field": CSRF_FIELD, "csrf": auth.csrf, "fragment": fragment,
+            "logged_in": auth.token is not None, "path": request.url.path,
+            "status": page.status, **page.context,
+        }  # fmt: skip
+        name = page.template
+        if fragment and page.status == 200:
+            name = name.replace(".html", "_live.html")
+        return _ENV.get_template(name).render(context), page.status
+
+    done = await anyio.to_thread.run_sync(work)
+    if isinstance(done, _Redirect):
+        return RedirectResponse(done.url, status_code=303)
+    html, status = done
+    return HTMLResponse(html, status_code=status)
+
+
+def _store(request: Request) -> Any:
+    return request.app.state.store
+
+
+# -- runs ----------------------------------------------------------------------------------------
+async def runs_page(request: Request) -> Response:
+    store = _store(request)
+    query = {k: v for k in _FILTERS if (v := request.query_params.get(k))}
+
+    def build() -> _Page:
+        state = query.get("state")
+        state_type = None
+        if state is not None:
+            try:
+                state_type = StateType(state.upper())
+            except ValueError:
+                raise ValueError(f"state: unknown state type {state!r}") from None
+        kind = query.get("kind", "flow")
+        if kind not in ("flow", "task", "all"):
+            raise ValueError(f"kind: 'flow', 'task' or 'all', not {kind!r}")
+        runs, next_cursor = store.list_runs_page(
+            kind=None if kind == "all" else kind, spec_name=query.get("flow"), state=state_type,
+            deployment=query.get("deployment"), parent=query.get("parent"), limit=PAGE_SIZE,
+            cursor=query.get("cursor"),
+        )  # fmt: skip
+        here = {k: v for k, v in query.items() if k != "cursor"}
+        return _Page(
+            "runs.html", runs=runs, query=query, kind=kind, parents=_names(store, runs),
+            states=[t.value for t in StateType],
+            next_url=_url("/runs", {**here, "cursor": next_cursor}) if next_cursor else None,
+            first_url=_url("/runs", here) if "cursor" in query else None,
+            refresh_url=_url("/runs", {**query, "fragment": "1"}),
+        )  # fmt: skip
+
+    return await _render(request, build)
+
+
+def _names(store: Any, runs: list[Any]) -> dict[Any, str]:
+    """The names of the runs' parent flow runs (a page has a few: one read each)."""
+    names = {}
+    for parent in {r.parent_flow_run_id for r in runs} - {None}:
+        try:
+            names[parent] = store.read_run_sync(parent).name
+        except KeyError:  # (pruned from the store)
+            names[parent] = str(parent)
+    return names
+
+
+def _url(path: str, query: dict[str, str]) -> str:
+    return f"{path}?{urlencode(query)}" if query else path
+
+
+async def run_page(request: Request) -> Response:
+    store = _store(request)
+    run_id = request.path_params["run_id"]
+
+    def build() -> _Page:
+        run = store.read_run_sync(run_id)
+        children = store.children_sync(run.id) if run.kind == "flow" else []
+        result = store.result_of_sync(run.id)
+        parent = None
+        if run.parent_flow_run_id is not None:
+            try:
+                parent = store.read_run_sync(run.parent_flow_run_id)
+            except KeyError:  # (a parent pruned from the store)
+                parent = None
+        # A subflow's stand-in task run in this flow is shown as the subflow itself.
+        rows = [c for c in children if c.child_flow_run_id is None]
+        flows = [c for c in rows if c.kind == "flow"]
+        tasks = [c for c in rows if c.kind == "task"]
+        now = datetime.datetime.now(_UTC)
+        live = not run.is_final or any(not c.is_final for c in rows)
+        return _Page(
+            "run.html", run=run, parent=parent, flows=flows, tasks=tasks[:TASK_ROWS],
+            task_count=len(tasks), task_states=sorted(Counter(t.state_name for t in tasks).items()),
+            timeline=_timeline(run, rows, now), result=result, live=live,
+            error=run.state_message if run.state_type in _BAD else None,
+            refresh_url=f"/runs/{run.id}?fragment=1",
+        )  # fmt: skip
+
+    return await _render(request, build)
+
+
+_BAD = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
+
+
+def _timeline(run: Any, rows: list[Any], now: datetime.datetime) -> dict[str, Any]:
+    """One bar per task run and subflow, placed by its start and end on the run's span."""
+    if not rows:
+        return {"bars": [], "more": 0, "span": "", "half": ""}
+    shown = rows[:TIMELINE_CAP]
+    starts = [_aware(r.start_time or r.created) for r in shown]
+    begin = _aware(run.start_time) if run.start_time else min(starts)
+    begin = min([begin, *starts])
+    ends = [_aware(r.end_time) if r.end_time else (now if r.start_time else s)
+            for r, s in zip(shown, starts, strict=True)]  # fmt: skip
+    finish = max([_aware(run.end_time) if run.end_time else now, *ends])
+    span = max((finish - begin).total_seconds(), 1e-6)
+    bars = []
+    for row, start, end in zip(shown, starts, ends, strict=True):
+        left = (start - begin).total_seconds() / span * 100
+        width = (end - start).total_seconds() / span * 100
+        bars.append({
+            "run": row, "left": f"{max(0.0, min(left, 100.0)):.3f}",
+            "width": f"{max(0.0, min(width, 100.0 - left)):.3f}",
+            "pending": row.start_time is None,
+        })  # fmt: skip
+    half = datetime.timedelta(seconds=span / 2)
+    return {
+        "bars": bars, "more": len(rows) - len(shown),
+        "span": _took(datetime.timedelta(seconds=span)), "half": _took(half),
+    }  # fmt: skip
+
+
+async def cancel_run(request: Request) -> Response:
+    store = _store(request)
+    run_id = request.path_params["run_id"]
+    await _form(request)
+
+    def cancel() -> _Redirect:
+        run = store.read_run_sync(run_id)
+        store.request_cancel(run.id)  # (a run already final: its page shows that)
+        return _Redirect(f"/runs/{run.id}")
+
+    return await _render(request, cancel)
+
+
+async def _form(request: Request) -> dict[str, list[str]]:
+    """The posted form (urlencoded), after its CSRF check."""
+    body = (await request.body()).decode("utf-8", "replace")
+    form = parse_qs(body, keep_blank_values=True)
+    auth: Auth = request.app.state.auth
+    if not auth.csrf_ok(_last(form, CSRF_FIELD)):
+        raise _Forbidden()
+    return form
+
+
+def _last(form: dict[str, list[str]], name: str) -> str | None:
+    values = form.get(name)
+    return values[-1] if values else None
+
+
+class _Forbidden(Exception):
+    pass
+
+
+# -- deployments ---------------------------------------------------------------------------------
+async def deployments_page(request: Request) -> Response:
+    store = _store(request)
+
+    def build() -> _Page:
+        from asyncflow.deployments.deployment import describe
+
+        now = datetime.datetime.now(_UTC)
+        deployments = [describe(row, now) for row in store.list_deployments()]
+        for data in deployments:
+            name = f"{data['flow']}/{data['name']}"
+            last, _ = store.list_runs_page(kind="flow", deployment=name, limit=1)
+            data["last_run"] = last[0] if last else None
+        return _Page("deployments.html", deployments=deployments)
+
+    return await _render(request, build)
+
+
+def _deployment_page(
+    store: Any, name: str, values: dict[str, str] | None = None, errors: list[str] | None = None
+) -> _Page:
+    from asyncflow.deployments.deployment import describe
+
+    row = store.read_deployment(name)
+    if row is None:
+        raise KeyError(f"No deployment {name!r}.")
+    data = describe(row, datetime.datetime.now(_UTC))
+    recent, _ = store.list_runs_page(kind="flow", deployment=name, limit=10)
+    fields = form_fields(data["parameter_schema"], data["parameters"], values)
+    return _Page(
+        "deployment.html", 422 if errors else 200, deployment=data, full_name=name,
+        fields=fields, errors=errors or [], recent=recent,
+    )  # fmt: skip
+
+
+async def deployment_page(request: Request) -> Response:
+    name = f"{request.path_params['flow']}/{request.path_params['deployment']}"
+    return await _render(request, lambda: _deployment_page(_store(request), name))
+
+
+async def start_run(request: Request) -> Response:
+    from asyncflow.deployments.runs import queue_run
+    from asyncflow.exceptions import ObjectNotFound, ParameterBindError, ParameterTypeError
+
+    name = f"{request.path_params['flow']}/{request.path_params['deployment']}"
+    store = _store(request)
+    form = await _form(request)
+    values = {k[2:]: v[-1] for k, v in form.items() if k.startswith("p.")}
+
+    def start() -> _Page | _Redirect:
+        row = store.read_deployment(name)
+        if row is None:
+            raise KeyError(f"No deployment {name!r}.")
+        schema = json.loads(row["parameter_schema"])
+        parameters, errors = read_fields(schema, values)
+        if not errors:
+            try:
+                return _Redirect(f"/runs/{queue_run(store, name, parameters).id}")
+            except ObjectNotFound as exc:
+                raise KeyError(str(exc)) from None
+            except (ParameterBindError, ParameterTypeError, TypeError, ValueError) as exc:
+                errors = [str(exc)]
+        return _deployment_page(store, name, values, errors)
+
+    return await _render(request, start)
+
+
+def _field_type(spec: dict[str, Any]) -> tuple[str, bool]:
+    """(the input a parameter gets, whether None is allowed) from its schema."""
+    nullable = False
+    options = spec.get("anyOf")
+    if isinstance(options, list):
+        kinds = [o for o in options if isinstance(o, dict) and o.get("type") != "null"]
+        nullable = len(kinds) < len(options)
+        if len(kinds) != 1:
+            return "json", nullable
+        spec = kinds[0]
+    if "enum" in spec:
+        return "select", nullable
+    kind = spec.get("type")
+    inputs = {"string": "text", "integer": "integer", "number": "number", "boolean": "checkbox"}
+    return inputs.get(kind, "json") if isinstance(kind, str) else "json", nullable
+
+
+def form_fields(
+    schema: dict[str, Any], defaults: dict[str, Any], values: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The Run form's fields from a parameter schema: one input per parameter, filled with
+    the posted `values`, else the deployment's default, else the schema's."""
+    required = set(schema.get("required") or ())
+    fields = []
+    for name, spec in (schema.get("properties") or {}).items():
+        spec = spec if isinstance(spec, dict) else {}
+        kind, nullable = _field_type(spec)
+        if values is not None:
+            value = values.get(name, "")
+        else:
+            default = defaults.get(name, spec.get("default"))
+            if default is None:
+                value = ""
+            elif kind == "json":
+                value = json.dumps(default)
+            elif kind == "checkbox":
+                value = "true" if default else ""
+            else:
+                value = str(default)
+        enum = spec.get("enum") or next(
+            (o.get("enum") for o in spec.get("anyOf") or () if isinstance(o, dict) and "enum" in o),
+            None,
+        )
+        fields.append({
+            "name": name, "label": spec.get("title") or name, "kind": kind, "value": value,
+            "required": name in required and name not in defaults, "nullable": nullable,
+            "options": [str(o) for o in enum or ()], "description": spec.get("description"),
+        })  # fmt: skip
+    return fields
+
+
+def read_fields(schema: dict[str, Any], values: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """The posted form as parameters (an empty field: the default), and what could not be
+    read. The deployment's schema check, where the types are enforced, comes after."""
+    parameters: dict[str, Any] = {}
+    errors: list[str] = []
+    for name, spec in (schema.get("properties") or {}).items():
+        kind, _ = _field_type(spec if isinstance(spec, dict) else {})
+        raw = values.get(name, "")
+        if kind == "checkbox":
+            parameters[name] = raw in ("true", "on")
+            continue
+        if raw.strip() == "":
+            continue
+        try:
+            if kind == "integer":
+                parameters[name] = int(raw)
+            elif kind == "number":
+                number = float(raw)
+                if not math.isfinite(number):
+                    raise ValueError(raw)
+                parameters[name] = number
+            elif kind == "json":
+                parameters[name] = json.loads(raw)
+            elif kind == "select":
+                options = spec.get("enum") or []
+                parameters[name] = next((o for o in options if str(o) == raw), raw)
+            else:
+                parameters[name] = raw
+        except ValueError:
+            wanted = {"integer": "a whole number", "number": "a number", "json": "JSON"}
+            errors.append(f"{name}: {wanted.get(kind, 'a value')} is needed, not {raw!r}")
+    return parameters, errors
+
+
+# -- flows ---------------------------------------------------------------------------------------
+async def flows_page(request: Request) -> Response:
+    store = _store(request)
+
+    def build() -> _Page:
+        flows = store.list_flows()[:100]
+        for data in flows:
+            data["recent"], _ = store.list_runs_page(kind="flow", spec_name=data["name"], limit=5)
+        return _Page("flows.html", flows=flows)
+
+    return await _render(request, build)
+
+
+# -- login ---------------------------------------------------------------------------------------
+async def login_page(request: Request) -> Response:
+    target = _safe_next(request.query_params.get("next"))
+    return await _render(request, lambda: _Page("login.html", next=target, failed=False))
+
+
+async def login(request: Request) -> Response:
+    auth: Auth = request.app.state.auth
+    form = parse_qs((await request.body()).decode("utf-8", "replace"))
+    target = _safe_next(_last(form, "next"))
+    session = auth.login(_last(form, "token") or "")
+    if session is None:
+        return await _render(request, lambda: _Page("login.html", 401, next=target, failed=True))
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(COOKIE, session, httponly=True, samesite="strict", path="/")
+    return response
+
+
+async def logout(request: Request) -> Response:
+    await _form(request)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+def _safe_next(target: str | None) -> str:
+    """A page of this server to go to after logging in (never another site's)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/runs"
+    return target
+
+
+async def home(request: Request) -> Response:
+    return RedirectResponse("/runs", status_code=303)
+
+
+async def forbidden(request: Request, exc: Exception) -> Response:
+    return HTMLResponse(
+        "Forbidden: the form's CSRF token is missing or wrong. Reload the page and try again.",
+        status_code=403,
+    )
+
+
+ROUTES = [
+    Route("/", home),
+    Route("/runs", runs_page),
+    Route("/runs/{run_id}", run_page),
+    Route("/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+    Route("/deployments", deployments_page),
+    Route("/deployments/{flow}/{deployment}", deployment_page),
+    Route("/deployments/{flow}/{deployment}/run", start_run, methods=["POST"]),
+    Route("/flows", flows_page),
+    Route("/login", login_page),
+    Route("/login", login, methods=["POST"]),
+    Route("/logout", logout, methods=["POST"]),
+    Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
+]
+#: The exception handlers the UI's routes need.
+HANDLERS = {_Forbidden: forbidden}
+
+__all__ = ["HANDLERS", "PAGE_SIZE", "ROUTES", "TASK_ROWS", "TIMELINE_CAP", "form_fields",
+           "read_fields"]  # fmt: skip
