@@ -205,7 +205,7 @@ def test_the_server_command_serves_the_api(recording: str) -> None:
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert f"http://127.0.0.1:{port}/api" in line
+        assert f"http://127.0.0.1:{port} (the UI" in line
         deadline = time.monotonic() + 30
         while True:
             try:

@@ -12,7 +12,7 @@ from asyncflow.cli._errors import CLIError
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
-    server = commands.add_parser("server", help="the HTTP API over the run store")
+    server = commands.add_parser("server", help="the web UI and HTTP API over the run store")
     server_commands = server.add_subparsers(dest="server_command", metavar="COMMAND", required=True)
     start = server_commands.add_parser("start", help="serve it (Ctrl-C stops)")
     start.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine)")
@@ -49,7 +49,11 @@ def start(args: argparse.Namespace) -> int:
 
     app = create_app(args.store, token=token)
     shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"asyncflow server: http://{shown}:{args.port}/api (Ctrl-C stops)", flush=True)
+    print(
+        f"asyncflow server: http://{shown}:{args.port} (the UI; the API under /api; "
+        "Ctrl-C stops)",
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -1,7 +1,7 @@
 """The server's token check and the UI's session and CSRF tokens.
 
-With a token, an API request carries `Authorization: Bearer <token>` and a UI request the
-session cookie the login form sets (an HMAC of the token, so the cookie never holds the
+With a token, an API request carries `Authorization: Bearer <token>` and a UI request
+that or the session cookie the login form sets (an HMAC of the token, so the cookie never holds the
 token itself and every session ends when the token changes). Every POST of the UI carries
 a CSRF token derived from a per-app secret, with or without a server token: a page of
 another site cannot read it, so it cannot make a browser start or cancel runs here, not
@@ -52,6 +52,8 @@ class Auth:
         headers = dict(scope["headers"])
         if hmac.compare_digest(headers.get(b"authorization", b""), self._bearer):
             return True
+        if scope["path"].startswith("/api/"):  # (the API takes no cookie: no CSRF there)
+            return False
         return hmac.compare_digest(_cookie(headers.get(b"cookie", b"")), self._session.encode())
 
 

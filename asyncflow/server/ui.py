@@ -286,8 +286,7 @@ async def deployments_page(request: Request) -> Response:
         now = datetime.datetime.now(_UTC)
         deployments = [describe(row, now) for row in store.list_deployments()]
         for data in deployments:
-            name = f"{data['flow']}/{data['name']}"
-            last, _ = store.list_runs_page(kind="flow", deployment=name, limit=1)
+            last, _ = store.list_runs_page(kind="flow", deployment=data["name"], limit=1)
             data["last_run"] = last[0] if last else None
         return _Page("deployments.html", deployments=deployments)
 
