@@ -218,3 +218,64 @@ def test_the_server_command_serves_the_api(recording: str) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _serve_in_another_process(script: Any, url: str) -> subprocess.Popen[bytes]:
+    import os
+
+    env = {**os.environ, "ASYNCFLOW_STORE": url, "ASYNCFLOW_LOGGING_LEVEL": "WARNING"}
+    return subprocess.Popen([sys.executable, str(script)], env=env)
+
+
+async def _until(check: Any) -> Any:
+    import anyio
+
+    for _ in range(600):
+        found = await check()
+        if found:
+            return found
+        await anyio.sleep(0.1)
+    raise AssertionError("waited 60 s")
+
+
+async def test_cancelling_a_run_served_by_another_process(
+    client: httpx.AsyncClient, recording: str, tmp_path: Any
+) -> None:
+    script = tmp_path / "slow.py"
+    script.write_text(
+        "import time\n"
+        "from asyncflow import flow\n\n"
+        "@flow\n"
+        "def slow() -> None:\n"
+        "    for _ in range(600):\n"
+        "        time.sleep(0.1)\n\n"
+        "if __name__ == '__main__':\n"
+        "    slow.serve('api')\n"
+    )
+    server = _serve_in_another_process(script, recording)
+
+    async def deployed() -> bool:
+        return (await client.get("/api/deployments/slow/api")).status_code == 200
+
+    async def state() -> dict[str, Any]:
+        return (await client.get(f"/api/runs/{run_id}")).json()  # type: ignore[no-any-return]
+
+    async def running() -> bool:
+        return (await state())["state_name"] == "Running"
+
+    async def ended() -> dict[str, Any] | None:
+        run = await state()
+        return run if run["end_time"] else None
+
+    try:
+        await _until(deployed)
+        made = await client.post("/api/deployments/slow/api/runs", json={})
+        run_id = made.json()["id"]
+        await _until(running)
+        asked = await client.post(f"/api/runs/{run_id}/cancel")
+        assert asked.status_code == 202 and asked.json()["outcome"] == "requested"
+        assert (await _until(ended))["state_name"] == "Cancelled"
+        assert (await client.post(f"/api/runs/{run_id}/cancel")).status_code == 409
+    finally:
+        server.terminate()
+        server.wait(30)
