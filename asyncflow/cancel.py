@@ -18,9 +18,19 @@ def cancel_run(run_id: UUID | str) -> bool:
     that process acts on within about a second. Returns False when the run is already
     final, unknown here and to the store, or a task run of another process (only its own
     process can cancel a task run: cancel its flow run instead).
+
+    With ASYNCFLOW_API_URL set, the store is asked through that asyncflow server.
     """
     if cancel_local(run_id):
         return True
+    from asyncflow.settings import get_settings
+
+    settings = get_settings()
+    if settings.api_url is not None:
+        from asyncflow.deployments.remote import ApiClient
+
+        outcome = ApiClient(settings.api_url, settings.api_key).cancel(run_id)
+        return outcome in ("cancelled", "requested")
     return request_cancel(run_id)[0] in ("cancelled", "requested")
 
 

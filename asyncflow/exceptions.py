@@ -167,6 +167,10 @@ class StoreReplacedError(StoreError):
     """The database file was deleted or replaced while this process was recording to it."""
 
 
+class ServerUnavailable(AsyncflowException, ConnectionError):
+    """The asyncflow server that ASYNCFLOW_API_URL names cannot be reached or failed."""
+
+
 class RunInterrupted(BaseException):
     """Delivered into a run's code to stop it because the run (or an ancestor) was cancelled.
 

@@ -32,6 +32,18 @@ def _number(env: Mapping[str, str], name: str, default: N, kind: Callable[[str],
     return value
 
 
+def _api_url(raw: str) -> str | None:
+    url = raw.strip().rstrip("/")
+    if not url:
+        return None
+    if not url.startswith(("http://", "https://")) or not url.split("://", 1)[1]:
+        raise ValueError(
+            f"ASYNCFLOW_API_URL={raw!r}: expected an asyncflow server's URL, "
+            "like http://127.0.0.1:4300"
+        )
+    return url.removesuffix("/api")
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     home: Path
@@ -49,6 +61,10 @@ class Settings:
     tasks_persist_result: bool
     #: where results go when a flow or task names no result_storage (a path or fsspec URL)
     result_storage: str
+    #: an asyncflow server that run_deployment and cancel_run go through (ASYNCFLOW_API_URL)
+    api_url: str | None = None
+    #: its token (ASYNCFLOW_API_KEY)
+    api_key: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -67,6 +83,8 @@ class Settings:
             tasks_persist_result=_bool(env.get("ASYNCFLOW_TASKS_PERSIST_RESULT", "")),
             result_storage=env.get("ASYNCFLOW_RESULTS_STORAGE")
             or str(Path(env.get("ASYNCFLOW_HOME", "~/.asyncflow")).expanduser() / "storage"),
+            api_url=_api_url(env.get("ASYNCFLOW_API_URL", "")),
+            api_key=env.get("ASYNCFLOW_API_KEY") or None,
         )
 
 

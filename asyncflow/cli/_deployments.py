@@ -121,21 +121,34 @@ def _iso(value: datetime.datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def _readings(name: str, raw: dict[str, str]) -> dict[str, Any]:
-    """Each `--param` value read as JSON when the deployment's schema takes that reading,
-    else as the string it is (so `--param label=5` for a str parameter stays "5")."""
-    from asyncflow.deployments.parameters import check_parameters
-    from asyncflow.exceptions import ParameterTypeError
+def _schema(name: str) -> dict[str, Any] | None:
+    """The deployment's parameter schema, from the store or through ASYNCFLOW_API_URL."""
+    from asyncflow.settings import get_settings
     from asyncflow.store import open_store
 
+    settings = get_settings()
+    if settings.api_url is not None and name.count("/") == 1:
+        from asyncflow.deployments.remote import ApiClient
+
+        data = ApiClient(settings.api_url, settings.api_key).deployment(name)
+        return None if data is None else data["parameter_schema"]
     store: Any = open_store()
     try:
         row = store.read_deployment(name)
     finally:
         store.close()
-    if row is None:
+    return None if row is None else json.loads(row["parameter_schema"])
+
+
+def _readings(name: str, raw: dict[str, str]) -> dict[str, Any]:
+    """Each `--param` value read as JSON when the deployment's schema takes that reading,
+    else as the string it is (so `--param label=5` for a str parameter stays "5")."""
+    from asyncflow.deployments.parameters import check_parameters
+    from asyncflow.exceptions import ParameterTypeError
+
+    schema = _schema(name)
+    if schema is None:
         return dict(raw)  # (run_deployment names what is missing)
-    schema = json.loads(row["parameter_schema"])
     chosen: dict[str, Any] = {}
     for key, text in raw.items():
         try:

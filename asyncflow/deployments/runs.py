@@ -23,6 +23,7 @@ from typing import Any
 from uuid import UUID
 
 from asyncflow._awaiting import awaited_by_caller
+from asyncflow.deployments.remote import is_api
 from asyncflow.engine.interrupts import interruptible
 from asyncflow.states import DEFAULT_NAMES, State, StateType
 
@@ -111,7 +112,9 @@ class FlowRun:
         what = f"Flow run {self.name!r} ({self.id}) of {self.deployment!r}"
         type_ = self.state.type
         if type_ is StateType.COMPLETED:
-            return load_result(self.id, self.url or None)
+            if not self.url:
+                return load_result(self.id, None)
+            return _client(self.url).result(self.id)
         errors = {
             StateType.FAILED: exceptions.FailedRun,
             StateType.CRASHED: exceptions.CrashedRun,
@@ -223,14 +226,17 @@ async def arun_deployment(
 @dataclass(frozen=True)
 class _Made:
     id: UUID
-    pk: int
+    pk: Any  # (its key in the store; its id, through a server's API)
     added: bool
     row: tuple[Any, ...] = ()  # (name, flow name, parameters JSON, deployment, when, ...)
     created: float = 0.0
+    queued: FlowRun | None = None  # (through a server's API: the run as it answered)
 
     def as_queued(self, url: str) -> FlowRun:
         """The run as this call queued it (Scheduled), without reading it back: a server
         may claim it at once, and `timeout=0` answers with the run as it was made."""
+        if self.queued is not None:
+            return self.queued
         name, flow_name, parameters, deployment, when, _, tags = self.row
         at = datetime.datetime.fromtimestamp(self.created, datetime.timezone.utc)
         scheduled = datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
@@ -249,11 +255,22 @@ def _create(
     flow_run_name: str | None,
     tags: list[str] | None,
     idempotency_key: str | None,
-) -> tuple[_Client, _Made]:
+) -> tuple[Any, _Made]:
     from asyncflow.exceptions import StoreError
+    from asyncflow.settings import get_settings
     from asyncflow.store import recording_url
 
     _check_call(name, parameters, scheduled_time, flow_run_name, idempotency_key)
+    settings = get_settings()
+    if settings.api_url is not None:  # (through a server: it checks and queues)
+        from asyncflow.deployments.remote import ApiClient
+
+        api = ApiClient(settings.api_url, settings.api_key)
+        stored, added = api.create(
+            name, parameters, scheduled_time, flow_run_name, tags, idempotency_key
+        )
+        run = _flow_run(stored, api.url)
+        return api, _Made(stored.id, stored.id, added, created=time.time(), queued=run)
     url = recording_url()
     if url is None:
         raise StoreError(
@@ -313,17 +330,18 @@ def queue_run(
     flow_run_name: str | None = None,
     tags: list[str] | None = None,
     idempotency_key: str | None = None,
-) -> FlowRun:
+) -> tuple[FlowRun, bool]:
     """`run_deployment(..., timeout=0, as_subflow=False)` on a given store object (the HTTP
-    API's): the run as queued. Errors as `run_deployment`'s."""
+    API's): the run as queued, and whether this call queued it (False: an earlier call
+    with the same idempotency key did). Errors as `run_deployment`'s."""
     _check_call(name, parameters, scheduled_time, flow_run_name, idempotency_key)
     client = _store_clients.get(store)
     if client is None:
         client = _store_clients.setdefault(store, _Client(store.url, store))
     made = _add(client, name, parameters, scheduled_time, flow_run_name, tags, idempotency_key)
-    return made.as_queued(store.url) if made.added else _flow_run(
-        store.read_run_sync(made.id), store.url
-    )
+    if made.added:
+        return made.as_queued(store.url), True
+    return _flow_run(store.read_run_sync(made.id), store.url), False
 
 
 def _add(
@@ -402,27 +420,51 @@ class _Client:
     def pk_of(self, run: UUID) -> int:
         return int(self.store.key_of(run))
 
+    def poll(self, pk: int) -> tuple[StateType, str] | None:
+        return self.store.run_state(pk)  # type: ignore[no-any-return]
 
-_clients: dict[str, _Client] = {}
+    def read(self, run_id: UUID) -> Any:
+        return self.store.read_run_sync(run_id)
+
+    def result(self, run_id: UUID) -> Any:
+        from asyncflow.store import load_result
+
+        return load_result(run_id, self.url)
+
+    def cancel(self, run_id: UUID, why: str | None = None) -> str:
+        return str(self.store.request_cancel(run_id, why=why)[0])
+
+
+_clients: dict[str, Any] = {}  # (a _Client, or an ApiClient for a server's URL)
 # (stores given to queue_run, e.g. the HTTP API's: a session each, gone with the store)
 _store_clients: weakref.WeakKeyDictionary[Any, _Client] = weakref.WeakKeyDictionary()
 _clients_lock = threading.Lock()
 
 
-def _client(url: str) -> _Client:
+def _client(url: str) -> Any:
+    """This process's client of a store, or of a server's API (for an http(s) URL)."""
     with _clients_lock:
         client = _clients.get(url)
         if client is None:
-            client = _clients[url] = _Client(url)
+            if is_api(url):
+                from asyncflow.deployments.remote import ApiClient
+                from asyncflow.settings import get_settings
+
+                client = _clients[url] = ApiClient(url, get_settings().api_key)
+            else:
+                client = _clients[url] = _Client(url)
         return client
 
 
-def _forget(client: _Client) -> None:
+def _forget(client: Any) -> None:
     """Drop a client whose connection failed: the next call connects again (a new session,
     so a store that was replaced gets a session of its own)."""
+    url = client.url
     with _clients_lock:
-        if _clients.get(client.url) is client:
-            del _clients[client.url]
+        if _clients.get(url) is client:
+            del _clients[url]
+    if not isinstance(client, _Client):
+        return
     try:
         client.store.close()
     except Exception:  # (closing a broken connection)
@@ -456,10 +498,10 @@ def _poll(url: str, pk: int) -> tuple[StateType, str] | None:
 
     client = _client(url)
     try:
-        return client.store.run_state(pk)  # type: ignore[no-any-return]
+        return client.poll(pk)  # type: ignore[no-any-return]
     except StoreError:
         _forget(client)
-        return _client(url).store.run_state(pk)  # type: ignore[no-any-return]
+        return _client(url).poll(pk)  # type: ignore[no-any-return]
 
 
 def _read(url: str, run_id: UUID) -> Any:
@@ -468,10 +510,10 @@ def _read(url: str, run_id: UUID) -> Any:
 
     client = _client(url)
     try:
-        return client.store.read_run_sync(run_id)
+        return client.read(run_id)
     except StoreError:
         _forget(client)
-        return _client(url).store.read_run_sync(run_id)
+        return _client(url).read(run_id)
 
 
 _poller: Any = None  # a thread for the polls of sync waits (see _wait_sync)
@@ -555,7 +597,9 @@ class _StandIn:
         counter = engine.next_task_index(name)
         row = registry.add_run(KIND_TASK, name, engine.row, counter)
         registry.add_transition(row, StateType.RUNNING, time.time())
-        if made.added:  # (a run made earlier under the same idempotency key keeps its parent)
+        # (a run made earlier under the same idempotency key keeps its parent; one queued
+        # through a server's API is in another store than this flow run)
+        if made.added and made.queued is None:
             registry.add_fact(row, FACT_CHILD, (engine.row, made.pk))
         return cls(engine, row, made)
 
@@ -585,7 +629,7 @@ class _StandIn:
             self._end(StateType.CANCELLED, None, "Its flow run was stopped while it waited.")
             return
         try:
-            _client(client.url).store.request_cancel(self.made.id, why="its caller stopped waiting")
+            _client(client.url).cancel(self.made.id, why="its caller stopped waiting")
         except Exception:  # (the store is down: the child goes on; say so)
             import logging
 

@@ -42,7 +42,12 @@ def create_app(store: Any = None, *, token: str | None = None) -> Any:
 
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, api.ApiError)
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        body = (
+            {"detail": exc.detail}
+            if exc.error is None
+            else {"detail": exc.detail, "error": exc.error}
+        )
+        return JSONResponse(body, status_code=exc.status)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:

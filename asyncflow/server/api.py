@@ -23,10 +23,14 @@ MAX_LIMIT = 500
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, detail: str) -> None:
+    """An error answer; `error` names the exception a local call would raise (a remote
+    `run_deployment` raises the same)."""
+
+    def __init__(self, status: int, detail: str, error: str | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.error = error
 
 
 def _store(request: Request) -> Any:
@@ -115,6 +119,32 @@ async def read_run(request: Request) -> JSONResponse:
     return JSONResponse(data)
 
 
+async def run_result(request: Request) -> JSONResponse:
+    from asyncflow.exceptions import MissingResult
+    from asyncflow.store import missing_result_message
+
+    store = _store(request)
+
+    def load() -> Any:
+        run = store.read_run_sync(request.path_params["run_id"])
+        stored = store.result_of_sync(run.id)
+        if stored is None:
+            raise MissingResult(missing_result_message(run))
+        return stored.load()
+
+    try:
+        value = await _call(load)
+    except MissingResult as exc:
+        raise ApiError(404, str(exc), "MissingResult") from None
+    try:
+        return JSONResponse({"value": value})
+    except (TypeError, ValueError):
+        raise ApiError(
+            404, f"The run's result, a {type(value).__name__}, is not JSON: load it where "
+            "its result storage is (asyncflow.store.load_result).", "MissingResult",
+        ) from None  # fmt: skip
+
+
 async def run_tree(request: Request) -> JSONResponse:
     store = _store(request)
     root = await _call(store.read_run_sync, request.path_params["run_id"])
@@ -166,25 +196,35 @@ async def start_run(request: Request) -> JSONResponse:
         raise ApiError(400, "the body is not JSON") from None
     if not isinstance(body, dict):
         raise ApiError(400, 'the body is a JSON object: {"parameters": {...}}')
-    unknown = sorted(set(body) - {"parameters", "idempotency_key", "flow_run_name", "tags"})
+    fields = {"parameters", "idempotency_key", "flow_run_name", "tags", "scheduled_time"}
+    unknown = sorted(set(body) - fields)
     if unknown:
         raise ApiError(400, f"unknown field(s): {', '.join(unknown)}")
+    when = body.get("scheduled_time")
+    if when is not None:
+        try:
+            when = datetime.datetime.fromisoformat(when)
+        except (TypeError, ValueError):
+            raise ApiError(
+                422, f"scheduled_time: not an ISO 8601 time: {when!r}", "ValueError"
+            ) from None
+        when = when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
     store = _store(request)
     try:
-        run = await anyio.to_thread.run_sync(
+        run, added = await anyio.to_thread.run_sync(
             lambda: queue_run(
-                store, name, body.get("parameters"), flow_run_name=body.get("flow_run_name"),
-                tags=body.get("tags"), idempotency_key=body.get("idempotency_key"),
+                store, name, body.get("parameters"), when, body.get("flow_run_name"),
+                body.get("tags"), body.get("idempotency_key"),
             )
         )  # fmt: skip
     except ObjectNotFound as exc:
-        raise ApiError(404, str(exc)) from None
-    except (ParameterBindError, ParameterTypeError) as exc:
-        raise ApiError(422, str(exc)) from None
-    except (TypeError, ValueError) as exc:
-        raise ApiError(422, str(exc)) from None
+        raise ApiError(404, str(exc), "ObjectNotFound") from None
+    except (ParameterBindError, ParameterTypeError, TypeError, ValueError) as exc:
+        kind = next(k for k in (ParameterBindError, ParameterTypeError, TypeError, ValueError)
+                    if isinstance(exc, k))  # fmt: skip
+        raise ApiError(422, str(exc), kind.__name__) from None
     stored = await _call(store.read_run_sync, run.id)
-    return JSONResponse(_run_json(stored), status_code=201)
+    return JSONResponse(_run_json(stored), status_code=201 if added else 200)
 
 
 async def cancel_run(request: Request) -> JSONResponse:
@@ -214,6 +254,7 @@ ROUTES = [
     Route("/api/runs", list_runs),
     Route("/api/runs/{run_id}", read_run),
     Route("/api/runs/{run_id}/tree", run_tree),
+    Route("/api/runs/{run_id}/result", run_result),
     Route("/api/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
     Route("/api/flows", list_flows),
     Route("/api/deployments", list_deployments),

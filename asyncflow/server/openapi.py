@@ -45,6 +45,7 @@ def document() -> dict[str, Any]:
                 "parameters": {"type": "object"}, "idempotency_key": {"type": "string"},
                 "flow_run_name": {"type": "string"},
                 "tags": {"type": "array", "items": {"type": "string"}},
+                "scheduled_time": {"type": "string", "format": "date-time"},
             },
         }}},
     }  # fmt: skip
@@ -65,6 +66,10 @@ def document() -> dict[str, Any]:
             "/api/runs/{run_id}/tree": {"get": _op(
                 "A run with every run nested under it.", run_id
             )},
+            "/api/runs/{run_id}/result": {"get": _op(
+                "A run's persisted result as JSON: {value} (404 when it has none, or it is "
+                "not JSON).", run_id
+            )},
             "/api/runs/{run_id}/cancel": {"post": _op(
                 "Cancel a flow run, whichever process runs it (202; 409 if it ended).", run_id
             )},
@@ -72,7 +77,8 @@ def document() -> dict[str, Any]:
             "/api/deployments": {"get": _op("Deployments with their next scheduled slots.")},
             "/api/deployments/{flow}/{deployment}": {"get": _op("One deployment.", deployment)},
             "/api/deployments/{flow}/{deployment}/runs": {"post": _op(
-                "Queue a run (201); 422 when the parameters do not fit its schema.",
+                "Queue a run (201; 200 with the run an earlier call made under the same "
+                "idempotency_key); 422 when the parameters do not fit its schema.",
                 deployment, requestBody=body,
             )},
         },

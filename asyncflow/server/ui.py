@@ -332,7 +332,7 @@ async def start_run(request: Request) -> Response:
         parameters, errors = read_fields(schema, values)
         if not errors:
             try:
-                return _Redirect(f"/runs/{queue_run(store, name, parameters).id}")
+                return _Redirect(f"/runs/{queue_run(store, name, parameters)[0].id}")
             except ObjectNotFound as exc:
                 raise KeyError(str(exc)) from None
             except (ParameterBindError, ParameterTypeError, TypeError, ValueError) as exc:
