@@ -133,7 +133,9 @@ async def test_run_page_shows_parent_children_tasks_timeline_and_history(
     assert missing.status_code == 404
 
 
-async def test_a_big_run_draws_at_most_the_cap(ui: httpx.AsyncClient) -> None:
+async def test_a_big_run_draws_at_most_the_cap(
+    ui: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     @flow
     def wide(n: int) -> int:
         return sum(double.map(range(n)).result())
@@ -146,6 +148,12 @@ async def test_a_big_run_draws_at_most_the_cap(ui: httpx.AsyncClient) -> None:
     assert "20 more not drawn" in html
     assert html.count('<tr><td><a href="/runs/') == TASK_ROWS
     assert f"{TIMELINE_CAP + 20 - TASK_ROWS} more" in html
+    # The API lists the first MAX_CHILDREN children and says there are more.
+    from asyncflow.server import api
+
+    monkeypatch.setattr(api, "MAX_CHILDREN", 100)
+    detail = (await ui.get(f"/api/runs/{run_id}")).json()
+    assert len(detail["children"]) == 100 and detail["children_truncated"] is True
 
 
 async def test_a_failed_run_shows_its_error_escaped(ui: httpx.AsyncClient) -> None:

@@ -20,6 +20,8 @@ from starlette.routing import Route
 
 #: Most runs one page of `GET /api/runs` holds.
 MAX_LIMIT = 500
+#: Most children `GET /api/runs/{id}` lists (the rest: `GET /api/runs?parent=...`).
+MAX_CHILDREN = 1000
 
 
 class ApiError(Exception):
@@ -108,10 +110,11 @@ async def read_run(request: Request) -> JSONResponse:
     store = _store(request)
     run_id = request.path_params["run_id"]
     run = await _call(store.read_run_sync, run_id)
-    children = await _call(store.children_sync, run.id)
+    children = await _call(store.children_sync, run.id, MAX_CHILDREN + 1)
     result = await _call(store.result_of_sync, run.id)
     data = _run_json(run, states=True)
-    data["children"] = [_run_json(c) for c in children]
+    data["children"] = [_run_json(c) for c in children[:MAX_CHILDREN]]
+    data["children_truncated"] = len(children) > MAX_CHILDREN
     data["result"] = None if result is None else {
         "storage": result.storage, "key": result.key, "serializer": result.serializer,
         "size": result.size,
@@ -262,4 +265,4 @@ ROUTES = [
     Route("/api/deployments/{flow}/{deployment}/runs", start_run, methods=["POST"]),
 ]
 
-__all__ = ["MAX_LIMIT", "ROUTES", "ApiError"]
+__all__ = ["MAX_CHILDREN", "MAX_LIMIT", "ROUTES", "ApiError"]

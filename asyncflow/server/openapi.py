@@ -61,7 +61,8 @@ def document() -> dict[str, Any]:
                 [(n, "query", d) for n, d in _RUN_FILTERS],
             )},
             "/api/runs/{run_id}": {"get": _op(
-                "A run: states, parameters, parent, children, result metadata.", run_id
+                "A run: states, parameters, parent, its first 1,000 children (oldest first; "
+                "children_truncated says if there are more), result metadata.", run_id
             )},
             "/api/runs/{run_id}/tree": {"get": _op(
                 "A run with every run nested under it.", run_id

@@ -27,7 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from asyncflow.server.auth import COOKIE, CSRF_FIELD, Auth
-from asyncflow.states import StateType
+from asyncflow.states import TERMINAL_TYPES, StateType
 
 _HERE = Path(__file__).parent
 #: Most bars a run's timeline draws (the rest are counted: "N more").
@@ -188,7 +188,11 @@ async def run_page(request: Request) -> Response:
 
     def build() -> _Page:
         run = store.read_run_sync(run_id)
-        children = store.children_sync(run.id) if run.kind == "flow" else []
+        rows: list[Any] = []
+        flows: list[Any] = []
+        counts: list[tuple[str, StateType, str, int]] = []
+        if run.kind == "flow":
+            rows, flows, counts = store.children_summary(run.id, TIMELINE_CAP)
         result = store.result_of_sync(run.id)
         parent = None
         if run.parent_flow_run_id is not None:
@@ -196,16 +200,18 @@ async def run_page(request: Request) -> Response:
                 parent = store.read_run_sync(run.parent_flow_run_id)
             except KeyError:  # (a parent pruned from the store)
                 parent = None
-        # A subflow's stand-in task run in this flow is shown as the subflow itself.
-        rows = [c for c in children if c.child_flow_run_id is None]
-        flows = [c for c in rows if c.kind == "flow"]
-        tasks = [c for c in rows if c.kind == "task"]
+        tasks = [c for c in rows if c.kind == "task"][:TASK_ROWS]
+        task_states = Counter[str]()
+        for kind, _, name, n in counts:
+            if kind == "task":
+                task_states[name] += n
+        total = sum(n for _, _, _, n in counts)
         now = datetime.datetime.now(_UTC)
-        live = not run.is_final or any(not c.is_final for c in rows)
+        live = not run.is_final or any(t not in TERMINAL_TYPES for _, t, _, _ in counts)
         return _Page(
-            "run.html", run=run, parent=parent, flows=flows, tasks=tasks[:TASK_ROWS],
-            task_count=len(tasks), task_states=sorted(Counter(t.state_name for t in tasks).items()),
-            timeline=_timeline(run, rows, now), result=result, live=live,
+            "run.html", run=run, parent=parent, flows=flows, tasks=tasks,
+            task_count=sum(task_states.values()), task_states=sorted(task_states.items()),
+            timeline=_timeline(run, rows, total, now), result=result, live=live,
             error=run.state_message if run.state_type in _BAD else None,
             refresh_url=f"/runs/{run.id}?fragment=1",
         )  # fmt: skip
@@ -216,8 +222,9 @@ async def run_page(request: Request) -> Response:
 _BAD = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
 
 
-def _timeline(run: Any, rows: list[Any], now: datetime.datetime) -> dict[str, Any]:
-    """One bar per task run and subflow, placed by its start and end on the run's span."""
+def _timeline(run: Any, rows: list[Any], total: int, now: datetime.datetime) -> dict[str, Any]:
+    """One bar per task run and subflow of the first `rows` (of `total`), placed by its
+    start and end on the run's span."""
     if not rows:
         return {"bars": [], "more": 0, "span": "", "half": ""}
     shown = rows[:TIMELINE_CAP]
@@ -239,7 +246,7 @@ def _timeline(run: Any, rows: list[Any], now: datetime.datetime) -> dict[str, An
         })  # fmt: skip
     half = datetime.timedelta(seconds=span / 2)
     return {
-        "bars": bars, "more": len(rows) - len(shown),
+        "bars": bars, "more": total - len(shown),
         "span": _took(datetime.timedelta(seconds=span)), "half": _took(half),
     }  # fmt: skip
 

@@ -415,22 +415,67 @@ class SqlStore:
         """One run with its full state history; KeyError when unknown."""
         return await anyio.to_thread.run_sync(self.read_run_sync, run_id)
 
-    def children_sync(self, run: UUID | str) -> list[StoredRun]:
-        """`children` without the thread hop."""
+    def children_sync(self, run: UUID | str, limit: int | None = None) -> list[StoredRun]:
+        """`children` without the thread hop (the first `limit` of them, if given)."""
         self._before_read()
 
         def read(conn: Any) -> list[StoredRun]:
             pk = self._pk_of(conn, run)
-            rows = conn.execute(
-                self._sql(
-                    f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE r.parent_pk = ? "
-                    "ORDER BY r.created, r.pk"
-                ),
-                (pk,),
-            ).fetchall()
+            sql = (
+                f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE r.parent_pk = ? "
+                "ORDER BY r.created, r.pk"
+            )
+            args: tuple[int, ...] = (pk,)
+            if limit is not None:
+                sql, args = f"{sql} LIMIT ?", (pk, max(0, limit))
+            rows = conn.execute(self._sql(sql), args).fetchall()
             return [row_to_run(row) for row in rows]
 
         return self._query(read)
+
+    def children_summary(
+        self, run: UUID | str, limit: int
+    ) -> tuple[list[StoredRun], list[StoredRun], list[tuple[str, StateType, str, int]]]:
+        """What a flow run's page shows of what ran under it, however much that is: its
+        first `limit` task and subflow runs (oldest first), its first `limit` subflow runs,
+        and how many of them are in each (kind, state type, state name). A subflow's
+        stand-in task run is left out of all three: the subflow run stands for it."""
+        self._before_read()
+        # (a stand-in task run is the parent task run of some flow run)
+        plain = (
+            "r.parent_pk = ? AND NOT (r.kind = 'task' AND EXISTS "
+            "(SELECT 1 FROM runs c WHERE c.parent_task_pk = r.pk))"
+        )
+
+        def read(conn: Any) -> Any:
+            with self._snapshot(conn):
+                pk = self._pk_of(conn, run)
+                order = "ORDER BY r.created, r.pk LIMIT ?"
+                rows = conn.execute(
+                    self._sql(f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE {plain} {order}"),
+                    (pk, limit),
+                ).fetchall()
+                flows = conn.execute(
+                    self._sql(
+                        f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE r.parent_pk = ? "
+                        f"AND r.kind = 'flow' {order}"
+                    ),
+                    (pk, limit),
+                ).fetchall()
+                counts = conn.execute(
+                    self._sql(
+                        "SELECT r.kind, r.state_type, r.state_name, count(*) FROM runs r "
+                        f"WHERE {plain} GROUP BY r.kind, r.state_type, r.state_name"
+                    ),
+                    (pk,),
+                ).fetchall()
+            return (
+                [row_to_run(row) for row in rows],
+                [row_to_run(row) for row in flows],
+                [(kind, StateType(t), name, int(n)) for kind, t, name, n in counts],
+            )
+
+        return self._query(read)  # type: ignore[no-any-return]
 
     async def children(self, run_id: UUID | str) -> list[StoredRun]:
         """Direct children of a flow run: its task runs and subflow runs, oldest first."""
