@@ -53,9 +53,19 @@ SCRIPT = textwrap.dedent(
         return inner(n) + step(n)
 
 
+    @flow
+    def fragile() -> None:
+        raise RuntimeError("the upstream API answered 503")
+
+
     if __name__ == "__main__":
         if sys.argv[1] == "record":
             outer(int(sys.argv[2]))
+            if sys.argv[2] == "3":
+                try:
+                    fragile()
+                except RuntimeError:
+                    pass
         else:
             outer.serve(name="ui")
     """
@@ -179,7 +189,6 @@ def test_runs_page_parent_and_child_links_and_the_timeline(
     top = next(r for r in _get(f"{base}/api/runs")["runs"] if r["spec_name"] == "outer")
     browser.get(f"{base}/runs")
     assert browser.title.startswith("Runs")
-    _shot(browser, "runs.png")
     browser.find_element(By.LINK_TEXT, top["name"]).click()
     _until("the parent run's page", lambda: top["id"] in browser.current_url)
     # The parent draws a bar for its subflow and one for its own task.
@@ -239,6 +248,8 @@ def test_a_run_started_from_the_form_reaches_completed_live(
     assert "&quot;n&quot;: 4" in browser.page_source or '"n": 4' in browser.page_source
     assert len(browser.find_elements(By.CSS_SELECTOR, "a.child-flow")) == 1
     _shot(browser, "run-from-form.png")
+    browser.get(f"{base}/runs")
+    _shot(browser, "runs.png")
 
 
 def test_a_bad_value_in_the_form_is_shown_not_queued(browser: Any, site: dict[str, Any]) -> None:
