@@ -91,6 +91,7 @@ async def test_runs_page_lists_filters_and_links_parents(ui: httpx.AsyncClient) 
     # The live region alone, for the 2 s refresh.
     live = (await ui.get("/runs", params={"fragment": "1"})).text
     assert live.lstrip().startswith('<div class="live" id="runs"') and "<html" not in live
+    assert (await ui.get("/flows", params={"fragment": "1"})).status_code == 200  # (no region)
 
 
 async def test_runs_pages_follow_the_cursor(ui: httpx.AsyncClient) -> None:

@@ -38,6 +38,8 @@ TASK_ROWS = 100
 PAGE_SIZE = 50
 _UTC = datetime.timezone.utc
 _FILTERS = ("flow", "state", "kind", "deployment", "parent", "cursor")
+# The pages with a live region, and its template (what `?fragment=1` answers).
+_LIVE = {"runs.html": "runs_live.html", "run.html": "run_live.html"}
 
 
 def _environment() -> jinja2.Environment:
@@ -119,8 +121,8 @@ async def _render(request: Request, build: Any) -> Response:
             "status": page.status, **page.context,
         }  # fmt: skip
         name = page.template
-        if fragment and page.status == 200:
-            name = name.replace(".html", "_live.html")
+        if fragment and name in _LIVE:
+            name = _LIVE[name]
         return _ENV.get_template(name).render(context), page.status
 
     done = await anyio.to_thread.run_sync(work)
