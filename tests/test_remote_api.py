@@ -29,6 +29,7 @@ from asyncflow.exceptions import (
     ServerUnavailable,
 )
 from asyncflow.settings import reload_settings
+from asyncflow.states import StateType
 
 TOKEN = "remote-s3cret"
 SCRIPT = textwrap.dedent(
@@ -198,3 +199,99 @@ def test_the_cli_runs_a_deployment_through_the_api(remote: str, tmp_path: Path) 
 
 
 __all__: list[Any] = []
+
+
+class _Scripted:
+    """A stdlib HTTP server in a thread answering from a script of (status, headers,
+    body) per request, recording what it was sent."""
+
+    def __init__(self, answers: list[tuple[int, dict[str, str], bytes]]) -> None:
+        import http.server
+        import threading
+
+        self.answers = list(answers)
+        self.seen: list[dict[str, str]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.seen.append(dict(self.headers))
+                status, headers, body = outer.answers.pop(0) if outer.answers else (500, {}, b"")
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_poll_rides_out_a_server_that_stumbles() -> None:
+    from asyncflow.deployments.remote import ApiClient
+
+    state = json.dumps({"state_type": "RUNNING", "state_name": "Running"}).encode()
+    server = _Scripted([(502, {}, b"bad gateway"), (503, {}, b"{}"),
+                        (200, {"Content-Type": "application/json"}, state)])  # fmt: skip
+    try:
+        client = ApiClient(server.url, "k")
+        assert client.poll("00000000-0000-8000-8000-000000000000") == (StateType.RUNNING, "Running")
+        assert len(server.seen) == 3
+    finally:
+        server.close()
+    with pytest.raises(ServerUnavailable, match="cannot be reached"):
+        ApiClient(server.url).poll("x", deadline=time.monotonic() + 0.5)  # (it is gone now)
+
+
+def test_redirects_are_not_followed_with_the_token() -> None:
+    from asyncflow.deployments.remote import ApiClient
+
+    elsewhere = _Scripted([])
+    server = _Scripted([(307, {"Location": f"{elsewhere.url}/api/deployments/a/b/runs"}, b"")])
+    try:
+        with pytest.raises(ServerUnavailable, match=r"redirect .* not followed"):
+            ApiClient(server.url, "secret-key").create("a/b", None, None, None, None, None)
+        assert elsewhere.seen == []
+    finally:
+        server.close()
+        elsewhere.close()
+
+
+def test_an_answer_that_is_not_an_asyncflow_servers_is_said() -> None:
+    from asyncflow.deployments.remote import ApiClient
+
+    server = _Scripted([(200, {"Content-Type": "text/html"}, b"<html>hello</html>"),
+                        (404, {"Content-Type": "text/html"}, b"<html>nope</html>")])  # fmt: skip
+    try:
+        with pytest.raises(ServerUnavailable, match="not JSON: is it an asyncflow server"):
+            ApiClient(server.url).create("a/b", None, None, None, None, None)
+        with pytest.raises(ObjectNotFound):
+            ApiClient(server.url).create("a/b", None, None, None, None, None)
+    finally:
+        server.close()
+
+
+def test_the_cli_says_when_the_server_cannot_be_reached(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from asyncflow.cli import main
+
+    monkeypatch.setenv("ASYNCFLOW_STORE", "memory")
+    monkeypatch.setenv("ASYNCFLOW_API_URL", f"http://127.0.0.1:{_port()}")
+    reload_settings()
+    try:
+        assert main(["deployments", "run", "f/d"]) == 2
+        assert "cannot be reached" in capsys.readouterr().err
+    finally:
+        monkeypatch.undo()
+        reload_settings()

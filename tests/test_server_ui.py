@@ -281,3 +281,73 @@ def test_form_fields_follow_the_schema() -> None:
     )
     _, errors = read_fields(schema, {**values, "items": "[4", "n": "3.5"})
     assert errors == ["n: a whole number is needed, not '3.5'", "items: JSON is needed, not '[4'"]
+
+
+def test_form_fields_resolve_refs_optionals_and_nullable_booleans() -> None:
+    schema = {
+        "$defs": {"Color": {"enum": ["red", "blue"], "type": "string", "title": "Color"}},
+        "properties": {
+            "color": {"$ref": "#/$defs/Color", "default": "red"},
+            "level": {"anyOf": [{"enum": [1, 2], "type": "integer"}, {"type": "null"}],
+                      "default": None},
+            "flag": {"anyOf": [{"type": "boolean"}, {"type": "null"}], "default": None},
+        },
+    }  # fmt: skip
+    fields = {f["name"]: f for f in form_fields(schema, {})}
+    assert fields["color"]["kind"] == "select" and fields["color"]["options"] == ["red", "blue"]
+    assert fields["color"]["value"] == "red"
+    assert fields["level"]["kind"] == "select" and fields["level"]["options"] == ["1", "2"]
+    assert fields["flag"]["kind"] == "select" and fields["flag"]["options"] == ["true", "false"]
+    assert read_fields(schema, {"color": "blue", "level": "2", "flag": ""}) == (
+        {"color": "blue", "level": 2}, [],
+    )  # fmt: skip
+    assert read_fields(schema, {"color": "red", "level": "", "flag": "false"}) == (
+        {"color": "red", "flag": False}, [],
+    )  # fmt: skip
+
+
+async def test_posts_from_another_site_are_refused_without_a_token(
+    ui: httpx.AsyncClient,
+) -> None:
+    typed.to_deployment("ui").apply()
+    token = _csrf((await ui.get("/deployments/typed/ui")).text)
+    evil = {"Origin": "http://evil.example"}
+    api = await ui.post("/api/deployments/typed/ui/runs", content='{"parameters": {"n": 1}}',
+                        headers={**evil, "Content-Type": "text/plain"})  # fmt: skip
+    assert api.status_code == 403
+    form = await ui.post(
+        "/deployments/typed/ui/run", data={"csrf_token": token, "p.n": "1"}, headers=evil
+    )
+    assert form.status_code == 403
+    same = await ui.post(
+        "/deployments/typed/ui/run", data={"csrf_token": token, "p.n": "1"},
+        headers={"Origin": "http://test"},
+    )  # fmt: skip
+    assert same.status_code == 303
+    assert len((await ui.get("/api/runs", params={"deployment": "typed/ui"})).json()["runs"]) == 1
+
+
+async def test_a_mounted_app_keeps_its_prefix_and_its_checks(recording: str) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    store: Any = open_store(recording)
+    try:
+        outer = Starlette(routes=[Mount("/af", app=create_app(store, token="s3cret"))])
+        transport = httpx.ASGITransport(app=outer)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            assert (await http.get("/af/api/health")).status_code == 200
+            sent = await http.get("/af/runs")
+            assert sent.status_code == 303 and sent.headers["location"].startswith("/af/login")
+            page = await http.post("/af/login", data={"token": "s3cret", "next": "/af/runs"})
+            assert page.headers["location"] == "/af/runs"
+            html = (await http.get("/af/runs")).text
+            assert 'href="/af/static/app.css"' in html and 'href="/af/flows"' in html
+            assert (await http.get("/af/api/runs")).status_code == 401  # (no cookie there)
+    finally:
+        store.close()
+
+
+def test_an_empty_token_is_refused() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        create_app("memory", token=" ")

@@ -20,7 +20,7 @@ from typing import Any
 
 from asyncflow.cli._errors import CLIError
 from asyncflow.cli._format import one_line
-from asyncflow.exceptions import StoreError
+from asyncflow.exceptions import ServerUnavailable, StoreError
 
 __all__ = ["CLIError", "main"]
 
@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             return _run_command(args)
         return _runs_command(args)
-    except (CLIError, StoreError) as exc:
+    except (CLIError, StoreError, ServerUnavailable, PermissionError) as exc:
         print(f"{PROG}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -47,11 +47,13 @@ def start(args: argparse.Namespace) -> int:
         ) from None
     from asyncflow.server import create_app
 
-    app = create_app(args.store, token=token)
+    # On this machine only, answer this machine's names only: a page of another site cannot
+    # reach it through a DNS name made to point here (DNS rebinding).
+    hosts = ["127.0.0.1", "localhost"] if args.host in ("127.0.0.1", "localhost") else None
+    app = create_app(args.store, token=token, allowed_hosts=hosts)
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(
-        f"asyncflow server: http://{shown}:{args.port} (the UI; the API under /api; "
-        "Ctrl-C stops)",
+        f"asyncflow server: http://{shown}:{args.port} (the UI; the API under /api; Ctrl-C stops)",
         flush=True,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from typing import Any
 from urllib.parse import quote
 from uuid import UUID
@@ -18,6 +19,9 @@ from asyncflow.states import StateType
 
 #: Seconds one HTTP request may take.
 REQUEST_TIMEOUT = 30.0
+#: Seconds a poll goes on retrying a server that does not answer (a restart, a proxy's
+#: 502) before the wait gives up with ServerUnavailable.
+RETRY_FOR = 30.0
 
 
 class ApiClient:
@@ -27,9 +31,18 @@ class ApiClient:
         self.url = url
         self.key = key
 
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        """(status, JSON answer); an error status is answered, an unreachable server is
-        a ServerUnavailable."""
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = REQUEST_TIMEOUT,
+        raw: bool = False,
+    ) -> tuple[int, Any]:
+        """(status, JSON answer, or the bytes and headers with `raw`); an error status is
+        answered; an unreachable server, or an answer that is not an asyncflow server's,
+        is a ServerUnavailable. Redirects are not followed (they would carry the token
+        to another address)."""
         import urllib.error
         import urllib.request
 
@@ -37,52 +50,92 @@ class ApiClient:
 
         headers = {"Accept": "application/json"}
         data = None
-        if body is not None:
-            data = json.dumps(body).encode()
+        if body is not None or method == "POST":
+            data = json.dumps(body or {}).encode()
             headers["Content-Type"] = "application/json"
         if self.key:
             headers["Authorization"] = f"Bearer {self.key}"
         request = urllib.request.Request(self.url + path, data, headers, method=method)
         try:
-            with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as answer:
-                return answer.status, json.loads(answer.read() or b"null")
+            with _opener().open(request, timeout=max(0.1, timeout)) as answer:
+                content = answer.read()
+                if raw:
+                    return answer.status, (content, answer.headers)
+                return answer.status, json.loads(content or b"null")
         except urllib.error.HTTPError as exc:
             try:
                 detail = json.loads(exc.read() or b"{}")
             except ValueError:
-                detail = {}
+                detail = None
             if not isinstance(detail, dict):
                 detail = {}
-            return exc.code, {"detail": detail.get("detail") or exc.reason, **detail}
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+            if 300 <= exc.code < 400:
+                where = exc.headers.get("Location", "?")
+                detail["detail"] = f"a redirect to {where}, not followed: correct the URL"
+            return exc.code, {**detail, "detail": detail.get("detail") or exc.reason}
+        except ValueError:
+            raise ServerUnavailable(
+                f"The server at {self.url} (ASYNCFLOW_API_URL) answered something that is not "
+                "JSON: is it an asyncflow server?"
+            ) from None
+        except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise ServerUnavailable(
                 f"The asyncflow server at {self.url} (ASYNCFLOW_API_URL) cannot be reached: "
                 f"{reason}"
             ) from None
 
-    def _run(self, run_id: UUID | str) -> dict[str, Any]:
-        status, data = self.call("GET", f"/api/runs/{quote(str(run_id), safe='')}")
+    def _steady(self, method: str, path: str, deadline: float | None) -> tuple[int, Any]:
+        """`call`, retried while the server does not answer or answers 5xx (a restart, a
+        proxy's 502), for RETRY_FOR seconds or until `deadline` (monotonic)."""
+        from asyncflow.exceptions import ServerUnavailable
+
+        give_up = time.monotonic() + RETRY_FOR
+        if deadline is not None:
+            give_up = min(give_up, deadline)
+        pause = 0.1
+        while True:
+            left = give_up - time.monotonic()
+            try:
+                status, data = self.call(method, path, timeout=min(REQUEST_TIMEOUT, left))
+                if status < 500 or left <= 0:
+                    return status, data
+            except ServerUnavailable:
+                if left <= 0:
+                    raise
+            time.sleep(min(pause, max(0.0, give_up - time.monotonic())))
+            pause = min(pause * 2, 2.0)
+
+    def _run(self, run_id: UUID | str, what: str = "", deadline: float | None = None) -> Any:
+        path = f"/api/runs/{quote(str(run_id), safe='')}{what}"
+        status, data = self._steady("GET", path, deadline)
         if status != 200:
             raise _error(status, data, self.url)
-        return data  # type: ignore[no-any-return]
+        return data
 
     # -- what runs.py asks of a connection to the store ----------------------------------------
     def pk_of(self, run_id: UUID) -> UUID:
         return run_id  # (the API knows runs by their ids)
 
-    def poll(self, run_id: UUID) -> tuple[StateType, str] | None:
-        data = self._run(run_id)
+    def poll(self, run_id: UUID, deadline: float | None = None) -> tuple[StateType, str] | None:
+        data = self._run(run_id, "/state", deadline)
         return StateType(data["state_type"]), data["state_name"]
 
     def read(self, run_id: UUID) -> Any:
-        return stored_run(self._run(run_id))
+        return stored_run(self._run(run_id, "/state"))
 
     def result(self, run_id: UUID) -> Any:
-        status, data = self.call("GET", f"/api/runs/{run_id}/result")
+        """The run's persisted result, loaded here from its stored bytes (the server
+        sends them as they are: it never loads them itself)."""
+        from asyncflow.results.record import decode
+        from asyncflow.results.serializers import resolve_serializer
+
+        status, data = self.call("GET", f"/api/runs/{run_id}/result?format=raw", raw=True)
         if status != 200:
             raise _error(status, data, self.url)
-        return data["value"]
+        content, headers = data
+        _, payload = decode(content, f"the result of run {run_id}")
+        return resolve_serializer(headers.get("X-Asyncflow-Serializer")).loads(payload)
 
     def cancel(self, run_id: UUID | str, why: str | None = None) -> str:
         """ "cancelled" | "requested" (as the store answers), "final", or "unknown"."""
@@ -121,15 +174,29 @@ class ApiClient:
         for field, value in (
             ("flow_run_name", flow_run_name), ("tags", tags),
             ("idempotency_key", idempotency_key),
-            ("scheduled_time", None if scheduled_time is None else scheduled_time.isoformat()),
+            # (a naive time is this machine's local time, as for a local call)
+            ("scheduled_time",
+             None if scheduled_time is None else scheduled_time.astimezone().isoformat()),
         ):  # fmt: skip
             if value is not None:
                 body[field] = value
         path = f"/api/deployments/{quote(flow, safe='')}/{quote(deployment, safe='')}/runs"
         status, data = self.call("POST", path, body)
+        if status == 404 and data.get("error") is None:  # (not an asyncflow server's answer)
+            raise _error(404, {**data, "error": "ObjectNotFound"}, self.url)
         if status not in (200, 201):
             raise _error(status, data, self.url)
         return stored_run(data), status == 201
+
+
+def _opener() -> Any:
+    import urllib.request
+
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None  # (urllib then raises the 30x as an HTTPError)
+
+    return urllib.request.build_opener(NoRedirects)
 
 
 def _error(status: int, data: Any, url: str) -> Exception:

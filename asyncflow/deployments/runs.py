@@ -420,7 +420,7 @@ class _Client:
     def pk_of(self, run: UUID) -> int:
         return int(self.store.key_of(run))
 
-    def poll(self, pk: int) -> tuple[StateType, str] | None:
+    def poll(self, pk: int, deadline: float | None = None) -> tuple[StateType, str] | None:
         return self.store.run_state(pk)  # type: ignore[no-any-return]
 
     def read(self, run_id: UUID) -> Any:
@@ -492,16 +492,17 @@ def _check_wait(timeout: float | None, poll_interval: float) -> None:
         raise ValueError(f"poll_interval must be a number of seconds > 0, got {poll_interval!r}.")
 
 
-def _poll(url: str, pk: int) -> tuple[StateType, str] | None:
-    """The run's latest state; a failed connection is opened again once."""
+def _poll(url: str, pk: Any, deadline: float | None = None) -> tuple[StateType, str] | None:
+    """The run's latest state; a failed connection is opened again once (a server's API
+    is asked again until `deadline`)."""
     from asyncflow.exceptions import StoreError
 
     client = _client(url)
     try:
-        return client.poll(pk)  # type: ignore[no-any-return]
+        return client.poll(pk, deadline)  # type: ignore[no-any-return]
     except StoreError:
         _forget(client)
-        return _client(url).poll(pk)  # type: ignore[no-any-return]
+        return _client(url).poll(pk, deadline)  # type: ignore[no-any-return]
 
 
 def _read(url: str, run_id: UUID) -> Any:
@@ -530,7 +531,7 @@ def _wait_sync(client: _Client, pk: int, timeout: float | None, poll: float) -> 
         _poller = ThreadPoolExecutor(4, thread_name_prefix="asyncflow-run-deployment")
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        state = _poller.submit(_poll, client.url, pk).result()
+        state = _poller.submit(_poll, client.url, pk, deadline).result()
         if state is None or state[0] in _TERMINAL:
             return
         left = poll if deadline is None else min(poll, deadline - time.monotonic())
@@ -544,8 +545,13 @@ async def _wait_async(client: _Client, pk: int, timeout: float | None, poll: flo
     import anyio.to_thread
 
     deadline = None if timeout is None else time.monotonic() + timeout
+    # (an HTTP poll can be left behind when the wait is cancelled; a store's cannot: its
+    # connection is in use until the call returns)
+    leave = is_api(client.url)
     while True:
-        state = await anyio.to_thread.run_sync(_poll, client.url, pk)
+        state = await anyio.to_thread.run_sync(
+            _poll, client.url, pk, deadline, abandon_on_cancel=leave
+        )
         if state is None or state[0] in _TERMINAL:
             return
         left = poll if deadline is None else min(poll, deadline - time.monotonic())
@@ -619,9 +625,9 @@ class _StandIn:
     def abandon(self, exc: BaseException, client: _Client) -> None:
         """The wait ended early: the store failed (the child goes on), or the calling flow
         run was stopped (its timeout, a cancel), which cancels the child it waited for."""
-        from asyncflow.exceptions import StoreError
+        from asyncflow.exceptions import ServerUnavailable, StoreError
 
-        if isinstance(exc, (StoreError, KeyError)):
+        if isinstance(exc, (StoreError, ServerUnavailable, KeyError)):
             self._end(StateType.FAILED, None, f"{type(exc).__name__}: {exc}")
             return
         if not self.made.added:

@@ -17,10 +17,13 @@ from typing import Any
 from asyncflow.server.auth import OPEN_PATHS, TOKEN_ENV
 
 
-def create_app(store: Any = None, *, token: str | None = None) -> Any:
+def create_app(
+    store: Any = None, *, token: str | None = None, allowed_hosts: list[str] | None = None
+) -> Any:
     """The ASGI app over `store`: a store URL (as for ASYNCFLOW_STORE), a store object
     (`asyncflow.store.open_store(...)`), or None for the configured store. `token`: what
-    its routes need (default: $ASYNCFLOW_SERVER_TOKEN; none when unset)."""
+    its routes need (default: $ASYNCFLOW_SERVER_TOKEN; none when unset). `allowed_hosts`:
+    the Host names it answers (others get 400: DNS rebinding), default any."""
     try:
         from starlette.applications import Starlette
         from starlette.middleware import Middleware
@@ -33,12 +36,12 @@ def create_app(store: Any = None, *, token: str | None = None) -> Any:
     from asyncflow.server import api, ui
     from asyncflow.server.auth import Auth, TokenCheck
 
+    auth = Auth(token if token is not None else os.environ.get(TOKEN_ENV) or None)
     opened = None
     if store is None or isinstance(store, str):
         from asyncflow.store import open_store
 
         store = opened = open_store(store)
-    auth = Auth(token if token is not None else os.environ.get(TOKEN_ENV) or None)
 
     async def api_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, api.ApiError)
@@ -57,10 +60,15 @@ def create_app(store: Any = None, *, token: str | None = None) -> Any:
             if opened is not None:  # (a store given as an object stays its owner's)
                 opened.close()
 
+    middleware = [Middleware(TokenCheck, auth=auth)]
+    if allowed_hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        middleware.insert(0, Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
     app = Starlette(
         routes=[*api.ROUTES, *ui.ROUTES],
         exception_handlers={api.ApiError: api_error, **ui.HANDLERS},
-        middleware=[Middleware(TokenCheck, auth=auth)] if auth.token is not None else [],
+        middleware=middleware,
         lifespan=lifespan,
     )
     app.state.store = store

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 #: Most runs one page of `GET /api/runs` holds.
@@ -122,29 +122,59 @@ async def read_run(request: Request) -> JSONResponse:
     return JSONResponse(data)
 
 
-async def run_result(request: Request) -> JSONResponse:
+async def run_state(request: Request) -> JSONResponse:
+    """A run without its children or history: what a remote wait polls."""
+    run = await _call(_store(request).read_run_sync, request.path_params["run_id"])
+    return JSONResponse(_run_json(run))
+
+
+async def run_result(request: Request) -> Response:
+    """The persisted result: `{"value": ...}` when it is JSON, or with `?format=raw` the
+    stored bytes as they are (for a client that loads them itself: any serializer, and the
+    server never unpickles anything for it)."""
     from asyncflow.exceptions import MissingResult
     from asyncflow.store import missing_result_message
 
     store = _store(request)
+    raw = request.query_params.get("format") == "raw"
 
     def load() -> Any:
+        from asyncflow.results.storage import storage_for
+
         run = store.read_run_sync(request.path_params["run_id"])
         stored = store.result_of_sync(run.id)
         if stored is None:
             raise MissingResult(missing_result_message(run))
-        return stored.load()
+        if raw:
+            storage = storage_for(stored.storage)
+            if not storage.exists(stored.key):
+                raise MissingResult(f"Its result file is gone: {stored.storage} {stored.key}.")
+            return stored, storage.read(stored.key)
+        try:
+            return stored, stored.load()
+        except MissingResult:
+            raise
+        except Exception as exc:  # (a class this process cannot import, a bad file)
+            raise MissingResult(
+                f"The server cannot load the result ({type(exc).__name__}: {exc}); "
+                "?format=raw gives its bytes to load where its types are."
+            ) from None
 
     try:
-        value = await _call(load)
+        stored, value = await _call(load)
     except MissingResult as exc:
         raise ApiError(404, str(exc), "MissingResult") from None
+    if raw:
+        return Response(
+            value, media_type="application/octet-stream",
+            headers={"X-Asyncflow-Serializer": stored.serializer},
+        )  # fmt: skip
     try:
         return JSONResponse({"value": value})
     except (TypeError, ValueError):
         raise ApiError(
-            404, f"The run's result, a {type(value).__name__}, is not JSON: load it where "
-            "its result storage is (asyncflow.store.load_result).", "MissingResult",
+            404, f"The run's result, a {type(value).__name__}, is not JSON: ?format=raw gives "
+            "its bytes (a remote FlowRun.result() loads them).", "MissingResult",
         ) from None  # fmt: skip
 
 
@@ -258,6 +288,7 @@ ROUTES = [
     Route("/api/runs/{run_id}", read_run),
     Route("/api/runs/{run_id}/tree", run_tree),
     Route("/api/runs/{run_id}/result", run_result),
+    Route("/api/runs/{run_id}/state", run_state),
     Route("/api/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
     Route("/api/flows", list_flows),
     Route("/api/deployments", list_deployments),

@@ -4,8 +4,10 @@ With a token, an API request carries `Authorization: Bearer <token>` and a UI re
 that or the session cookie the login form sets (an HMAC of the token, so the cookie never holds the
 token itself and every session ends when the token changes). Every POST of the UI carries
 a CSRF token derived from a per-app secret, with or without a server token: a page of
-another site cannot read it, so it cannot make a browser start or cancel runs here, not
-even on a server open on localhost.
+another site cannot read it. A POST that a browser sends from a page of another origin is
+refused outright (its `Origin` header), on the API too, so another site cannot make a
+browser start or cancel runs here, not even on a server open on localhost without a token.
+(Without a token, the CSRF secret is made per process: serve the UI from one process.)
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class Auth:
     is None), and the CSRF token the UI's forms carry."""
 
     def __init__(self, token: str | None) -> None:
+        if token is not None and not token.strip():
+            raise ValueError("The server's token is empty: give a real one, or None for none.")
         self.token = token
         key = secrets.token_bytes(32) if token is None else token.encode()
         self._bearer = f"Bearer {token}".encode() if token is not None else None
@@ -47,32 +51,65 @@ class Auth:
         return given is not None and hmac.compare_digest(given.encode(), self.csrf.encode())
 
     def allows(self, scope: Any) -> bool:
-        if self._bearer is None or scope["path"] in OPEN_PATHS:
+        path = route_path(scope)
+        if self._bearer is None or path in OPEN_PATHS:
             return True
         headers = dict(scope["headers"])
         if hmac.compare_digest(headers.get(b"authorization", b""), self._bearer):
             return True
-        if scope["path"].startswith("/api/"):  # (the API takes no cookie: no CSRF there)
+        if path.startswith("/api/"):  # (the API takes no cookie: no CSRF there)
             return False
         return hmac.compare_digest(_cookie(headers.get(b"cookie", b"")), self._session.encode())
 
 
+def route_path(scope: Any) -> str:
+    """The request's path within the app (without the prefix it is mounted at)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] or "/" if root and path.startswith(root) else path
+
+
+def _foreign(scope: Any) -> bool:
+    """A POST a browser sent from a page of another origin (its Origin is not this
+    server's). Clients that are not browsers send no Origin."""
+    headers = dict(scope["headers"])
+    origin = headers.get(b"origin")
+    if scope.get("method") != "POST" or origin is None:
+        return False
+    came_from = origin.split(b"://", 1)[-1]
+    # (behind a proxy that rewrites Host, the browser's origin is the forwarded host)
+    return came_from not in (headers.get(b"host"), headers.get(b"x-forwarded-host"))
+
+
 class TokenCheck:
     """ASGI middleware: a request `Auth` does not allow gets a 401 (API) or is sent to
-    the login form (UI)."""
+    the login form (UI); a POST from another origin gets a 403, token or not."""
 
     def __init__(self, app: Any, auth: Auth) -> None:
         self.app = app
         self.auth = auth
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or self.auth.allows(scope):
-            await self.app(scope, receive, send)
-            return
         from starlette.responses import JSONResponse, RedirectResponse, Response
 
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":  # (none is served: refuse rather than pass)
+            if not self.auth.allows(scope):
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+            return
+        if _foreign(scope):
+            refused = Response("Forbidden: a request from another site.", status_code=403)
+            await refused(scope, receive, send)
+            return
+        if self.auth.allows(scope):
+            await self.app(scope, receive, send)
+            return
         response: Response
-        path = scope["path"]
+        path = route_path(scope)
         if path.startswith("/api/"):
             given = dict(scope["headers"]).get(b"authorization")
             detail = "a bearer token is needed" if not given else "the token is not this server's"
@@ -83,8 +120,11 @@ class TokenCheck:
             )
         elif scope.get("method") == "GET":
             query = scope.get("query_string", b"").decode("latin-1")
-            target = path + (f"?{query}" if query else "")
-            response = RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+            target = scope["path"] + (f"?{query}" if query else "")
+            root = scope.get("root_path", "")
+            response = RedirectResponse(
+                f"{root}/login?next={quote(target, safe='')}", status_code=303
+            )
         else:
             response = Response("Unauthorized: log in first (/login).", status_code=401)
         await response(scope, receive, send)
@@ -98,4 +138,4 @@ def _cookie(header: bytes) -> bytes:
     return b""
 
 
-__all__ = ["COOKIE", "CSRF_FIELD", "OPEN_PATHS", "TOKEN_ENV", "Auth", "TokenCheck"]
+__all__ = ["COOKIE", "CSRF_FIELD", "OPEN_PATHS", "TOKEN_ENV", "Auth", "TokenCheck", "route_path"]

@@ -67,9 +67,14 @@ def document() -> dict[str, Any]:
             "/api/runs/{run_id}/tree": {"get": _op(
                 "A run with every run nested under it.", run_id
             )},
+            "/api/runs/{run_id}/state": {"get": _op(
+                "A run without its children or history (what a remote wait polls).", run_id
+            )},
             "/api/runs/{run_id}/result": {"get": _op(
                 "A run's persisted result as JSON: {value} (404 when it has none, or it is "
-                "not JSON).", run_id
+                "not JSON); with format=raw, its stored bytes (application/octet-stream, "
+                "the serializer in X-Asyncflow-Serializer).",
+                [*run_id, ("format", "query", "raw: the stored bytes")],
             )},
             "/api/runs/{run_id}/cancel": {"post": _op(
                 "Cancel a flow run, whichever process runs it (202; 409 if it ended).", run_id

@@ -26,7 +26,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from asyncflow.server.auth import COOKIE, CSRF_FIELD, Auth
+from asyncflow.server.auth import COOKIE, CSRF_FIELD, Auth, route_path
 from asyncflow.states import TERMINAL_TYPES, StateType
 
 _HERE = Path(__file__).parent
@@ -36,6 +36,8 @@ TIMELINE_CAP = 500
 TASK_ROWS = 100
 #: Runs per page of the runs table.
 PAGE_SIZE = 50
+#: Flows the flows page shows with their latest runs (most recently run first).
+FLOWS_SHOWN = 100
 _UTC = datetime.timezone.utc
 _FILTERS = ("flow", "state", "kind", "deployment", "parent", "cursor")
 # The pages with a live region, and its template (what `?fragment=1` answers).
@@ -105,6 +107,7 @@ async def _render(request: Request, build: Any) -> Response:
     """`build()` (store reads) and its page, rendered in one worker thread."""
     auth: Auth = request.app.state.auth
     fragment = request.query_params.get("fragment") == "1"
+    root = request.scope.get("root_path", "")  # (where the app is mounted, if it is)
 
     def work() -> tuple[str, int] | _Redirect:
         try:
@@ -117,8 +120,8 @@ async def _render(request: Request, build: Any) -> Response:
             return page
         context = {
             "csrf_field": CSRF_FIELD, "csrf": auth.csrf, "fragment": fragment,
-            "logged_in": auth.token is not None, "path": request.url.path,
-            "status": page.status, **page.context,
+            "logged_in": auth.token is not None, "path": route_path(request.scope), "root": root,
+            "status": page.status, "timeline_cap": TIMELINE_CAP, **page.context,
         }  # fmt: skip
         name = page.template
         if fragment and name in _LIVE:
@@ -127,7 +130,7 @@ async def _render(request: Request, build: Any) -> Response:
 
     done = await anyio.to_thread.run_sync(work)
     if isinstance(done, _Redirect):
-        return RedirectResponse(done.url, status_code=303)
+        return RedirectResponse(root + done.url, status_code=303)
     html, status = done
     return HTMLResponse(html, status_code=status)
 
@@ -351,21 +354,41 @@ async def start_run(request: Request) -> Response:
     return await _render(request, start)
 
 
-def _field_type(spec: dict[str, Any]) -> tuple[str, bool]:
-    """(the input a parameter gets, whether None is allowed) from its schema."""
+def _field(schema: dict[str, Any], spec: Any) -> tuple[str, bool, dict[str, Any]]:
+    """(the input a parameter gets, whether None is allowed, its schema with a `$ref` and
+    an Optional's `anyOf` resolved) from its schema."""
+
+    def resolve(part: Any) -> dict[str, Any]:
+        if not isinstance(part, dict):
+            return {}
+        ref = part.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/"):
+            found: Any = schema
+            for key in ref[2:].split("/"):
+                found = found.get(key) if isinstance(found, dict) else None
+            return {**(found if isinstance(found, dict) else {}),
+                    **{k: v for k, v in part.items() if k != "$ref"}}  # fmt: skip
+        return part
+
+    spec = resolve(spec)
     nullable = False
     options = spec.get("anyOf")
     if isinstance(options, list):
-        kinds = [o for o in options if isinstance(o, dict) and o.get("type") != "null"]
+        kinds = [
+            resolve(o) for o in options if not (isinstance(o, dict) and o.get("type") == "null")
+        ]
         nullable = len(kinds) < len(options)
         if len(kinds) != 1:
-            return "json", nullable
-        spec = kinds[0]
-    if "enum" in spec:
-        return "select", nullable
+            return "json", nullable, spec
+        spec = {**kinds[0], **{k: v for k, v in spec.items() if k != "anyOf"}}
+    if isinstance(spec.get("enum"), list):
+        return "select", nullable, spec
     kind = spec.get("type")
     inputs = {"string": "text", "integer": "integer", "number": "number", "boolean": "checkbox"}
-    return inputs.get(kind, "json") if isinstance(kind, str) else "json", nullable
+    field = inputs.get(kind, "json") if isinstance(kind, str) else "json"
+    if field == "checkbox" and nullable:  # (unset, true or false: a checkbox has two)
+        return "select", nullable, {**spec, "enum": [True, False]}
+    return field, nullable, spec
 
 
 def form_fields(
@@ -375,9 +398,8 @@ def form_fields(
     the posted `values`, else the deployment's default, else the schema's."""
     required = set(schema.get("required") or ())
     fields = []
-    for name, spec in (schema.get("properties") or {}).items():
-        spec = spec if isinstance(spec, dict) else {}
-        kind, nullable = _field_type(spec)
+    for name, raw_spec in (schema.get("properties") or {}).items():
+        kind, nullable, spec = _field(schema, raw_spec)
         if values is not None:
             value = values.get(name, "")
         else:
@@ -389,17 +411,19 @@ def form_fields(
             elif kind == "checkbox":
                 value = "true" if default else ""
             else:
-                value = str(default)
-        enum = spec.get("enum") or next(
-            (o.get("enum") for o in spec.get("anyOf") or () if isinstance(o, dict) and "enum" in o),
-            None,
-        )
+                value = _option(default)
         fields.append({
             "name": name, "label": spec.get("title") or name, "kind": kind, "value": value,
             "required": name in required and name not in defaults, "nullable": nullable,
-            "options": [str(o) for o in enum or ()], "description": spec.get("description"),
+            "options": [_option(o) for o in spec.get("enum") or ()],
+            "description": spec.get("description"),
         })  # fmt: skip
     return fields
+
+
+def _option(value: Any) -> str:
+    """A value as a form shows it (JSON's true/false for booleans)."""
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
 
 
 def read_fields(schema: dict[str, Any], values: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
@@ -407,8 +431,8 @@ def read_fields(schema: dict[str, Any], values: dict[str, str]) -> tuple[dict[st
     read. The deployment's schema check, where the types are enforced, comes after."""
     parameters: dict[str, Any] = {}
     errors: list[str] = []
-    for name, spec in (schema.get("properties") or {}).items():
-        kind, _ = _field_type(spec if isinstance(spec, dict) else {})
+    for name, raw_spec in (schema.get("properties") or {}).items():
+        kind, _, spec = _field(schema, raw_spec)
         raw = values.get(name, "")
         if kind == "checkbox":
             parameters[name] = raw in ("true", "on")
@@ -427,7 +451,7 @@ def read_fields(schema: dict[str, Any], values: dict[str, str]) -> tuple[dict[st
                 parameters[name] = json.loads(raw)
             elif kind == "select":
                 options = spec.get("enum") or []
-                parameters[name] = next((o for o in options if str(o) == raw), raw)
+                parameters[name] = next((o for o in options if _option(o) == raw), raw)
             else:
                 parameters[name] = raw
         except ValueError:
@@ -441,48 +465,54 @@ async def flows_page(request: Request) -> Response:
     store = _store(request)
 
     def build() -> _Page:
-        flows = store.list_flows()[:100]
-        for data in flows:
+        flows = store.list_flows()
+        shown = flows[:FLOWS_SHOWN]
+        for data in shown:
             data["recent"], _ = store.list_runs_page(kind="flow", spec_name=data["name"], limit=5)
-        return _Page("flows.html", flows=flows)
+        return _Page("flows.html", flows=shown, more=len(flows) - len(shown))
 
     return await _render(request, build)
 
 
 # -- login ---------------------------------------------------------------------------------------
 async def login_page(request: Request) -> Response:
-    target = _safe_next(request.query_params.get("next"))
+    target = _safe_next(request.query_params.get("next"), request.scope.get("root_path", ""))
     return await _render(request, lambda: _Page("login.html", next=target, failed=False))
 
 
 async def login(request: Request) -> Response:
     auth: Auth = request.app.state.auth
     form = parse_qs((await request.body()).decode("utf-8", "replace"))
-    target = _safe_next(_last(form, "next"))
+    root = request.scope.get("root_path", "")
+    target = _safe_next(_last(form, "next"), root)
     session = auth.login(_last(form, "token") or "")
     if session is None:
         return await _render(request, lambda: _Page("login.html", 401, next=target, failed=True))
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(COOKIE, session, httponly=True, samesite="strict", path="/")
+    response.set_cookie(
+        COOKIE, session, httponly=True, samesite="strict", path=root or "/",
+        secure=request.url.scheme == "https",
+    )  # fmt: skip
     return response
 
 
 async def logout(request: Request) -> Response:
     await _form(request)
-    response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/")
+    root = request.scope.get("root_path", "")
+    response = RedirectResponse(f"{root}/login", status_code=303)
+    response.delete_cookie(COOKIE, path=root or "/")
     return response
 
 
-def _safe_next(target: str | None) -> str:
+def _safe_next(target: str | None, root: str) -> str:
     """A page of this server to go to after logging in (never another site's)."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/runs"
+        return f"{root}/runs"
     return target
 
 
 async def home(request: Request) -> Response:
-    return RedirectResponse("/runs", status_code=303)
+    return RedirectResponse(f"{request.scope.get('root_path', '')}/runs", status_code=303)
 
 
 async def forbidden(request: Request, exc: Exception) -> Response:

@@ -22,6 +22,8 @@ function keepLive(region) {
     if (document.hidden) return keepLive(region);
     try {
       const answer = await fetch(region.dataset.refresh, { credentials: "same-origin" });
+      // Gone, or sent to the login form (the session ended): stop; reloading shows why.
+      if (answer.status === 404 || answer.redirected) return;
       if (!answer.ok) return keepLive(region);
       const parsed = document.createElement("template");
       parsed.innerHTML = (await answer.text()).trim();
