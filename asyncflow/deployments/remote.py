@@ -139,7 +139,8 @@ class ApiClient:
 
     def cancel(self, run_id: UUID | str, why: str | None = None) -> str:
         """ "cancelled" | "requested" (as the store answers), "final", or "unknown"."""
-        status, data = self.call("POST", f"/api/runs/{quote(str(run_id), safe='')}/cancel")
+        path = f"/api/runs/{quote(str(run_id), safe='')}/cancel"
+        status, data = self.call("POST", path, {"reason": why} if why else None)
         if status == 202:
             return str(data["outcome"])
         if status == 409:

@@ -262,8 +262,17 @@ async def start_run(request: Request) -> JSONResponse:
 
 async def cancel_run(request: Request) -> JSONResponse:
     store = _store(request)
+    try:  # (an optional body: {"reason": "..."}, which the run's Cancelled state says)
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        raise ApiError(400, "the body is not JSON") from None
+    reason = body.get("reason") if isinstance(body, dict) else None
+    if reason is not None and not isinstance(reason, str):
+        raise ApiError(400, "reason: a string")
     run = await _call(store.read_run_sync, request.path_params["run_id"])
-    outcome, _ = await _call(store.request_cancel, run.id)
+    outcome, _ = await _call(
+        lambda: store.request_cancel(run.id, why=reason or "cancelled through the API")
+    )
     if outcome == "final":
         raise ApiError(409, f"Run {run.id} is already {run.state_name}.")
     if outcome == "task":

@@ -263,7 +263,7 @@ async def cancel_run(request: Request) -> Response:
 
     def cancel() -> _Redirect:
         run = store.read_run_sync(run_id)
-        store.request_cancel(run.id)  # (a run already final: its page shows that)
+        store.request_cancel(run.id, why="cancelled in the UI")  # (one that ended: its page says)
         return _Redirect(f"/runs/{run.id}")
 
     return await _render(request, cancel)
