@@ -46,6 +46,13 @@ from asyncflow.store.base import (
 T = TypeVar("T")
 
 
+def _kind_sql(kind: str) -> str:
+    """A run kind as an SQL literal (never user text in SQL)."""
+    if kind not in ("flow", "task"):
+        raise ValueError(f"kind: 'flow' or 'task' (or None for both), not {kind!r}")
+    return f"'{kind}'"
+
+
 def encode_cursor(created: float, pk: int) -> str:
     """The opaque cursor of a page that ends at the run (created, key)."""
     import base64
@@ -257,8 +264,7 @@ class SqlStore:
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
         if kind is not None:
-            where.append("r.kind = ?")
-            params.append(kind)
+            where.append(f"r.kind = {_kind_sql(kind)}")  # (a literal: see list_runs_page)
         if spec_name is not None:
             where.append("r.spec_name = ?")
             params.append(spec_name)
@@ -296,8 +302,11 @@ class SqlStore:
         self._before_read()
         where: list[str] = ["1 = 1"]
         params: list[Any] = []
+        if kind is not None:
+            # (a literal: PostgreSQL's generic plan for a parameter cannot use the index
+            # on flow runs, `WHERE kind = 'flow'`, which made every page a scan)
+            where.append(f"r.kind = {_kind_sql(kind)}")
         for column, value in (
-            ("r.kind", kind),
             ("r.spec_name", spec_name),
             ("r.state_type", None if state is None else StateType(state).value),
             ("r.deployment", deployment),
@@ -441,10 +450,11 @@ class SqlStore:
         and how many of them are in each (kind, state type, state name). A subflow's
         stand-in task run is left out of all three: the subflow run stands for it."""
         self._before_read()
-        # (a stand-in task run is the parent task run of some flow run)
+        # (the stand-ins are the parent task runs of this run's subflow runs: a few rows of
+        # the same index, where a NOT EXISTS per row made PostgreSQL scan every run)
         plain = (
-            "r.parent_pk = ? AND NOT (r.kind = 'task' AND EXISTS "
-            "(SELECT 1 FROM runs c WHERE c.parent_task_pk = r.pk))"
+            "r.parent_pk = ? AND r.pk NOT IN (SELECT f.parent_task_pk FROM runs f "
+            "WHERE f.parent_pk = ? AND f.kind = 'flow' AND f.parent_task_pk IS NOT NULL)"
         )
 
         def read(conn: Any) -> Any:
@@ -453,7 +463,7 @@ class SqlStore:
                 order = "ORDER BY r.created, r.pk LIMIT ?"
                 rows = conn.execute(
                     self._sql(f"SELECT {RUN_COLUMNS} FROM {RUN_FROM} WHERE {plain} {order}"),
-                    (pk, limit),
+                    (pk, pk, limit),
                 ).fetchall()
                 flows = conn.execute(
                     self._sql(
@@ -467,7 +477,7 @@ class SqlStore:
                         "SELECT r.kind, r.state_type, r.state_name, count(*) FROM runs r "
                         f"WHERE {plain} GROUP BY r.kind, r.state_type, r.state_name"
                     ),
-                    (pk,),
+                    (pk, pk),
                 ).fetchall()
             return (
                 [row_to_run(row) for row in rows],
