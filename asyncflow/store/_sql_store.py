@@ -381,10 +381,12 @@ class SqlStore:
             self._sql(
                 "SELECT r.pk, p.id_prefix FROM processes p JOIN runs r "
                 "ON r.pk BETWEEN (p.pk << 32) + ? AND (p.pk << 32) + ? "
-                "WHERE p.id_prefix >= ? AND p.id_prefix < ? ORDER BY r.pk LIMIT 3"
+                # (no ORDER BY: PostgreSQL then walked every run in key order to find one)
+                "WHERE p.id_prefix >= ? AND p.id_prefix < ? LIMIT 3"
             ),
             (plan.row_low, plan.row_high, plan.prefix_low, plan.prefix_high),
         ).fetchall()
+        found.sort()
         if not found:
             raise unknown_run(run, self.url)
         if len(found) > 1:
