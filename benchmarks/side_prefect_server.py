@@ -105,8 +105,14 @@ def client_action(action: str, params: dict) -> dict:
 
 
 def fill(params: dict) -> dict:
-    """Call the trivial flow for i in [start, start+count) until the deadline."""
+    """Call the trivial flow for i in [start, start+count) from `threads` threads.
+
+    Threads, because a synchronous flow call in Prefect 3.8.8 ends by joining its
+    heartbeat thread, which sleeps in 1 s steps: a sequential loop idles ~1 s per run.
+    """
     import logging
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     from prefect import flow
 
@@ -116,17 +122,25 @@ def fill(params: dict) -> dict:
 
     # Keep the engine's console output out of our stderr log; logs still go to the API.
     logging.getLogger("prefect").setLevel(logging.WARNING)
-    done = failed = 0
+    todo = iter(range(params["start"], params["start"] + params["count"]))
+    lock = threading.Lock()
+    counts = {"done": 0, "failed": 0}
+
+    def worker():
+        while time.time() < params["deadline"]:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            ok = tiny(i, return_state=True).is_completed()
+            with lock:
+                counts["done" if ok else "failed"] += 1
+
     first = time.time()
-    for i in range(params["start"], params["start"] + params["count"]):
-        if time.time() > params["deadline"]:
-            break
-        state = tiny(i, return_state=True)
-        if state.is_completed():
-            done += 1
-        else:
-            failed += 1
-    return {"done": done, "failed": failed, "t_first": first, "t_end": time.time()}
+    with ThreadPoolExecutor(params["threads"]) as ex:
+        for f in [ex.submit(worker) for _ in range(params["threads"])]:
+            f.result()
+    return dict(counts, t_first=first, t_end=time.time())
 
 
 def run_wide(params: dict) -> dict:
@@ -461,12 +475,14 @@ class Bench:
         procs, start = [], 0
         for k in range(w):
             count = per + (1 if k < extra else 0)
-            params = {"start": start, "count": count, "deadline": deadline}
+            params = {"start": start, "count": count, "deadline": deadline,
+                      "threads": a.fill_threads}
             start += count
             procs.append(
                 self.spawn(f"client_fill{k}", self.client_cmd("fill", params), subprocess.PIPE)
             )
-        log(f"filling {a.runs} flow runs with {w} client processes (cap {a.fill_seconds} s)")
+        log(f"filling {a.runs} flow runs with {w} client process(es) x {a.fill_threads} "
+            f"threads (cap {a.fill_seconds} s)")
         fills = [
             self.collect(f"client_fill{k}", p, a.fill_seconds + 300) for k, p in enumerate(procs)
         ]
@@ -543,11 +559,18 @@ class Bench:
             f"server: `prefect server start` {res['prefect_version']} (one uvicorn process "
             "with its background services), sqlite+aiosqlite DB in a fresh temp "
             "PREFECT_HOME, UI and analytics off, on the same 2-core machine as the clients",
-            f"runs_stored = flow runs of flow 'tiny' in the DB; fill used {w} parallel "
-            "client processes calling the flow through the real engine (each run: "
+            f"runs_stored = flow runs of flow 'tiny' in the DB; fill used {w} client "
+            f"process(es) x {a.fill_threads} threads, each thread calling the flow through "
+            "the real engine with default settings (each run: "
             "create + Pending/Running/Completed states + engine logs and events); "
             "fill_runs_per_second spans first run start to last run end (interpreter "
             "start-up and prefect import excluded)",
+            "threads are used because a synchronous flow call in Prefect 3.8.8 ends by "
+            "joining its heartbeat thread (PREFECT_FLOWS_HEARTBEAT_FREQUENCY default "
+            "180 s), which sleeps in 1 s steps, so a sequential loop idles ~1 s per run "
+            "(~0.9 runs/s per loop); with 8 threads the limit is the server (sqlite "
+            "write contention: CPU is not saturated), and more threads or processes "
+            "made the fill slower",
             f"wide: one flow run mapping a trivial task over range({a.tasks}) with the "
             "default ThreadPoolTaskRunner; task runs are written by the server from "
             f"events, so the script waited {wt['waited_s']:.1f} s after the flow "
@@ -586,7 +609,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2000, help="tiny flow runs to store")
     ap.add_argument("--tasks", type=int, default=500, help="task runs in the wide flow run")
     ap.add_argument("--fill-seconds", type=float, default=300, help="wall-time cap of the fill")
-    ap.add_argument("--fill-workers", type=int, default=2, help="parallel fill processes")
+    ap.add_argument("--fill-workers", type=int, default=1, help="parallel fill processes")
+    ap.add_argument("--fill-threads", type=int, default=8, help="flow-calling threads per process")
     ap.add_argument("--requests", type=int, default=2000, help="api_concurrent requests")
     ap.add_argument("--clients", type=int, default=50, help="api_concurrent asyncio clients")
     ap.add_argument("--page-reps", type=int, default=50, help="runs_page sequential reps")

@@ -494,7 +494,7 @@ class PostgresStore(SqlStore):
     def _query(self, fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         with self._lock:
             try:
-                return fn(self._conn)
+                return fn(_Unprepared(self._conn))  # type: ignore[arg-type]
             except self._psycopg.Error as exc:
                 raise self._error("cannot be read", exc) from None
 
@@ -503,6 +503,24 @@ class PostgresStore(SqlStore):
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             yield
+
+
+class _Unprepared:
+    """A connection whose statements are planned for their values each time. Reads filter
+    by values whose selectivity differs by orders of magnitude (a flow name, a state, a
+    cursor, a parent), and the generic plan psycopg's prepared statements end up with
+    after a few runs was a scan of every run for some of them (a page took 200 ms, not 8)."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+
+    def execute(self, query: Any, params: Any = None) -> Any:
+        return self._conn.execute(query, params, prepare=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
 
 
 def _kind_of(exc: BaseException) -> type[StoreError]:
