@@ -40,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.deployments import _store_for
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGE_BUDGET = 0.150
 CLIENTS = 50
@@ -261,22 +263,6 @@ def prefect(python: str, quick: bool) -> dict[str, Any]:
     return json.loads(lines[-1])  # type: ignore[no-any-return]
 
 
-def _store_url(kind: str, home: Path, postgres: str | None) -> str:
-    if kind == "sqlite":
-        return f"sqlite://{home / 'runs.db'}"
-    assert postgres is not None
-    import uuid
-    from urllib.parse import quote
-
-    import psycopg
-
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres, autocommit=True) as admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in postgres else "?"
-    return f"{postgres}{sep}options={quote(f'-csearch_path={schema}')}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.server")
     parser.add_argument("--quick", action="store_true", help="10,000 runs, 500 tasks")
@@ -293,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     for kind in ["sqlite"] + (["postgres"] if args.postgres else []):
         home = Path(tempfile.mkdtemp(prefix=f"asyncflow-bench-server-{kind}-"))
-        results[kind] = measure(_store_url(kind, home, args.postgres), home, runs, tasks, total)
+        results[kind] = measure(_store_for(kind, home, args.postgres), home, runs, tasks, total)
     if args.prefect_python:
         results["prefect"] = prefect(args.prefect_python, args.quick)
     _print(results)

@@ -64,3 +64,19 @@ def test_budgets_name_only_known_rows(monkeypatch: pytest.MonkeyPatch) -> None:
 
     budgets = tomllib.loads((ROOT / "benchmarks" / "budgets.toml").read_text())
     assert set(budgets) <= ROW_IDS, set(budgets) - ROW_IDS
+
+
+def test_the_server_benchmark_runs(tmp_path: Path) -> None:
+    """`benchmarks/server.py` on a small store: every page and the load give numbers."""
+    out = tmp_path / "server.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.server", "--runs", "2000", "--tasks", "50",
+         "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())["sqlite"]
+    assert data["runs"] == 2000 and set(data["pages"]) >= {"runs", "run_5000_tasks", "flows"}
+    assert all(page["p50_ms"] > 0 for page in data["pages"].values())
+    for load in (data["api_concurrent"], data["floor_http"]):
+        assert load["errors"] == 0 and load["requests_per_second"] > 0

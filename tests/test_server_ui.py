@@ -11,30 +11,16 @@ from typing import Any
 import httpx
 import pytest
 from test_results_store import recording, store_url
+from test_server_api import double, parent
 from test_store_postgres import server_url
 
-from asyncflow import flow, task
+from asyncflow import flow
 from asyncflow.server import create_app
 from asyncflow.server.ui import TASK_ROWS, TIMELINE_CAP, form_fields, read_fields
 from asyncflow.store import open_store, writer
 
 __all__ = ["recording", "server_url", "store_url"]
 pytestmark = pytest.mark.anyio
-
-
-@task
-def double(x: int) -> int:
-    return 2 * x
-
-
-@flow
-def child(n: int) -> int:
-    return double(n)
-
-
-@flow
-def parent(n: int = 2) -> int:
-    return child(n) + double(n)
 
 
 @flow
