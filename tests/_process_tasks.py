@@ -21,3 +21,11 @@ def echo(value):
 @task
 def fail_in_worker(message: str) -> None:
     raise ValueError(message)
+
+
+@task
+def nap(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds

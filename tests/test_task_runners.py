@@ -446,3 +446,40 @@ def test_queued_work_is_claimed_once_by_cancel_drop_or_worker(registry):
     assert name == "Cancelled"
     history = registry.history(registry.row_of(run_id))
     assert [s.type for s in history] == [StateType.PENDING, StateType.CANCELLED]
+
+
+def test_process_pool_runs_in_flight_hold_no_thread_each():
+    """The process pool is a remote runner: its runs in flight are awaited on the kernel
+    loop, so 300 of them add a few threads (the loop, the pool's manager), not one each."""
+    import time
+
+    from _process_tasks import nap
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=2))
+    def many():
+        before = threading.active_count()
+        futures = nap.map([0.02] * 300)
+        time.sleep(0.3)
+        during = threading.active_count()
+        return before, during, sum(f.result(timeout=120) for f in futures)
+
+    before, during, total = many()
+    assert during - before < 10 and total == pytest.approx(6.0)
+
+
+@pytest.mark.anyio
+async def test_process_pool_task_times_out_and_retries_from_an_async_flow(registry):
+    from _process_tasks import nap
+
+    slow = nap.with_options(timeout_seconds=0.5, retries=1, retry_delay_seconds=0)
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def timed() -> tuple[bool, str]:
+        future = slow.submit(1.5)
+        await future.wait_async()
+        return future.state.is_failed(), future.state.message or ""
+
+    failed, message = await timed()
+    assert failed and "timeout" in message.lower()
+    (run,) = registry.runs(kind="task")
+    assert run.run_count == 2  # (timed out, retried, timed out again)

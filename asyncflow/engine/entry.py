@@ -95,14 +95,21 @@ async def run_async(
     wait_for: Any,
     return_state: bool,
     engine: TaskRunEngine | None = None,
+    remote: Any = None,
 ) -> Any:
     """An async run, from the start of the coroutine (a coroutine never awaited is no run);
-    `engine` when a submission registered it already."""
+    `engine` when a submission registered it already; `remote`: the remote task runner
+    whose `run_remote` runs a sync task's body."""
     if wait_for or needs_resolving(args, kwargs):
         await wait_dependencies(args, kwargs, wait_for)
     if engine is None:
         engine = open_run(spec, parent, args, kwargs, wait_for, True)
-    state = ready(engine, wait_for) or await drivers.drive_async(engine, *body(engine))
+    state = ready(engine, wait_for)
+    if state is None:
+        fn, fn_args, fn_kwargs = body(engine)
+        if remote is not None:
+            fn, fn_args, fn_kwargs = remote.run_remote, (engine.spec, fn, fn_args, fn_kwargs), {}
+        state = await drivers.drive_async(engine, fn, fn_args, fn_kwargs)
     if return_state:
         return state
     return state._result() if engine.returned is None else engine.call_result(state)

@@ -44,7 +44,10 @@ def submit(
     engine: TaskRunEngine = entry.open_run(task, parent, args, kwargs, wait_for, task.isasync)
     if task.isasync:
         return _submit_async(engine, parent, wait_for)
-    return _submit_sync(engine, parent, wait_for, runner or runner_for(parent))
+    runner = runner or runner_for(parent)
+    if runner.remote:  # (driven on a loop, its body awaited: no thread while in flight)
+        return _submit_async(engine, parent, wait_for, runner)
+    return _submit_sync(engine, parent, wait_for, runner)
 
 
 class _SyncWork:
@@ -157,11 +160,18 @@ def _when_ready(deps: list[TaskRunFuture[Any]], start: Callable[[], None]) -> No
 
 
 def _submit_async(
-    engine: TaskRunEngine, parent: FlowRunEngine | None, wait_for: Any
+    engine: TaskRunEngine, parent: FlowRunEngine | None, wait_for: Any, remote: Any = None
 ) -> TaskRunFuture[Any]:
+    """An async task run, or a sync one on a `remote` runner (its body awaited there)."""
     group = parent.task_group if parent is not None else None
+    # (a remote runner's runs go to the kernel loop, also from an async flow: a sync task's
+    # future may be waited for by blocking, as on a thread pool, which on the flow's own
+    # loop would deadlock)
     on_flow_loop = (
-        group is not None and parent is not None and parent.thread_id == threading.get_ident()
+        remote is None
+        and group is not None
+        and parent is not None
+        and parent.thread_id == threading.get_ident()
     )
     future: TaskRunFuture[Any] = TaskRunFuture(
         engine.registry, engine.row, threading.get_ident() if on_flow_loop else None
@@ -201,8 +211,9 @@ def _submit_async(
         try:
             with scope:
                 state = await entry.run_async(
-                    engine.spec, engine.parent, engine.args, engine.kwargs, wait_for, True, engine
-                )
+                    engine.spec, engine.parent, engine.args, engine.kwargs, wait_for, True,
+                    engine, remote,
+                )  # fmt: skip
         except BaseException as exc:
             state = engine.state or engine.finish(engine.outcome_of_error(exc))
             future._set_state(state)

@@ -29,6 +29,10 @@ class TaskRunner(abc.ABC):
 
     #: True when task functions run in the worker itself (`body` is not consulted).
     in_thread: bool = True
+    #: True for runners whose task bodies run elsewhere (other processes, a cluster) and
+    #: are awaited: the engine then drives each run on an event loop (the flow's, or the
+    #: kernel's for sync flows) and awaits `run_remote`, so in-flight runs hold no thread.
+    remote: bool = False
     _started = False
 
     @property
@@ -83,6 +87,15 @@ class TaskRunner(abc.ABC):
         """The call that runs the task function, for runners with `in_thread = False`."""
         return lambda: fn(*args, **kwargs)
 
+    async def run_remote(
+        self, task: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        """For `remote` runners: run `fn(*args, **kwargs)` of `task` elsewhere and return
+        its value (or raise its exception). Cancelled, it cancels the remote work (or
+        abandons what cannot be stopped) and re-raises. Called once per attempt, on the
+        loop that drives the run."""
+        raise NotImplementedError(f"{type(self).__name__} is not a remote runner")
+
     def start(self) -> None:
         """Acquire resources (`submit_work` may also start lazily). Subclasses call this."""
         self._started = True
@@ -123,6 +136,26 @@ class TaskRunner(abc.ABC):
         await anyio.to_thread.run_sync(self.shutdown)
 
 
+async def completion(future: Any, cancel: Callable[[], object] | None = None) -> Any:
+    """The result of a `concurrent.futures`-like future (anything with `done`,
+    `add_done_callback` and `result`), awaited without a thread: its done callback wakes
+    this loop. Cancelled meanwhile, it calls `cancel` (default `future.cancel`)."""
+    if not future.done():
+        import anyio
+
+        from asyncflow.backend import threadsafe_caller
+
+        done = anyio.Event()
+        call_soon = threadsafe_caller()
+        future.add_done_callback(lambda _: call_soon(done.set))
+        try:
+            await done.wait()
+        except BaseException:
+            (cancel or future.cancel)()
+            raise
+    return future.result()
+
+
 def _call_of(task: Any, parameters: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """A task's call arguments from its parameters by name (Prefect's runner API)."""
     if not isinstance(parameters, dict):
@@ -161,6 +194,7 @@ def waiting() -> Iterator[None]:
 
 __all__ = [
     "TaskRunner",
+    "completion",
     "set_worker_pool",
     "waiting",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 
 from asyncflow._spec import load_by_name
 from asyncflow.exceptions import SerializationError
+from asyncflow.task_runners.base import completion
 from asyncflow.task_runners.threads import ThreadPoolTaskRunner
 
 
@@ -38,6 +39,7 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
     """
 
     in_thread = False
+    remote = True  # (a run in flight awaits its process: no thread of ours waits for it)
 
     def __init__(
         self,
@@ -76,27 +78,26 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
                 initargs=self.initargs,
             )
 
-    def body(
+    async def run_remote(
         self, task: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Callable[[], Any]:
-        def call() -> Any:
-            try:
-                # Module-level tasks travel by reference; others (defined in a function)
-                # send their function by value, which needs cloudpickle.
-                target = task if _importable(task) else fn
-                payload = _dumps((target, args, kwargs))
-            except Exception as exc:
-                raise SerializationError(
-                    f"Task {task.name!r} cannot be sent to a worker process: its function or "
-                    f"arguments cannot be pickled ({type(exc).__name__}: {exc}). Define the task "
-                    "at module level and pass picklable arguments, or use ThreadPoolTaskRunner."
-                ) from exc
-            if self._processes is None:
-                self.start()
-            assert self._processes is not None
-            return self._processes.submit(_run_payload, payload).result()
-
-        return call
+    ) -> Any:
+        try:
+            # Module-level tasks travel by reference; others (defined in a function)
+            # send their function by value, which needs cloudpickle.
+            target = task if _importable(task) else fn
+            payload = _dumps((target, args, kwargs))
+        except Exception as exc:
+            raise SerializationError(
+                f"Task {task.name!r} cannot be sent to a worker process: its function or "
+                f"arguments cannot be pickled ({type(exc).__name__}: {exc}). Define the task "
+                "at module level and pass picklable arguments, or use ThreadPoolTaskRunner."
+            ) from exc
+        if self._processes is None:
+            self.start()
+        assert self._processes is not None
+        # (cancelled, a queued call is dropped; one already running in its process runs on:
+        # a process pool cannot stop it)
+        return await completion(self._processes.submit(_run_payload, payload))
 
     def shutdown(self, wait: bool = True) -> None:
         super().shutdown(wait)
