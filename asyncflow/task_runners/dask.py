@@ -1,0 +1,265 @@
+"""`DaskTaskRunner`: sync task bodies on a Dask cluster (extra `[dask]`: `distributed`).
+
+Only the body travels: each attempt of a task run is one `client.submit(..., pure=False)`
+with Dask's own retries off, and the run's lifecycle (states, retries, timeouts, logs,
+the store) stays in the flow's process, so workers need no settings, no store and no API.
+A run in flight holds no thread here: its completion wakes the loop that drives it.
+
+By default the runner starts a `distributed.LocalCluster` for the flow run and closes it
+when the flow run ends; given an `address` or a `cluster`, it connects to that and closes
+only its client.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from asyncflow.exceptions import SerializationError
+from asyncflow.task_runners.base import TaskRunner
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError:
+        raise ImportError(
+            "DaskTaskRunner needs the [dask] extra: pip install 'asyncflow[dask]'"
+        ) from None
+    return distributed
+
+
+def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return fn(*args, **kwargs)
+
+
+class DaskTaskRunner(TaskRunner):
+    """Runs submitted sync tasks on Dask.
+
+    `cluster`: a running cluster object to use (not closed by the runner); `address`: a
+    scheduler to connect to; otherwise `cluster_class` (default `distributed.LocalCluster`,
+    or its import path as a string) is started with `cluster_kwargs`, made adaptive with
+    `adapt_kwargs` if given, and closed with the flow run. `client_kwargs` go to
+    `distributed.Client`.
+
+    A cluster this runner starts does not re-run a task whose worker died
+    (`distributed.scheduler.allowed-failures` is 0): the run fails, and the task's own
+    retries decide. A cluster you pass keeps its own setting: Dask may run such a task
+    again on another worker before asyncflow hears of it.
+    """
+
+    in_thread = False
+    remote = True
+
+    def __init__(
+        self,
+        cluster: Any = None,
+        address: str | None = None,
+        cluster_class: Any = None,
+        cluster_kwargs: dict[str, Any] | None = None,
+        adapt_kwargs: dict[str, Any] | None = None,
+        client_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if cluster is not None and address is not None:
+            raise ValueError("Give a cluster or an address, not both.")
+        if address is not None and not isinstance(address, str):
+            raise TypeError(f"address must be a scheduler address string, got {address!r}.")
+        for name, value in (("cluster_kwargs", cluster_kwargs), ("adapt_kwargs", adapt_kwargs),
+                            ("client_kwargs", client_kwargs)):  # fmt: skip
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(f"{name} must be a dict, got {value!r}.")
+        if (cluster is not None or address is not None) and (cluster_class or cluster_kwargs):
+            raise ValueError("cluster_class and cluster_kwargs are for a cluster it starts.")
+        self.cluster = cluster
+        self.address = address
+        self.cluster_class = cluster_class
+        self.cluster_kwargs = dict(cluster_kwargs or {})
+        self.adapt_kwargs = None if adapt_kwargs is None else dict(adapt_kwargs)
+        self.client_kwargs = dict(client_kwargs or {})
+        self._client: Any = None
+        self._own_cluster: Any = None
+        self._finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._gatherer: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def duplicate(self) -> DaskTaskRunner:
+        return type(self)(
+            self.cluster, self.address, self.cluster_class,
+            self.cluster_kwargs or None, self.adapt_kwargs, self.client_kwargs or None,
+        )  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and (
+            other.cluster is self.cluster and other.address == self.address
+            and other.cluster_class == self.cluster_class
+            and other.cluster_kwargs == self.cluster_kwargs
+            and other.adapt_kwargs == self.adapt_kwargs
+            and other.client_kwargs == self.client_kwargs
+        )  # fmt: skip
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.address))
+
+    @property
+    def client(self) -> Any:
+        """The runner's `distributed.Client` (None until it starts)."""
+        return self._client
+
+    def start(self) -> None:
+        if self._client is None:
+            distributed = _import_distributed()
+            if self.address is not None:
+                self._client = distributed.Client(self.address, **self.client_kwargs)
+            elif self.cluster is not None:
+                self._client = distributed.Client(self.cluster, **self.client_kwargs)
+            else:
+                self._own_cluster = self._start_cluster(distributed)
+                self._client = distributed.Client(self._own_cluster, **self.client_kwargs)
+        super().start()
+
+    def _start_cluster(self, distributed: Any) -> Any:
+        import dask
+
+        cls = self.cluster_class or distributed.LocalCluster
+        if isinstance(cls, str):
+            from importlib import import_module
+
+            module, _, name = cls.rpartition(".")
+            cls = getattr(import_module(module), name)
+        # (a worker lost mid-task fails the run at once; the task's retries decide)
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            cluster = cls(**self.cluster_kwargs)
+        if self.adapt_kwargs is not None:
+            cluster.adapt(**self.adapt_kwargs)
+        return cluster
+
+    def submit_work(self, work: Callable[[], None]) -> None:  # pragma: no cover - remote
+        raise RuntimeError("DaskTaskRunner runs task bodies through run_remote")
+
+    async def run_remote(
+        self, task: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        import anyio
+
+        from asyncflow.backend import threadsafe_caller
+
+        if self._client is None:
+            self.start()
+        client = self._client
+        key = f"{task.name}-{uuid.uuid4().hex}"
+        try:
+            future = client.submit(_call, fn, args, kwargs, key=key, pure=False, retries=0)
+        except Exception as exc:
+            raise SerializationError(
+                f"Task {task.name!r} cannot be sent to Dask: {type(exc).__name__}: {exc}"
+            ) from exc
+        done = anyio.Event()
+        call_soon = threadsafe_caller()
+        outcome: list[Any] = []
+
+        def deliver(ok: bool, value: Any) -> None:  # (in the gathering thread)
+            outcome.append((ok, value))
+            call_soon(done.set)
+
+        future.add_done_callback(lambda f: self._finished.put((f, deliver)))
+        self._ensure_gatherer()
+        try:
+            await done.wait()
+        except BaseException:
+            # Dask cannot stop a task that is running: a queued one is dropped, a running
+            # one is abandoned on its worker (its run here ends Cancelled or TimedOut).
+            future.cancel()
+            raise
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+    def _ensure_gatherer(self) -> None:
+        if self._gatherer is None:
+            with self._lock:
+                if self._gatherer is None:
+                    self._gatherer = threading.Thread(
+                        target=self._gather, args=(self._client, self._finished),
+                        name="asyncflow-dask-results", daemon=True,
+                    )  # fmt: skip
+                    self._gatherer.start()
+
+    @staticmethod
+    def _gather(client: Any, finished: queue.SimpleQueue[Any]) -> None:
+        """Fetch the values of finished futures, many per round trip to the cluster, and
+        hand each to its run; then release them (the flow holds the values now)."""
+        while True:
+            item = finished.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < 1000:
+                try:
+                    item = finished.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    finished.put(None)  # (after this batch)
+                    break
+                batch.append(item)
+            good = [(f, deliver) for f, deliver in batch if f.status == "finished"]
+            values: list[Any] = []
+            if good:
+                try:
+                    values = client.gather([f for f, _ in good])
+                except BaseException:  # (lost meanwhile: each is asked on its own below)
+                    good, values = [], []
+            for (_, deliver), value in zip(good, values, strict=True):
+                deliver(True, value)
+            fetched = {id(f) for f, _ in good}
+            for f, deliver in batch:
+                if id(f) not in fetched:
+                    deliver(False, _failure(f))
+            for f, _ in batch:
+                f.release()
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._started = False
+        client, self._client = self._client, None
+        cluster, self._own_cluster = self._own_cluster, None
+        gatherer, self._gatherer = self._gatherer, None
+        if gatherer is not None:
+            self._finished.put(None)
+            gatherer.join(30)
+            self._finished = queue.SimpleQueue()
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+    def __repr__(self) -> str:
+        where = self.address or ("a given cluster" if self.cluster is not None else "local")
+        return f"{type(self).__name__}({where})"
+
+
+def _failure(future: Any) -> BaseException:
+    """Why a future did not finish: the task's exception, or Dask's for a lost one."""
+    try:
+        future.result(timeout=30)
+    except BaseException as exc:  # (it is the run's outcome)
+        return exc
+    return RuntimeError(f"Dask future {future.key} has no value ({future.status})")
+
+
+def get_dask_client() -> Any:
+    """The Dask client for code inside a task running on a DaskTaskRunner (a worker's
+    client: `distributed.get_client()`)."""
+    distributed = _import_distributed()
+    try:
+        return distributed.get_client()
+    except ValueError:
+        raise RuntimeError(
+            "get_dask_client() is for code inside a task run on a DaskTaskRunner."
+        ) from None
+
+
+__all__ = ["DaskTaskRunner", "get_dask_client"]

@@ -1,0 +1,163 @@
+"""DaskTaskRunner (issue 17, first slice) against a real `distributed.LocalCluster` with
+worker processes: the seed's nested-flow pattern, retries, timeouts, failures, async
+flows on asyncio and trio, and runs in flight that hold no local thread each."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from asyncflow import flow, task  # noqa: E402
+from asyncflow.task_runners.dask import DaskTaskRunner, get_dask_client  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _by_value() -> Iterator[None]:
+    """Workers cannot import this test module: its tasks travel by value."""
+    import cloudpickle
+
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    yield
+    cloudpickle.unregister_pickle_by_value(module)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+    ) as running:
+        yield running
+
+
+@task
+def square(x: int) -> int:
+    return x * x
+
+
+@task
+def pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def test_a_nested_flow_on_its_own_cluster(registry: Any) -> None:
+    """The seed's pattern: the parent on the default runner, the nested flow mapping 1,000
+    tasks on a Dask cluster it starts, which is closed when the nested flow ends."""
+    seen: dict[str, Any] = {}
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 2,
+                                                     "dashboard_address": None}))  # fmt: skip
+    def on_dask(n: int) -> int:
+        futures = square.map(range(n))
+        seen["cluster"] = distributed.default_client().cluster
+        seen["pids"] = {pid.submit().result() for _ in range(4)}
+        return sum(futures.result())
+
+    @flow
+    def parent() -> int:
+        return on_dask(1000)
+
+    import os
+
+    assert parent() == sum(i * i for i in range(1000))
+    assert os.getpid() not in seen["pids"]
+    assert seen["cluster"].status.name == "closed"
+    (nested,) = [r for r in registry.runs(kind="flow") if r.parent_flow_run_id is not None]
+    tasks = [r for r in registry.runs(kind="task") if r.spec_name == "square"]
+    assert len(tasks) == 1000 and all(r.state and r.state.is_completed() for r in tasks)
+    assert {r.parent_flow_run_id for r in tasks} == {nested.id}
+
+
+def test_retries_timeouts_and_failures(cluster: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "attempted"
+
+    @task(retries=2, retry_delay_seconds=0)
+    def once_flaky() -> str:
+        if not marker.exists():  # (the first attempt, on whichever worker)
+            marker.write_text("x")
+            raise ValueError("first attempt fails")
+        return "second attempt"
+
+    @task(timeout_seconds=0.5)
+    def too_slow() -> None:
+        time.sleep(3)
+
+    @task
+    def broken() -> None:
+        raise KeyError("no such thing")
+
+    @flow(task_runner=DaskTaskRunner(cluster=cluster))
+    def mixed() -> tuple[Any, ...]:
+        return (
+            once_flaky.submit().result(),
+            too_slow.submit(return_state=True),
+            broken.submit(return_state=True),
+        )
+
+    value, slow, failed = mixed()
+    assert value == "second attempt"
+    assert slow.is_failed() and slow.name == "TimedOut"
+    assert failed.is_failed() and "KeyError" in (failed.message or "")
+    assert cluster.status.name == "running"  # (a cluster given is not closed)
+
+
+@pytest.mark.anyio
+async def test_an_async_flow_awaits_dask_tasks(cluster: Any) -> None:
+    @flow(task_runner=DaskTaskRunner(cluster=cluster))
+    async def gathered(n: int) -> int:
+        futures = [square.submit(i) for i in range(n)]
+        return sum([await f for f in futures])
+
+    assert await gathered(50) == sum(i * i for i in range(50))
+
+
+def test_runs_in_flight_hold_no_thread_each(cluster: Any) -> None:
+    @task
+    def nap(i: int) -> int:
+        time.sleep(0.005)
+        return i
+
+    @flow(task_runner=DaskTaskRunner(cluster=cluster))
+    def many(n: int) -> tuple[int, int]:
+        futures = nap.map(range(n))
+        time.sleep(0.5)  # (most are queued or running on the cluster now)
+        return threading.active_count(), sum(futures.result())
+
+    before = threading.active_count()
+    during, total = many(2000)
+    assert total == sum(range(2000))
+    assert during - before < 50
+
+
+def test_get_dask_client_inside_a_task(cluster: Any) -> None:
+    @task
+    def nested_sum(n: int) -> int:
+        client = get_dask_client()
+        return sum(client.gather(client.map(lambda x: x + 1, range(n))))
+
+    @flow(task_runner=DaskTaskRunner(cluster=cluster))
+    def uses_client() -> int:
+        return nested_sum.submit(10).result()
+
+    assert uses_client() == sum(range(1, 11))
+    with pytest.raises(RuntimeError, match="inside a task"):
+        get_dask_client()
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        DaskTaskRunner(cluster=object(), address="tcp://127.0.0.1:8786")
+    with pytest.raises(TypeError, match="cluster_kwargs must be a dict"):
+        DaskTaskRunner(cluster_kwargs=[1])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="a cluster it starts"):
+        DaskTaskRunner(address="tcp://127.0.0.1:8786", cluster_kwargs={"n_workers": 1})
