@@ -167,6 +167,11 @@ class StoreReplacedError(StoreError):
     """The database file was deleted or replaced while this process was recording to it."""
 
 
+class WorkerLost(AsyncflowException):
+    """The worker running a task run's body was lost (killed, out of memory, its machine
+    gone): that attempt of the run crashed, and the task's retries still apply."""
+
+
 class ServerUnavailable(AsyncflowException, ConnectionError):
     """The asyncflow server that ASYNCFLOW_API_URL names cannot be reached or failed."""
 

@@ -33,7 +33,7 @@ def _by_value() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
     ) as running:
         yield running
 
@@ -56,7 +56,7 @@ def test_a_nested_flow_on_its_own_cluster(registry: Any) -> None:
     seen: dict[str, Any] = {}
 
     @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 2,
-                                                     "dashboard_address": None}))  # fmt: skip
+                                                     "dashboard_address": ":0"}))  # fmt: skip
     def on_dask(n: int) -> int:
         futures = square.map(range(n))
         seen["cluster"] = distributed.default_client().cluster
@@ -161,3 +161,29 @@ def test_bad_arguments_are_refused() -> None:
         DaskTaskRunner(cluster_kwargs=[1])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="a cluster it starts"):
         DaskTaskRunner(address="tcp://127.0.0.1:8786", cluster_kwargs={"n_workers": 1})
+
+
+def test_a_killed_worker_crashes_the_attempt_and_the_retry_completes(
+    registry: Any, tmp_path: Path
+) -> None:
+    marker = tmp_path / "killed-once"
+
+    @task(retries=1, retry_delay_seconds=0)
+    def dies_once() -> str:
+        import os
+        import signal
+
+        if not marker.exists():
+            marker.write_text("x")
+            os.kill(os.getpid(), signal.SIGKILL)  # (the worker process dies mid-task)
+        return "survived"
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": 1,
+                                                     "dashboard_address": ":0"}))  # fmt: skip
+    def resilient() -> str:
+        return dies_once.submit().result()
+
+    assert resilient() == "survived"
+    (run,) = [r for r in registry.runs(kind="task") if r.spec_name == "dies_once"]
+    assert run.state_names[-5:] == ["Running", "Crashed", "AwaitingRetry", "Retrying",
+                                    "Completed"]  # fmt: skip

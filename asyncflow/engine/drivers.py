@@ -21,7 +21,7 @@ from asyncflow.backend import cancel_scope_type, threadsafe_caller
 from asyncflow.engine import interrupts
 from asyncflow.engine.context import flow_run_var, task_run_var
 from asyncflow.engine.run import FlowRunEngine, RunEngine
-from asyncflow.exceptions import RunInterrupted, TerminationSignal
+from asyncflow.exceptions import RunInterrupted, TerminationSignal, WorkerLost
 from asyncflow.registry import KIND_FLOW
 from asyncflow.states import State, StateType
 
@@ -253,7 +253,8 @@ async def drive_async(
                             raise
                         raise exc from None
                     state = engine.outcome_of_error(exc)
-                    if state.type is _CRASHED or _passes_through(engine, exc):
+                    lost = isinstance(exc, WorkerLost)  # (a crash that retries may follow)
+                    if (state.type is _CRASHED and not lost) or _passes_through(engine, exc):
                         engine.finish(state)
                         raise
                 else:

@@ -29,6 +29,7 @@ from asyncflow.exceptions import (
     RunInterrupted,
     RunTimeoutError,
     TaskRunTimeoutError,
+    WorkerLost,
 )
 from asyncflow.logging import (
     RunLoggerAdapter,
@@ -247,6 +248,8 @@ class RunEngine:
             return self.cancelled()
         if isinstance(exc, self.timeout_error) and (target is self or self.deadline is not None):
             return self.timed_out()  # (Cancelled instead, when it was cancelled first)
+        if isinstance(exc, WorkerLost):  # (a crash of that attempt only: retries apply)
+            return State(StateType.CRASHED, message=f"Crashed: {exc}", data=exc)
         if isinstance(exc, Exception):
             self._log_error(exc)
             return State(
@@ -308,7 +311,9 @@ class RunEngine:
         Records the failed attempt and AwaitingRetry when a retry is due.
         """
         spec = self.spec
-        if outcome.type is not _FAILED or self.cancel_requested:
+        if self.cancel_requested or not (
+            outcome.type is _FAILED or isinstance(outcome.data, WorkerLost)
+        ):
             return None
         if self.run_count > spec.retries:
             if spec.retries and self.kind != KIND_FLOW:
@@ -334,7 +339,7 @@ class RunEngine:
             self._log(logging.ERROR, f"{why}.")
             outcome.message = f"{outcome.message} ({why})" if outcome.message else why
             return None
-        self._record(_FAILED, _custom_name(outcome), outcome.message)
+        self._record(outcome.type, _custom_name(outcome), outcome.message)
         self._record(
             StateType.SCHEDULED,
             "AwaitingRetry",

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from asyncflow.exceptions import SerializationError
+from asyncflow.exceptions import SerializationError, WorkerLost
 from asyncflow.task_runners.base import TaskRunner
 
 
@@ -242,9 +242,14 @@ class DaskTaskRunner(TaskRunner):
 
 
 def _failure(future: Any) -> BaseException:
-    """Why a future did not finish: the task's exception, or Dask's for a lost one."""
+    """Why a future did not finish: the task's exception, or WorkerLost when Dask lost the
+    worker that ran it (the attempt crashed; the task's retries decide)."""
+    from distributed import KilledWorker
+
     try:
         future.result(timeout=30)
+    except KilledWorker as exc:
+        return WorkerLost(f"Dask lost the worker running it ({exc})")
     except BaseException as exc:  # (it is the run's outcome)
         return exc
     return RuntimeError(f"Dask future {future.key} has no value ({future.status})")
