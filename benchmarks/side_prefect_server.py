@@ -224,12 +224,13 @@ def measure_sequential(params: dict) -> dict:
 
         def run_page():
             fr = check(c.get(f"/flow_runs/{fr_id}"))
-            tasks = check(c.post("/task_runs/filter", json=task_body))
+            r = c.post("/task_runs/filter", json=task_body)
+            tasks = check(r)
             states = check(c.get("/flow_run_states/", params={"flow_run_id": fr_id}))
-            return fr, tasks, states
+            return fr, tasks, states, len(r.content)
 
         for _ in range(3):
-            fr, tasks, states = run_page()
+            fr, tasks, states, task_bytes = run_page()
         page_lat = []
         for _ in range(params["run_page_reps"]):
             t = time.perf_counter()
@@ -237,7 +238,8 @@ def measure_sequential(params: dict) -> dict:
             page_lat.append(time.perf_counter() - t)
         notes.append(
             f"run_page: flow run '{fr['name']}' state {fr['state_type']}, "
-            f"{len(tasks)} task runs in the first page, {len(states)} flow-run states"
+            f"{len(tasks)} task runs in the first page ({task_bytes} bytes of JSON), "
+            f"{len(states)} flow-run states"
         )
     return {
         "runs_page": latency_stats(runs_lat),
@@ -533,6 +535,7 @@ class Bench:
         res["run_page"] = m["run_page"]
         for n in m["notes"]:
             log(n)
+        self.notes += m["notes"]
         log(f"runs_page {m['runs_page']}, run_page {m['run_page']}")
 
         # 2c. Concurrency.

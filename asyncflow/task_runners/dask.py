@@ -84,6 +84,7 @@ class DaskTaskRunner(TaskRunner):
         self._finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._gatherer: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._functions: dict[Callable[..., Any], Any] = {}
 
     def duplicate(self) -> DaskTaskRunner:
         return type(self)(
@@ -151,7 +152,9 @@ class DaskTaskRunner(TaskRunner):
         client = self._client
         key = f"{task.name}-{uuid.uuid4().hex}"
         try:
-            future = client.submit(_call, fn, args, kwargs, key=key, pure=False, retries=0)
+            future = client.submit(
+                _call, self._function(fn), args, kwargs, key=key, pure=False, retries=0
+            )
         except Exception as exc:
             raise SerializationError(
                 f"Task {task.name!r} cannot be sent to Dask: {type(exc).__name__}: {exc}"
@@ -177,6 +180,14 @@ class DaskTaskRunner(TaskRunner):
         if not ok:
             raise value
         return value
+
+    def _function(self, fn: Callable[..., Any]) -> Any:
+        """The task's function as the cluster has it: sent to every worker once per flow
+        run (a Dask future of it), not with each submission."""
+        sent = self._functions.get(fn)
+        if sent is None:
+            sent = self._functions[fn] = self._client.scatter(fn, broadcast=True, hash=False)
+        return sent
 
     def _ensure_gatherer(self) -> None:
         if self._gatherer is None:
@@ -227,6 +238,7 @@ class DaskTaskRunner(TaskRunner):
         client, self._client = self._client, None
         cluster, self._own_cluster = self._own_cluster, None
         gatherer, self._gatherer = self._gatherer, None
+        self._functions = {}
         if gatherer is not None:
             self._finished.put(None)
             gatherer.join(30)
