@@ -124,7 +124,8 @@ def fill(params: dict) -> dict:
     logging.getLogger("prefect").setLevel(logging.WARNING)
     todo = iter(range(params["start"], params["start"] + params["count"]))
     lock = threading.Lock()
-    counts = {"done": 0, "failed": 0}
+    counts = {"done": 0, "failed": 0, "raised": 0}
+    errors: dict = {}  # exception text (shortened) -> count
 
     def worker():
         while time.time() < params["deadline"]:
@@ -132,15 +133,21 @@ def fill(params: dict) -> dict:
                 i = next(todo, None)
             if i is None:
                 return
-            ok = tiny(i, return_state=True).is_completed()
+            try:
+                key = "done" if tiny(i, return_state=True).is_completed() else "failed"
+            except Exception as exc:  # the engine itself raised, e.g. an HTTP 503
+                key = "raised"
+                msg = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                with lock:
+                    errors[msg] = errors.get(msg, 0) + 1
             with lock:
-                counts["done" if ok else "failed"] += 1
+                counts[key] += 1
 
     first = time.time()
     with ThreadPoolExecutor(params["threads"]) as ex:
         for f in [ex.submit(worker) for _ in range(params["threads"])]:
             f.result()
-    return dict(counts, t_first=first, t_end=time.time())
+    return dict(counts, errors=errors, t_first=first, t_end=time.time())
 
 
 def run_wide(params: dict) -> dict:
@@ -489,7 +496,11 @@ class Bench:
             self.collect(f"client_fill{k}", p, a.fill_seconds + 300) for k, p in enumerate(procs)
         ]
         done = sum(f["done"] for f in fills)
-        failed = sum(f["failed"] for f in fills)
+        failed = sum(f["failed"] + f["raised"] for f in fills)
+        raised: dict = {}
+        for f in fills:
+            for msg, n in f["errors"].items():
+                raised[msg] = raised.get(msg, 0) + n
         span = max(f["t_end"] for f in fills) - min(f["t_first"] for f in fills)
         res["fill_runs_per_second"] = round(done / span, 2) if span > 0 else None
         log(f"fill: {done} completed, {failed} not completed, {span:.1f} s, wall incl. "
@@ -500,7 +511,10 @@ class Bench:
                 f"{a.runs} runs were executed"
             )
         if failed:
-            self.notes.append(f"{failed} tiny flow runs did not end COMPLETED")
+            self.notes.append(
+                f"{failed} tiny flow calls did not end COMPLETED; the engine raised "
+                f"(after the Prefect client's own retries): {raised}"
+            )
 
         # 1b. The wide run.
         log(f"running flow 'wide' with {a.tasks} task runs")

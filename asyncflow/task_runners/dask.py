@@ -178,6 +178,8 @@ class DaskTaskRunner(TaskRunner):
             raise
         ok, value = outcome[0]
         if not ok:
+            if isinstance(value, WorkerLost):  # (its copy of the function may be gone too)
+                self._functions.pop(fn, None)
             raise value
         return value
 
@@ -185,7 +187,7 @@ class DaskTaskRunner(TaskRunner):
         """The task's function as the cluster has it: sent to every worker once per flow
         run (a Dask future of it), not with each submission."""
         sent = self._functions.get(fn)
-        if sent is None:
+        if sent is None or sent.status != "finished":  # (none yet, or lost with a worker)
             sent = self._functions[fn] = self._client.scatter(fn, broadcast=True, hash=False)
         return sent
 
@@ -257,11 +259,14 @@ def _failure(future: Any) -> BaseException:
     """Why a future did not finish: the task's exception, or WorkerLost when Dask lost the
     worker that ran it (the attempt crashed; the task's retries decide)."""
     from distributed import KilledWorker
+    from distributed.client import FutureCancelledError
 
     try:
         future.result(timeout=30)
     except KilledWorker as exc:
         return WorkerLost(f"Dask lost the worker running it ({exc})")
+    except FutureCancelledError as exc:  # (not by us: lost with what it needed)
+        return WorkerLost(f"Dask lost what it needed with a worker ({exc})")
     except BaseException as exc:  # (it is the run's outcome)
         return exc
     return RuntimeError(f"Dask future {future.key} has no value ({future.status})")
