@@ -187,3 +187,30 @@ def test_a_killed_worker_crashes_the_attempt_and_the_retry_completes(
     (run,) = [r for r in registry.runs(kind="task") if r.spec_name == "dies_once"]
     assert run.state_names[-5:] == ["Running", "Crashed", "AwaitingRetry", "Retrying",
                                     "Completed"]  # fmt: skip
+
+
+def test_dask_annotate_resources_and_priority_are_honoured(cluster: Any) -> None:
+    import dask
+
+    @task
+    def where() -> str:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+
+    @flow(task_runner=DaskTaskRunner(cluster=cluster))
+    def pinned(address: str) -> set[str]:
+        with dask.annotate(workers=[address], allow_other_workers=False, priority=10):
+            futures = [where.submit() for _ in range(8)]
+        return {f.result() for f in futures}
+
+    first = sorted(cluster.scheduler_info["workers"])[0]
+    assert pinned(first) == {first}
+
+    @flow(task_runner=DaskTaskRunner(cluster=cluster))
+    def needs_gpu() -> str:
+        with dask.annotate(resources={"GPU": 1}):  # (no worker has one: it stays queued)
+            state = where.with_options(timeout_seconds=1).submit(return_state=True)
+        return state.name
+
+    assert needs_gpu() == "TimedOut"

@@ -96,10 +96,12 @@ async def run_async(
     return_state: bool,
     engine: TaskRunEngine | None = None,
     remote: Any = None,
+    prepared: Any = None,
 ) -> Any:
     """An async run, from the start of the coroutine (a coroutine never awaited is no run);
     `engine` when a submission registered it already; `remote`: the remote task runner
-    whose `run_remote` runs a sync task's body."""
+    whose `run_remote` runs a sync task's body (with `prepared`, what its `prepare` gave
+    at the submission)."""
     if wait_for or needs_resolving(args, kwargs):
         await wait_dependencies(args, kwargs, wait_for)
     if engine is None:
@@ -108,7 +110,8 @@ async def run_async(
     if state is None:
         fn, fn_args, fn_kwargs = body(engine)
         if remote is not None:
-            fn, fn_args, fn_kwargs = remote.run_remote, (engine.spec, fn, fn_args, fn_kwargs), {}
+            fn, fn_args = remote.run_remote, (engine.spec, fn, fn_args, fn_kwargs, prepared)
+            fn_kwargs = {}
         state = await drivers.drive_async(engine, fn, fn_args, fn_kwargs)
     if return_state:
         return state

@@ -163,6 +163,7 @@ def _submit_async(
     engine: TaskRunEngine, parent: FlowRunEngine | None, wait_for: Any, remote: Any = None
 ) -> TaskRunFuture[Any]:
     """An async task run, or a sync one on a `remote` runner (its body awaited there)."""
+    prepared = remote.prepare() if remote is not None else None
     group = parent.task_group if parent is not None else None
     # (a remote runner's runs go to the kernel loop, also from an async flow: a sync task's
     # future may be waited for by blocking, as on a thread pool, which on the flow's own
@@ -212,7 +213,7 @@ def _submit_async(
             with scope:
                 state = await entry.run_async(
                     engine.spec, engine.parent, engine.args, engine.kwargs, wait_for, True,
-                    engine, remote,
+                    engine, remote, prepared,
                 )  # fmt: skip
         except BaseException as exc:
             state = engine.state or engine.finish(engine.outcome_of_error(exc))

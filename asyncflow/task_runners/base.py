@@ -87,13 +87,24 @@ class TaskRunner(abc.ABC):
         """The call that runs the task function, for runners with `in_thread = False`."""
         return lambda: fn(*args, **kwargs)
 
+    def prepare(self) -> Any:
+        """For `remote` runners: called where and when a task run is submitted (the flow's
+        thread, its context); what it returns is given to each `run_remote` of that run
+        (Dask: the `dask.annotate` block around the submission)."""
+        return None
+
     async def run_remote(
-        self, task: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        task: Any,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        prepared: Any = None,
     ) -> Any:
         """For `remote` runners: run `fn(*args, **kwargs)` of `task` elsewhere and return
         its value (or raise its exception). Cancelled, it cancels the remote work (or
         abandons what cannot be stopped) and re-raises. Called once per attempt, on the
-        loop that drives the run."""
+        loop that drives the run, with what `prepare` gave at its submission."""
         raise NotImplementedError(f"{type(self).__name__} is not a remote runner")
 
     def start(self) -> None:

@@ -36,6 +36,11 @@ def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any])
     return fn(*args, **kwargs)
 
 
+# What of a `dask.annotate(...)` block around a submission goes to Dask's `submit` (it
+# runs later, on another thread, where the block is not in force).
+_SUBMIT_ANNOTATIONS = ("resources", "priority", "workers", "allow_other_workers")
+
+
 class DaskTaskRunner(TaskRunner):
     """Runs submitted sync tasks on Dask.
 
@@ -140,8 +145,20 @@ class DaskTaskRunner(TaskRunner):
     def submit_work(self, work: Callable[[], None]) -> None:  # pragma: no cover - remote
         raise RuntimeError("DaskTaskRunner runs task bodies through run_remote")
 
+    def prepare(self) -> dict[str, Any]:
+        """The submission's `dask.annotate(...)` block: what Dask's `submit` takes of it."""
+        from dask.base import get_annotations
+
+        annotations = get_annotations()
+        return {name: annotations[name] for name in _SUBMIT_ANNOTATIONS if name in annotations}
+
     async def run_remote(
-        self, task: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        task: Any,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        prepared: Any = None,
     ) -> Any:
         import anyio
 
@@ -153,8 +170,9 @@ class DaskTaskRunner(TaskRunner):
         key = f"{task.name}-{uuid.uuid4().hex}"
         try:
             future = client.submit(
-                _call, self._function(fn), args, kwargs, key=key, pure=False, retries=0
-            )
+                _call, self._function(fn), args, kwargs, key=key, pure=False, retries=0,
+                **(prepared or {}),
+            )  # fmt: skip
         except Exception as exc:
             raise SerializationError(
                 f"Task {task.name!r} cannot be sent to Dask: {type(exc).__name__}: {exc}"

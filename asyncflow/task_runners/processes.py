@@ -79,7 +79,12 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
             )
 
     async def run_remote(
-        self, task: Any, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        task: Any,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        prepared: Any = None,
     ) -> Any:
         try:
             # Module-level tasks travel by reference; others (defined in a function)
