@@ -421,7 +421,7 @@ class Bench:
             out, _ = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.stop(p)
-            raise RuntimeError(f"client {name} timed out; see {self.tmp}/{name}.log")
+            raise RuntimeError(f"client {name} timed out; see {self.tmp}/{name}.log") from None
         lines = out.decode().strip().splitlines()
         if p.returncode != 0 or not lines:
             tail = (self.tmp / f"{name}.log").read_text(errors="replace")[-2000:]

@@ -121,21 +121,34 @@ async def test_an_async_flow_awaits_dask_tasks(cluster: Any) -> None:
     assert await gathered(50) == sum(i * i for i in range(50))
 
 
-def test_runs_in_flight_hold_no_thread_each(cluster: Any) -> None:
+def test_ten_thousand_runs_in_flight_hold_no_thread_each(cluster: Any, tmp_path: Path) -> None:
+    """10,000 runs submitted and waiting on the cluster at once (they wait for a file the
+    test writes once it has counted this process's threads)."""
+    n = 10_000
+    go = tmp_path / "go"
+
     @task
-    def nap(i: int) -> int:
-        time.sleep(0.005)
+    def held(i: int) -> int:
+        while not go.exists():
+            time.sleep(0.01)
         return i
 
     @flow(task_runner=DaskTaskRunner(cluster=cluster))
-    def many(n: int) -> tuple[int, int]:
-        futures = nap.map(range(n))
-        time.sleep(0.5)  # (most are queued or running on the cluster now)
-        return threading.active_count(), sum(futures.result())
+    def many() -> tuple[int, int, int]:
+        futures = held.map(range(n))
+        client = distributed.default_client()
+        deadline = time.monotonic() + 120
+        while len(client.who_has()) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        on_cluster = len(client.who_has())
+        during = threading.active_count()
+        go.write_text("go")
+        return during, on_cluster, sum(futures.result())
 
     before = threading.active_count()
-    during, total = many(2000)
-    assert total == sum(range(2000))
+    during, on_cluster, total = many()
+    assert total == sum(range(n))
+    assert on_cluster >= n  # (all of them were on the cluster at once)
     assert during - before < 50
 
 
