@@ -30,8 +30,8 @@ class TaskRunner(abc.ABC):
     #: True when task functions run in the worker itself (`body` is not consulted).
     in_thread: bool = True
     #: True for runners whose task bodies run elsewhere (other processes, a cluster) and
-    #: are awaited: the engine then drives each run on an event loop (the flow's, or the
-    #: kernel's for sync flows) and awaits `run_remote`, so in-flight runs hold no thread.
+    #: are awaited: the engine then drives each run on the kernel's event loop (also for
+    #: async flows) and awaits `run_remote`, so in-flight runs hold no thread.
     remote: bool = False
     _started = False
 
