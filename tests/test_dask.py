@@ -227,3 +227,42 @@ def test_dask_annotate_resources_and_priority_are_honoured(cluster: Any) -> None
         return state.name
 
     assert needs_gpu() == "TimedOut"
+
+
+def test_cancelling_a_flow_cancels_its_remote_runs(cluster: Any, registry: Any) -> None:
+    """cancel_run of a flow with 100 runs on the cluster: every run ends Cancelled, and
+    none is left queued on the scheduler (the few running ones are abandoned there)."""
+    from asyncflow import runtime
+    from asyncflow.cancel import cancel_run
+    from asyncflow.exceptions import CancelledRun
+
+    @task
+    def long(i: int) -> int:
+        time.sleep(3)
+        return i
+
+    seen: dict[str, Any] = {}
+
+    @flow(task_runner=DaskTaskRunner(cluster=cluster))
+    def busy() -> int:
+        futures = long.map(range(100))
+        client = distributed.default_client()
+        while len(client.who_has()) < 100:
+            time.sleep(0.05)
+        seen["client"] = client
+        threading.Thread(target=cancel_run, args=(runtime.flow_run.id,)).start()
+        return sum(futures.result())
+
+    with pytest.raises(CancelledRun):
+        busy()
+    runs = [r for r in registry.runs(kind="task") if r.spec_name == "long"]
+    assert len(runs) == 100 and all(r.state and r.state.is_cancelled() for r in runs)
+    scheduler = cluster.scheduler
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        waiting = [t for t in scheduler.tasks.values() if t.key.startswith("long-")
+                   and t.state in ("queued", "no-worker", "waiting", "released")]  # fmt: skip
+        if not waiting:
+            break
+        time.sleep(0.1)
+    assert not waiting
