@@ -1,0 +1,166 @@
+"""RayTaskRunner (issue 17, first slice) against a real local Ray: a nested flow on a Ray
+the runner starts (and shuts down), then, on a Ray this module starts, retries, timeouts
+(`ray.cancel`), failures with the user's exception, `remote_options`, a worker that
+crashes mid-task, async flows on asyncio and trio, and runs in flight holding no thread."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from asyncflow import flow, task  # noqa: E402
+from asyncflow.task_runners.ray import RayTaskRunner, remote_options  # noqa: E402
+
+# (no token file in the user's home, no dashboard: a test machine's local Ray)
+INIT = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _local_ray_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    import cloudpickle
+
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR")}
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)  # (workers cannot import this module)
+    yield
+    cloudpickle.unregister_pickle_by_value(module)
+    if ray.is_initialized():
+        ray.shutdown()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@task
+def square(x: int) -> int:
+    return x * x
+
+
+def test_a_nested_flow_on_a_ray_it_starts(registry: Any) -> None:
+    assert not ray.is_initialized()
+
+    @flow(task_runner=RayTaskRunner(init_kwargs=INIT))
+    def on_ray(n: int) -> int:
+        return sum(square.map(range(n)).result())
+
+    @flow
+    def parent() -> int:
+        return on_ray(200)
+
+    assert parent() == sum(i * i for i in range(200))
+    assert not ray.is_initialized()  # (it started Ray, so it shut it down)
+    (nested,) = [r for r in registry.runs(kind="flow") if r.parent_flow_run_id is not None]
+    tasks = [r for r in registry.runs(kind="task") if r.spec_name == "square"]
+    assert len(tasks) == 200 and {r.parent_flow_run_id for r in tasks} == {nested.id}
+
+
+@pytest.fixture(scope="module")
+def running_ray() -> Iterator[None]:
+    ray.init(**INIT)
+    yield
+    ray.shutdown()
+
+
+def test_retries_timeouts_failures_and_options(running_ray: None, tmp_path: Path) -> None:
+    marker = tmp_path / "attempted"
+
+    @task(retries=1, retry_delay_seconds=0)
+    def once_flaky() -> str:
+        if not marker.exists():
+            marker.write_text("x")
+            raise ValueError("first attempt fails")
+        return "second attempt"
+
+    @task(timeout_seconds=1)
+    def too_slow() -> None:
+        time.sleep(30)
+
+    @task
+    def broken() -> None:
+        raise KeyError("no such thing")
+
+    @flow(task_runner=RayTaskRunner())
+    def mixed() -> tuple[Any, ...]:
+        with remote_options(resources={"unicorn": 1}, num_cpus=1):
+            starved = square.with_options(timeout_seconds=2).submit(2, return_state=True)
+        return (
+            once_flaky.submit().result(),
+            too_slow.submit(return_state=True).name,
+            broken.submit(return_state=True),
+            starved.name,
+        )
+
+    value, slow, failed, starved = mixed()
+    assert value == "second attempt"
+    assert slow == "TimedOut"
+    assert failed.is_failed() and "KeyError" in (failed.message or "")
+    assert starved == "TimedOut"  # (no node has a unicorn: Ray never ran it)
+    assert ray.is_initialized()  # (a Ray it did not start is left running)
+
+
+def test_a_crashed_worker_crashes_the_attempt_and_the_retry_completes(
+    running_ray: None, registry: Any, tmp_path: Path
+) -> None:
+    marker = tmp_path / "crashed-once"
+
+    @task(retries=1, retry_delay_seconds=0)
+    def dies_once() -> str:
+        if not marker.exists():
+            marker.write_text("x")
+            os._exit(1)  # (the worker process dies mid-task)
+        return "survived"
+
+    @flow(task_runner=RayTaskRunner())
+    def resilient() -> str:
+        return dies_once.submit().result()
+
+    assert resilient() == "survived"
+    (run,) = [r for r in registry.runs(kind="task") if r.spec_name == "dies_once"]
+    assert "Crashed" in run.state_names and run.state_names[-1] == "Completed"
+
+
+@pytest.mark.anyio
+async def test_an_async_flow_awaits_ray_tasks(running_ray: None) -> None:
+    @flow(task_runner=RayTaskRunner())
+    async def gathered(n: int) -> int:
+        futures = [square.submit(i) for i in range(n)]
+        return sum([await f for f in futures])
+
+    assert await gathered(20) == sum(i * i for i in range(20))
+
+
+def test_runs_in_flight_hold_no_thread_each(running_ray: None) -> None:
+    @task
+    def nap(i: int) -> int:
+        time.sleep(0.01)
+        return i
+
+    @flow(task_runner=RayTaskRunner())
+    def many(n: int) -> tuple[int, int]:
+        futures = nap.map(range(n))
+        time.sleep(0.5)
+        return threading.active_count(), sum(futures.result())
+
+    before = threading.active_count()
+    during, total = many(500)
+    assert total == sum(range(500)) and during - before < 50
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(TypeError, match="init_kwargs must be a dict"):
+        RayTaskRunner(init_kwargs=[1])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="address must be"):
+        RayTaskRunner(address=5)  # type: ignore[arg-type]
