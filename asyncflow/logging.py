@@ -112,7 +112,6 @@ def get_run_logger() -> RunLoggerAdapter:
 
 # -- log_prints ---------------------------------------------------------------------------------
 _original_print = builtins.print
-_print_patched = False
 
 
 def _print(
@@ -130,12 +129,12 @@ def _print(
 def enable_log_prints() -> None:
     """Route ``print()`` to the run logger inside runs with ``log_prints=True``.
 
-    Installed once, the first time such a run starts; outside those runs print is unchanged.
+    Installed the first time such a run starts, and again if another library replaced it
+    meanwhile (Ray's progress bars put their own print in); outside those runs print is
+    unchanged.
     """
-    global _print_patched
-    if not _print_patched:
+    if builtins.print is not _print:
         builtins.print = _print
-        _print_patched = True
 
 
 __all__ = [

@@ -28,8 +28,9 @@ INIT = {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False}
 def _local_ray_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     import cloudpickle
 
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR")}
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_TMPDIR", "RAY_TQDM_PATCH_PRINT")}
     os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ["RAY_TQDM_PATCH_PRINT"] = "0"  # (Ray would put its own builtins.print in)
     os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))
     module = sys.modules[__name__]
     cloudpickle.register_pickle_by_value(module)  # (workers cannot import this module)

@@ -249,6 +249,23 @@ def test_log_prints_routes_print_to_run_logger(registry, logs, capsys):
     assert "Hello, I'm a flow" not in capsys.readouterr().out
 
 
+def test_log_prints_survives_another_library_replacing_print(logs, capsys, monkeypatch):
+    """A library that puts its own print in (Ray's progress bars do) does not turn
+    log_prints off: the next such run installs asyncflow's again."""
+    import builtins
+
+    @flow(log_prints=True)
+    def chatty():
+        print("said in a run")
+
+    chatty()
+    theirs: list[tuple[object, ...]] = []
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: theirs.append(args))
+    chatty()
+    assert sum("said in a run" in line for line in logs.lines) == 2
+    assert theirs == [] and "said in a run" not in capsys.readouterr().out
+
+
 def test_without_log_prints_print_goes_to_stdout(logs, capsys):
     """Without log_prints, print() writes to stdout and is not logged."""
 

@@ -33,6 +33,7 @@ from asyncflow.exceptions import (
 )
 from asyncflow.logging import (
     RunLoggerAdapter,
+    enable_log_prints,
     engine_logger,
     flow_run_logger,
     run_logger,
@@ -133,6 +134,8 @@ class RunEngine:
             if spec.log_prints is not None
             else (parent.log_prints if parent is not None else False)
         )
+        if self.log_prints:
+            enable_log_prints()  # (again, if another library put its own print in since)
         self._logger: RunLoggerAdapter | None = None
 
     # -- identity and logging -----------------------------------------------------------------
