@@ -6,6 +6,7 @@ crashes mid-task, async flows on asyncio and trio, and runs in flight holding no
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -34,10 +35,15 @@ def _local_ray_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]
     os.environ["RAY_TMPDIR"] = str(tmp_path_factory.mktemp("ray"))
     module = sys.modules[__name__]
     cloudpickle.register_pickle_by_value(module)  # (workers cannot import this module)
+    # (ray.init installs SIGTERM/SIGINT handlers of its own and leaves them: later tests of
+    # asyncflow's own SIGTERM handling would then skip)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     yield
     cloudpickle.unregister_pickle_by_value(module)
     if ray.is_initialized():
         ray.shutdown()
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
