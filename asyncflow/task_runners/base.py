@@ -167,6 +167,11 @@ async def completion(future: Any, cancel: Callable[[], object] | None = None) ->
     return future.result()
 
 
+def call_body(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """What a remote worker runs for one attempt: the task's function on its arguments."""
+    return fn(*args, **kwargs)
+
+
 def _call_of(task: Any, parameters: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """A task's call arguments from its parameters by name (Prefect's runner API)."""
     if not isinstance(parameters, dict):
@@ -205,6 +210,7 @@ def waiting() -> Iterator[None]:
 
 __all__ = [
     "TaskRunner",
+    "call_body",
     "completion",
     "set_worker_pool",
     "waiting",

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from asyncflow.exceptions import SerializationError, WorkerLost
-from asyncflow.task_runners.base import TaskRunner
+from asyncflow.task_runners.base import TaskRunner, call_body
 
 
 def _import_distributed() -> Any:
@@ -30,10 +30,6 @@ def _import_distributed() -> Any:
             "DaskTaskRunner needs the [dask] extra: pip install 'asyncflow[dask]'"
         ) from None
     return distributed
-
-
-def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return fn(*args, **kwargs)
 
 
 # What of a `dask.annotate(...)` block around a submission goes to Dask's `submit` (it
@@ -170,7 +166,7 @@ class DaskTaskRunner(TaskRunner):
         key = f"{task.name}-{uuid.uuid4().hex}"
         try:
             future = client.submit(
-                _call, self._function(fn), args, kwargs, key=key, pure=False, retries=0,
+                call_body, self._function(fn), args, kwargs, key=key, pure=False, retries=0,
                 **(prepared or {}),
             )  # fmt: skip
         except Exception as exc:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from asyncflow.exceptions import SerializationError, WorkerLost
-from asyncflow.task_runners.base import TaskRunner, completion
+from asyncflow.task_runners.base import TaskRunner, call_body, completion
 
 _options: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "asyncflow_ray_options", default=None
@@ -41,11 +41,7 @@ def _import_ray() -> Any:
     return ray
 
 
-def _call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    return fn(*args, **kwargs)
-
-
-_remote_call: Any = None  # `ray.remote(_call)`, made once Ray is imported
+_remote_call: Any = None  # `ray.remote(call_body)`, made once Ray is imported
 
 
 class RayTaskRunner(TaskRunner):
@@ -86,7 +82,7 @@ class RayTaskRunner(TaskRunner):
             ray.init(address=self.address, **self.init_kwargs)
             self._owns_ray = True
         if _remote_call is None:
-            _remote_call = ray.remote(max_retries=0)(_call)
+            _remote_call = ray.remote(max_retries=0)(call_body)
         super().start()
 
     def submit_work(self, work: Callable[[], None]) -> None:  # pragma: no cover - remote
