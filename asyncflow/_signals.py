@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 from collections.abc import Iterator
 
 
@@ -29,4 +30,21 @@ def sigterm_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-__all__ = ["sigterm_blocked"]
+@contextlib.contextmanager
+def sigterm_handler_kept() -> Iterator[None]:
+    """Put back the SIGTERM handler set before the block (asyncflow's or the user's) if
+    code inside replaced it: ray.init installs one that exits at once, without the runs'
+    states being recorded. A default action left so is not restored."""
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if (
+            callable(before)
+            and threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGTERM) is not before
+        ):
+            signal.signal(signal.SIGTERM, before)
+
+
+__all__ = ["sigterm_blocked", "sigterm_handler_kept"]

@@ -34,9 +34,12 @@ class TaskRunFuture(Generic[R]):
         "_lock",
         "_loop_thread",
         "_registry",
+        "_remote",  # runs on a remote runner: its `prepare` of the run (unset otherwise)
         "_row",
         "_state",
     )
+
+    _remote: Any
 
     def __init__(self, registry: Any, row: int, loop_thread: int | None = None) -> None:
         self._registry = registry

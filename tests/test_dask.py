@@ -4,6 +4,8 @@ flows on asyncio and trio, and runs in flight that hold no local thread each."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -15,7 +17,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from asyncflow import flow, task  # noqa: E402
+from asyncflow import flow, task, unmapped  # noqa: E402
 from asyncflow.task_runners.dask import DaskTaskRunner, get_dask_client  # noqa: E402
 
 
@@ -107,6 +109,7 @@ def test_retries_timeouts_and_failures(cluster: Any, tmp_path: Path) -> None:
     value, slow, failed = mixed()
     assert value == "second attempt"
     assert slow.is_failed() and slow.name == "TimedOut"
+    assert "cannot stop a task body that has started" in (slow.message or "")
     assert failed.is_failed() and "KeyError" in (failed.message or "")
     assert cluster.status.name == "running"  # (a cluster given is not closed)
 
@@ -247,7 +250,7 @@ def test_cancelling_a_flow_cancels_its_remote_runs(cluster: Any, registry: Any) 
     def busy() -> int:
         futures = long.map(range(100))
         client = distributed.default_client()
-        while len(client.who_has()) < 100:
+        while sum(key.startswith("long-") for key in client.who_has()) < 100:
             time.sleep(0.05)
         seen["client"] = client
         threading.Thread(target=cancel_run, args=(runtime.flow_run.id,)).start()
@@ -266,3 +269,153 @@ def test_cancelling_a_flow_cancels_its_remote_runs(cluster: Any, registry: Any) 
             break
         time.sleep(0.1)
     assert not waiting
+
+
+FLOW_PID = os.getpid()
+
+
+class Big:
+    """A result that refuses to be pickled in the flow's process: a consumer that gets it
+    must have been given the cluster's copy."""
+
+    def __init__(self, size: int) -> None:
+        self.data = b"x" * size
+
+    def __sizeof__(self) -> int:
+        return len(self.data) + 64
+
+    def __reduce__(self) -> Any:
+        if os.getpid() == FLOW_PID:
+            raise RuntimeError("the flow's copy of a kept result was sent to Dask")
+        return (Big, (len(self.data),))
+
+
+@task
+def make_big(size: int, gate: str) -> Big:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return Big(size)
+
+
+@task
+def size_of(value: Any) -> int:
+    return len(value.data) if isinstance(value, Big) else sum(len(v.data) for v in value)
+
+
+def test_upstream_results_stay_on_the_cluster_for_their_consumers(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """A consumer on the same runner gets the cluster's copy (top level, inside a list),
+    the flow still holds the value, and the copy is released once no consumer pends."""
+    seen: dict[str, Any] = {}
+    gate = tmp_path / "go"
+
+    @flow(task_runner=DaskTaskRunner(cluster=cluster))
+    def pipeline() -> tuple[int, int, int]:
+        parts = make_big.map([200_000, 300_000], unmapped(str(gate)))
+        one = size_of.submit(parts[0])
+        both = size_of.submit(list(parts))
+        gate.write_text("go")  # (the producers finish only once their consumers wait)
+        held = parts[1].result()  # (the flow has its own copy)
+        values = one.result(), both.result(), len(held.data)
+        deadline = time.monotonic() + 20
+        while any(k.startswith("make_big-") for k in cluster.scheduler.tasks):
+            assert time.monotonic() < deadline, "kept results were not released"
+            time.sleep(0.05)
+        seen["released"] = True
+        return values
+
+    assert pipeline() == (200_000, 500_000, 300_000)
+    assert seen["released"]
+
+
+def test_small_results_and_later_consumers_travel_with_the_flow(
+    cluster: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "go").write_text("go")
+
+    @flow(task_runner=DaskTaskRunner(cluster=cluster))
+    def later() -> tuple[int, int]:
+        small = square.submit(7)
+        square.submit(small).result()  # (small: sent along, not kept)
+        big = make_big.submit(100_000, str(tmp_path / "go"))
+        big.wait()
+        # Nothing was pending when it finished: not kept, so the flow's copy would be
+        # sent; a Big refuses that, so the run fails with a SerializationError.
+        return square.submit(small).result(), size_of.submit(big, return_state=True).name
+
+    value, name = later()
+    assert value == 49 * 49
+    assert name == "Failed"
+
+
+def test_a_kept_result_lost_with_its_worker_is_not_computed_again(
+    registry: Any, tmp_path: Path
+) -> None:
+    """The worker holding a result kept for a pending consumer dies: Dask does not run the
+    finished task again, and the consumer gets the flow's copy instead (no attempt lost)."""
+    ran = tmp_path / "ran"
+    where = tmp_path / "pid"
+
+    @task
+    def produce() -> bytes:
+        with ran.open("a") as out:
+            out.write("x")
+        where.write_text(str(os.getpid()))
+        return b"y" * 2_000_000
+
+    seen: dict[str, bool] = {}
+
+    @task
+    async def kill_its_worker() -> None:
+        import anyio
+
+        tasks = distributed.default_client().cluster.scheduler.tasks
+        seen["kept"] = any(k.startswith("produce-") and t.state == "memory"
+                           for k, t in tasks.items())  # fmt: skip
+        os.kill(int(where.read_text()), signal.SIGKILL)
+        await anyio.sleep(3)  # (Dask notices and forgets the result)
+
+    @task
+    def consume(data: bytes, _: Any) -> int:
+        return len(data)
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1,
+                                                     "dashboard_address": ":0"}))  # fmt: skip
+    def fragile() -> int:
+        produced = produce.submit()
+        killed = kill_its_worker.submit(wait_for=[produced])
+        return consume.submit(produced, killed).result()
+
+    assert fragile() == 2_000_000
+    assert seen["kept"]
+    time.sleep(1)
+    assert ran.read_text() == "x"  # (run once)
+    (run,) = [r for r in registry.runs(kind="task") if r.spec_name == "consume"]
+    assert run.state_names == ["Pending", "Running", "Completed"]
+
+
+def test_flow_runs_leave_nothing_on_a_shared_scheduler(cluster: Any) -> None:
+    """Several flow runs on one given cluster: once each ends, the scheduler holds none of
+    its tasks, results, functions or tokens (what memory stays flat on)."""
+
+    @task
+    def payload(size: int) -> bytes:
+        return b"z" * size
+
+    @task
+    def length(data: bytes) -> int:
+        return len(data)
+
+    @flow(task_runner=DaskTaskRunner(cluster=cluster))
+    def chain(n: int) -> int:
+        firsts = payload.map([70_000] * n)
+        return sum(length.map(firsts).result())
+
+    for _ in range(3):
+        assert chain(50) == 50 * 70_000
+        deadline = time.monotonic() + 20
+        while cluster.scheduler.tasks:
+            assert time.monotonic() < deadline, sorted(cluster.scheduler.tasks)[:5]
+            time.sleep(0.05)

@@ -12,13 +12,13 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 ray = pytest.importorskip("ray")
 
-from asyncflow import flow, task  # noqa: E402
+from asyncflow import flow, task, unmapped  # noqa: E402
 from asyncflow.task_runners.ray import RayTaskRunner, remote_options  # noqa: E402
 
 # (no token file in the user's home, no dashboard: a test machine's local Ray)
@@ -57,7 +57,13 @@ def square(x: int) -> int:
 
 
 def test_a_nested_flow_on_a_ray_it_starts(registry: Any) -> None:
+    """The seed's pattern on Ray; ray.init inside leaves this process's SIGTERM handler."""
     assert not ray.is_initialized()
+
+    def mine(signum: int, frame: Any) -> None:
+        raise AssertionError("not called")
+
+    signal.signal(signal.SIGTERM, mine)
 
     @flow(task_runner=RayTaskRunner(init_kwargs=INIT))
     def on_ray(n: int) -> int:
@@ -69,6 +75,7 @@ def test_a_nested_flow_on_a_ray_it_starts(registry: Any) -> None:
 
     assert parent() == sum(i * i for i in range(200))
     assert not ray.is_initialized()  # (it started Ray, so it shut it down)
+    assert signal.getsignal(signal.SIGTERM) is mine
     (nested,) = [r for r in registry.runs(kind="flow") if r.parent_flow_run_id is not None]
     tasks = [r for r in registry.runs(kind="task") if r.spec_name == "square"]
     assert len(tasks) == 200 and {r.parent_flow_run_id for r in tasks} == {nested.id}
@@ -171,3 +178,51 @@ def test_bad_arguments_are_refused() -> None:
         RayTaskRunner(init_kwargs=[1])  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="address must be"):
         RayTaskRunner(address=5)  # type: ignore[arg-type]
+
+
+class Counting(RayTaskRunner):
+    """Counts the kept results each attempt is given instead of the flow's copies."""
+
+    given: ClassVar[list[int]] = []
+
+    async def _attempt(self, ray: Any, task: Any, fn: Any, args: Any, kwargs: Any,
+                       submission: Any, kept: dict[int, Any]) -> Any:  # fmt: skip
+        if task.name == "size_of":
+            Counting.given.append(len(kept))
+        return await super()._attempt(ray, task, fn, args, kwargs, submission, kept)
+
+
+@task
+def make_big(size: int, gate: str) -> bytes:
+    deadline = time.monotonic() + 30
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return b"x" * size
+
+
+@task
+def size_of(value: Any, label: str = "") -> int:
+    return len(value) if isinstance(value, bytes) else sum(len(v) for v in value)
+
+
+def test_upstream_results_stay_in_ray_for_their_consumers(
+    running_ray: None, tmp_path: Path
+) -> None:
+    """Consumers on the same runner get Ray's copy (a top-level argument, a keyword, inside
+    a list) while the flow holds its own; a consumer after the last has ended gets the
+    flow's copy."""
+    gate = tmp_path / "go"
+    Counting.given = []
+
+    @flow(task_runner=Counting())
+    def pipeline() -> tuple[Any, ...]:
+        parts = make_big.map([1_000, 200_000], unmapped(str(gate)))
+        one = size_of.submit(parts[0], label="one")
+        both = size_of.submit(value=list(parts))
+        gate.write_text("go")  # (the producers finish only once their consumers wait)
+        values = one.result(), both.result(), len(parts[1].result())
+        late = size_of.submit(parts[0])  # (nothing kept by now)
+        return (*values, late.result())
+
+    assert pipeline() == (1_000, 201_000, 200_000, 1_000)
+    assert sorted(Counting.given[:2]) == [1, 2] and Counting.given[2:] == [0]

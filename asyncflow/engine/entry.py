@@ -110,12 +110,32 @@ async def run_async(
     if state is None:
         fn, fn_args, fn_kwargs = body(engine)
         if remote is not None:
-            fn, fn_args = remote.run_remote, (engine.spec, fn, fn_args, fn_kwargs, prepared)
+            fn, fn_args = _remote_attempt, (engine, remote, fn, fn_args, fn_kwargs, prepared)
             fn_kwargs = {}
         state = await drivers.drive_async(engine, fn, fn_args, fn_kwargs)
     if return_state:
         return state
     return state._result() if engine.returned is None else engine.call_result(state)
+
+
+async def _remote_attempt(
+    engine: Any,
+    remote: Any,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    prepared: Any,
+) -> Any:
+    """One attempt of a sync task's body on a `remote` runner."""
+    try:
+        return await remote.run_remote(engine.spec, fn, args, kwargs, prepared)
+    except BaseException as exc:
+        if remote.abandons_running and not isinstance(exc, Exception):  # (stopped)
+            engine.abandoned = (
+                f"{type(remote).__name__} cannot stop a task body that has started: if "
+                "this one had, it runs on to its end on its worker."
+            )
+        raise
 
 
 def open_run(

@@ -80,6 +80,7 @@ class RunEngine:
 
     __slots__ = (
         "_logger",
+        "abandoned",
         "awaiting_hooks",
         "cancel_requested",
         "deadline",
@@ -106,6 +107,7 @@ class RunEngine:
     timeout_error: ClassVar[type[RunTimeoutError]]
 
     spec: Flow[Any, Any] | Task[Any, Any]
+    abandoned: str  # (set only when a remote runner abandoned the attempt's body)
     parent: FlowRunEngine | None
     registry: MemoryRegistry
     row: int
@@ -301,12 +303,21 @@ class RunEngine:
         if self.cancel_requested:  # the deadline passed while it was being cancelled:
             return self.cancelled()  # cancellation is final (and never retried)
         limit = self.spec.timeout_seconds
-        message = f"{self.label_word} run exceeded timeout of {limit} second(s)"
+        message = self._noted(f"{self.label_word} run exceeded timeout of {limit} second(s)")
         self._log(logging.ERROR, message)
         return State(_FAILED, "TimedOut", message, data=self.timeout_error(message))
 
     def cancelled(self, message: str = "Run was cancelled.") -> State[Any]:
-        return State(StateType.CANCELLED, message=message)
+        return State(StateType.CANCELLED, message=self._noted(message))
+
+    def _noted(self, message: str) -> str:
+        """`message`, and why the body may still be running when a remote runner had to
+        abandon it (`abandoned`: set for that attempt only; unset otherwise)."""
+        note = getattr(self, "abandoned", None)
+        if note is None:
+            return message
+        del self.abandoned
+        return f"{message}. {note}" if message[-1:] not in ".!?" else f"{message} {note}"
 
     def retry_delay(self, outcome: State[Any]) -> float | None:
         """Seconds to wait before the next attempt, or None when `outcome` is final.

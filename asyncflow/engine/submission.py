@@ -18,8 +18,9 @@ from typing import Any
 import anyio
 
 from asyncflow.backend import threadsafe_caller
-from asyncflow.engine import cancellation, drivers, entry, interrupts, kernel
+from asyncflow.engine import cancellation, drivers, entry, interrupts, kernel, resolve
 from asyncflow.engine.context import flow_run_var
+from asyncflow.engine.resolve import needs_resolving
 from asyncflow.engine.run import FlowRunEngine, TaskRunEngine
 from asyncflow.futures import TaskRunFuture
 from asyncflow.states import State
@@ -163,7 +164,13 @@ def _submit_async(
     engine: TaskRunEngine, parent: FlowRunEngine | None, wait_for: Any, remote: Any = None
 ) -> TaskRunFuture[Any]:
     """An async task run, or a sync one on a `remote` runner (its body awaited there)."""
-    prepared = remote.prepare() if remote is not None else None
+    prepared = None
+    if remote is not None:
+        upstreams: list[TaskRunFuture[Any]] = []
+        if needs_resolving(engine.args, engine.kwargs):
+            for value in (*engine.args, *engine.kwargs.values()):
+                upstreams.extend(resolve.upstreams(value))
+        prepared = remote.prepare(upstreams)
     group = parent.task_group if parent is not None else None
     # (a remote runner's runs go to the kernel loop, also from an async flow: a sync task's
     # future may be waited for by blocking, as on a thread pool, which on the flow's own
@@ -177,6 +184,7 @@ def _submit_async(
     future: TaskRunFuture[Any] = TaskRunFuture(
         engine.registry, engine.row, threading.get_ident() if on_flow_loop else None
     )
+    future._remote = prepared
     # On the flow's loop a real task group keeps the task inside the flow; a hosted group
     # (nested flows) and the kernel loop need the flow to wait for it explicitly.
     hosted = group is not None and getattr(group, "host", None) is not None
@@ -222,6 +230,8 @@ def _submit_async(
         finally:
             engine.stop = None
             cancellation.untrack(engine.registry, engine.row)
+            if remote is not None:
+                remote.finished(prepared)
             if pending is not None:
                 pending.discard(future)
         if state is None:  # cancelled through `future.cancel()`: the scope swallowed it

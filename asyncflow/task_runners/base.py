@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -33,6 +33,9 @@ class TaskRunner(abc.ABC):
     #: are awaited: the engine then drives each run on the kernel's event loop (also for
     #: async flows) and awaits `run_remote`, so in-flight runs hold no thread.
     remote: bool = False
+    #: For `remote` runners that cannot stop a body once it runs (a stopped run's body
+    #: runs on to its end where it is): its TimedOut / Cancelled state says so.
+    abandons_running: bool = False
     _started = False
 
     @property
@@ -87,10 +90,15 @@ class TaskRunner(abc.ABC):
         """The call that runs the task function, for runners with `in_thread = False`."""
         return lambda: fn(*args, **kwargs)
 
-    def prepare(self) -> Any:
+    def prepare(self, upstreams: Sequence[Any] = ()) -> Any:
         """For `remote` runners: called where and when a task run is submitted (the flow's
-        thread, its context); what it returns is given to each `run_remote` of that run
-        (Dask: the `dask.annotate` block around the submission)."""
+        thread, its context) with the futures in its arguments; what it returns is given
+        to each `run_remote` of that run and to `finished` (Dask: the `dask.annotate` block
+        around the submission, and which upstream results stay on the cluster for it)."""
+        return None
+
+    def finished(self, prepared: Any) -> None:
+        """For `remote` runners: the run `prepared` was made for is final."""
         return None
 
     async def run_remote(
@@ -167,8 +175,11 @@ async def completion(future: Any, cancel: Callable[[], object] | None = None) ->
     return future.result()
 
 
-def call_body(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """What a remote worker runs for one attempt: the task's function on its arguments."""
+def call_body(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *after: Any
+) -> Any:
+    """What a remote worker runs for one attempt: the task's function on its arguments
+    (`after`: what the runner made the attempt depend on besides, unused here)."""
     return fn(*args, **kwargs)
 
 

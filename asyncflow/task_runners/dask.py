@@ -15,11 +15,12 @@ from __future__ import annotations
 import queue
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from asyncflow.exceptions import SerializationError, WorkerLost
 from asyncflow.task_runners.base import TaskRunner, call_body
+from asyncflow.task_runners.handoff import Handoff, Submission, substitute
 
 
 def _import_distributed() -> Any:
@@ -54,6 +55,11 @@ class DaskTaskRunner(TaskRunner):
 
     in_thread = False
     remote = True
+    abandons_running = True
+    #: Results at least this large (`dask.sizeof`) stay on the cluster for the runs of this
+    #: runner that take them, while any is pending; smaller ones travel with each consumer
+    #: (a fetch between workers costs more than sending a small value along).
+    keep_on_cluster_bytes = 64 * 1024
 
     def __init__(
         self,
@@ -82,10 +88,12 @@ class DaskTaskRunner(TaskRunner):
         self.client_kwargs = dict(client_kwargs or {})
         self._client: Any = None
         self._own_cluster: Any = None
-        self._finished: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._gatherer: threading.Thread | None = None
         self._lock = threading.Lock()
         self._functions: dict[Callable[..., Any], Any] = {}
+        self._tokens: list[Any] = []
+        self._handoff = Handoff(self._worth_keeping, _release)
 
     def duplicate(self) -> DaskTaskRunner:
         return type(self)(
@@ -141,12 +149,17 @@ class DaskTaskRunner(TaskRunner):
     def submit_work(self, work: Callable[[], None]) -> None:  # pragma: no cover - remote
         raise RuntimeError("DaskTaskRunner runs task bodies through run_remote")
 
-    def prepare(self) -> dict[str, Any]:
-        """The submission's `dask.annotate(...)` block: what Dask's `submit` takes of it."""
+    def prepare(self, upstreams: Sequence[Any] = ()) -> Submission:
+        """The submission's `dask.annotate(...)` block (what Dask's `submit` takes of it),
+        and which upstream results stay on the cluster for it."""
         from dask.base import get_annotations
 
         annotations = get_annotations()
-        return {name: annotations[name] for name in _SUBMIT_ANNOTATIONS if name in annotations}
+        options = {name: annotations[name] for name in _SUBMIT_ANNOTATIONS if name in annotations}
+        return self._handoff.submission(upstreams, options)
+
+    def finished(self, prepared: Any) -> None:
+        self._handoff.finished(prepared)
 
     async def run_remote(
         self,
@@ -156,46 +169,79 @@ class DaskTaskRunner(TaskRunner):
         kwargs: dict[str, Any],
         prepared: Any = None,
     ) -> Any:
+        if self._client is None:
+            self.start()
+        submission = prepared if isinstance(prepared, Submission) else None
+        while True:
+            refs = self._handoff.kept(submission, _alive)
+            ok, value = await self._attempt(task, fn, args, kwargs, submission, refs)
+            if ok:
+                return value
+            if isinstance(value, WorkerLost):
+                self._functions.pop(fn, None)  # (its copy may be gone with the worker too)
+                if refs and any(not _alive(ref) for ref in refs.values()):
+                    continue  # an input kept on the cluster was lost: send the flow's copy
+            raise value
+
+    async def _attempt(
+        self,
+        task: Any,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        submission: Submission | None,
+        refs: dict[int, Any],
+    ) -> tuple[bool, Any]:
         import anyio
 
         from asyncflow.backend import threadsafe_caller
 
-        if self._client is None:
-            self.start()
-        client = self._client
-        key = f"{task.name}-{uuid.uuid4().hex}"
+        if refs:
+            args = substitute(args, refs, True)
+            kwargs = substitute(kwargs, refs, True)
+        # The token is a dependency of the attempt only until it has finished: released
+        # then, it leaves Dask unable to compute the result again if a worker holding it
+        # dies (it would otherwise, for a result kept for a consumer).
+        token = self._token()
         try:
-            future = client.submit(
-                call_body, self._function(fn), args, kwargs, key=key, pure=False, retries=0,
-                **(prepared or {}),
+            future = self._client.submit(
+                call_body, self._function(fn), args, kwargs, token,
+                key=f"{task.name}-{uuid.uuid4().hex}", pure=False, retries=0,
+                **(submission.options if submission is not None else {}),
             )  # fmt: skip
         except Exception as exc:
+            token.release()
             raise SerializationError(
                 f"Task {task.name!r} cannot be sent to Dask: {type(exc).__name__}: {exc}"
             ) from exc
         done = anyio.Event()
         call_soon = threadsafe_caller()
-        outcome: list[Any] = []
+        outcome: list[tuple[bool, Any]] = []
 
         def deliver(ok: bool, value: Any) -> None:  # (in the gathering thread)
             outcome.append((ok, value))
             call_soon(done.set)
 
-        future.add_done_callback(lambda f: self._finished.put((f, deliver)))
+        future.add_done_callback(
+            lambda f: self._queue.put(_Finished(f, token, deliver, submission))
+        )
         self._ensure_gatherer()
         try:
             await done.wait()
         except BaseException:
             # Dask cannot stop a task that is running: a queued one is dropped, a running
             # one is abandoned on its worker (its run here ends Cancelled or TimedOut).
-            future.cancel()
+            self._queue.put(future)  # (cancelled with others, by the gathering thread)
             raise
-        ok, value = outcome[0]
-        if not ok:
-            if isinstance(value, WorkerLost):  # (its copy of the function may be gone too)
-                self._functions.pop(fn, None)
-            raise value
-        return value
+        return outcome[0]
+
+    def _token(self) -> Any:
+        while True:
+            if not self._tokens:  # (one round trip for many attempts; every worker has them)
+                self._tokens = self._client.scatter([None] * 256, broadcast=True, hash=False)
+            token = self._tokens.pop()
+            if _alive(token):  # (else lost with every worker that had it)
+                return token
 
     def _function(self, fn: Callable[..., Any]) -> Any:
         """The task's function as the cluster has it: sent to every worker once per flow
@@ -205,49 +251,64 @@ class DaskTaskRunner(TaskRunner):
             sent = self._functions[fn] = self._client.scatter(fn, broadcast=True, hash=False)
         return sent
 
+    def _worth_keeping(self, value: Any) -> bool:
+        from dask.sizeof import sizeof
+
+        return bool(sizeof(value) >= self.keep_on_cluster_bytes)
+
     def _ensure_gatherer(self) -> None:
         if self._gatherer is None:
             with self._lock:
                 if self._gatherer is None:
                     self._gatherer = threading.Thread(
-                        target=self._gather, args=(self._client, self._finished),
+                        target=self._gather, args=(self._client, self._queue),
                         name="asyncflow-dask-results", daemon=True,
                     )  # fmt: skip
                     self._gatherer.start()
 
-    @staticmethod
-    def _gather(client: Any, finished: queue.SimpleQueue[Any]) -> None:
-        """Fetch the values of finished futures, many per round trip to the cluster, and
-        hand each to its run; then release them (the flow holds the values now)."""
+    def _gather(self, client: Any, queue_: queue.SimpleQueue[Any]) -> None:
+        """The thread that talks to the cluster for the runs: fetches the values of
+        finished futures, many per round trip, hands each to its run and releases what the
+        flow holds now; cancels the futures of stopped runs, many per call."""
         while True:
-            item = finished.get()
+            item = queue_.get()
             if item is None:
                 return
             batch = [item]
             while len(batch) < 1000:
                 try:
-                    item = finished.get_nowait()
+                    item = queue_.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
-                    finished.put(None)  # (after this batch)
+                    queue_.put(None)  # (after this batch)
                     break
                 batch.append(item)
-            good = [(f, deliver) for f, deliver in batch if f.status == "finished"]
+            stopped = [item for item in batch if not isinstance(item, _Finished)]
+            if stopped:
+                try:
+                    client.cancel(stopped)
+                except Exception:  # (a closing client: the runs ended already)
+                    pass
+            finished = [item for item in batch if isinstance(item, _Finished)]
+            good = [item for item in finished if item.future.status == "finished"]
             values: list[Any] = []
             if good:
                 try:
-                    values = client.gather([f for f, _ in good])
+                    values = client.gather([item.future for item in good])
                 except BaseException:  # (lost meanwhile: each is asked on its own below)
                     good, values = [], []
-            for (_, deliver), value in zip(good, values, strict=True):
-                deliver(True, value)
-            fetched = {id(f) for f, _ in good}
-            for f, deliver in batch:
-                if id(f) not in fetched:
-                    deliver(False, _failure(f))
-            for f, _ in batch:
-                f.release()
+            for item, value in zip(good, values, strict=True):
+                sub = item.submission
+                if sub is None or not self._handoff.delivered(sub, value, item.future):
+                    item.future.release()
+                item.deliver(True, value)
+            fetched = {id(item) for item in good}
+            for item in finished:
+                if id(item) not in fetched:
+                    item.deliver(False, _failure(item.future))
+                    item.future.release()
+                item.token.release()
 
     def shutdown(self, wait: bool = True) -> None:
         self._started = False
@@ -255,10 +316,11 @@ class DaskTaskRunner(TaskRunner):
         cluster, self._own_cluster = self._own_cluster, None
         gatherer, self._gatherer = self._gatherer, None
         self._functions = {}
+        self._tokens = []
         if gatherer is not None:
-            self._finished.put(None)
+            self._queue.put(None)
             gatherer.join(30)
-            self._finished = queue.SimpleQueue()
+            self._queue = queue.SimpleQueue()
         if client is not None:
             client.close()
         if cluster is not None:
@@ -267,6 +329,32 @@ class DaskTaskRunner(TaskRunner):
     def __repr__(self) -> str:
         where = self.address or ("a given cluster" if self.cluster is not None else "local")
         return f"{type(self).__name__}({where})"
+
+
+class _Finished:
+    """A finished attempt's future, for the gathering thread."""
+
+    __slots__ = ("deliver", "future", "submission", "token")
+
+    def __init__(
+        self,
+        future: Any,
+        token: Any,
+        deliver: Callable[[bool, Any], None],
+        submission: Submission | None,
+    ) -> None:
+        self.future = future
+        self.token = token
+        self.deliver = deliver
+        self.submission = submission
+
+
+def _alive(ref: Any) -> bool:
+    return ref.status == "finished"  # type: ignore[no-any-return]
+
+
+def _release(ref: Any) -> None:
+    ref.release()
 
 
 def _failure(future: Any) -> BaseException:

@@ -40,6 +40,7 @@ class ProcessPoolTaskRunner(ThreadPoolTaskRunner):
 
     in_thread = False
     remote = True  # (a run in flight awaits its process: no thread of ours waits for it)
+    abandons_running = True
 
     def __init__(
         self,
