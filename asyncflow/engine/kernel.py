@@ -7,13 +7,18 @@ stops at interpreter exit.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import contextvars
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
 from typing import Any, TypeVar
 
+import anyio
+import sniffio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from asyncflow._signals import sigterm_blocked
@@ -26,20 +31,66 @@ _stack: ExitStack | None = None
 _portal: BlockingPortal | None = None
 
 
+_spawn: Callable[[Callable[[], Awaitable[Any]]], object] | None = None
+_host_stop: Callable[[], object] | None = None
+
+
 def portal() -> BlockingPortal:
     """The kernel loop's portal, started on first use."""
-    global _stack, _portal
+    global _stack, _portal, _spawn, _host_stop
     if _portal is None:
         with _lock:
             if _portal is None:
                 stack = ExitStack()
                 with sigterm_blocked():  # its thread must leave SIGTERM to the main thread
-                    _portal = stack.enter_context(
+                    started = stack.enter_context(
                         start_blocking_portal("asyncio", name="asyncflow-kernel")
                     )
-                _stack = stack
+                _, (_spawn, _host_stop) = started.start_task(_host)
+                _stack, _portal = stack, started
                 atexit.register(shutdown)
     return _portal
+
+
+async def _host(*, task_status: Any) -> None:
+    """The task group that `spawn` starts tasks in, until `shutdown`. Spawned functions are
+    queued and the loop is woken once for all queued meanwhile."""
+    loop = asyncio.get_running_loop()
+    queued: deque[tuple[contextvars.Context, Callable[[], Awaitable[Any]]]] = deque()
+    wake = asyncio.Event()
+    woken = [False]  # a wake-up is on its way (read and set by any thread; cleared here)
+    stopping = [False]
+
+    def spawn(fn: Callable[[], Awaitable[Any]]) -> None:
+        # (the task runs in a copy of the spawner's context, as a call from its thread
+        # would; sniffio's variable there must name this loop, not a trio flow's)
+        context = contextvars.copy_context()
+        context.run(sniffio.current_async_library_cvar.set, "asyncio")
+        queued.append((context, fn))
+        if not woken[0]:
+            woken[0] = True
+            loop.call_soon_threadsafe(wake.set)
+
+    def stop() -> None:
+        stopping[0] = True
+        wake.set()
+
+    async with anyio.create_task_group() as group:
+        task_status.started((spawn, stop))
+        while not stopping[0]:
+            await wake.wait()
+            wake.clear()
+            woken[0] = False  # (before taking the queue: what comes later wakes it again)
+            while queued:
+                context, fn = queued.popleft()
+                context.run(group.start_soon, _guarded, fn)
+
+
+async def _guarded(fn: Callable[[], Awaitable[Any]]) -> None:
+    try:
+        await fn()
+    except Exception:  # (a run's task records its own outcome; the others go on)
+        pass
 
 
 def run(awaitable: Awaitable[T]) -> T:
@@ -59,9 +110,13 @@ def _wait(future: Future[T]) -> T:
         raise
 
 
-def spawn(fn: Callable[[], Awaitable[Any]]) -> Future[Any]:
-    """Start `fn()` on the kernel loop without waiting for it."""
-    return portal().start_task_soon(fn)
+def spawn(fn: Callable[[], Awaitable[Any]]) -> None:
+    """Start `fn()` on the kernel loop without waiting for it (nor for the loop to take it:
+    a flow submitting many runs does not wait for the loop once per run)."""
+    if _spawn is None:
+        portal()
+    assert _spawn is not None
+    _spawn(fn)
 
 
 async def _await(awaitable: Awaitable[T]) -> T:
@@ -70,8 +125,11 @@ async def _await(awaitable: Awaitable[T]) -> T:
 
 def shutdown() -> None:
     """Stop the kernel loop (registered with atexit)."""
-    global _stack, _portal
+    global _stack, _portal, _spawn, _host_stop
     with _lock:
-        stack, _stack, _portal = _stack, None, None
+        stack, started, stop = _stack, _portal, _host_stop
+        _stack, _portal, _spawn, _host_stop = None, None, None, None
     if stack is not None:
+        if stop is not None and started is not None:
+            started.call(stop)  # (the host ends once the tasks it started have ended)
         stack.close()
