@@ -32,15 +32,15 @@ def sigterm_blocked() -> Iterator[None]:
 
 @contextlib.contextmanager
 def sigterm_handler_kept() -> Iterator[None]:
-    """Put back the SIGTERM handler set before the block (asyncflow's or the user's) if
-    code inside replaced it: ray.init installs one that exits at once, without the runs'
-    states being recorded. A default action left so is not restored."""
+    """Put back the SIGTERM handler set before the block (asyncflow's or the user's, or an
+    ignored SIGTERM) if code inside replaced it: ray.init installs one that exits at once,
+    without the runs' states being recorded. A default action is left as code set it."""
     before = signal.getsignal(signal.SIGTERM)
     try:
         yield
     finally:
         if (
-            callable(before)
+            (callable(before) or before is signal.SIG_IGN)
             and threading.current_thread() is threading.main_thread()
             and signal.getsignal(signal.SIGTERM) is not before
         ):

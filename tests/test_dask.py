@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -419,3 +420,137 @@ def test_flow_runs_leave_nothing_on_a_shared_scheduler(cluster: Any) -> None:
         while cluster.scheduler.tasks:
             assert time.monotonic() < deadline, sorted(cluster.scheduler.tasks)[:5]
             time.sleep(0.05)
+
+
+def test_an_input_lost_while_its_consumer_waits_on_dask_is_sent_again(
+    registry: Any, tmp_path: Path
+) -> None:
+    """The consumer is on the scheduler, waiting for a worker it can run on, when the
+    worker holding its kept input dies: Dask forgets the input (it does not run the finished
+    task again) and the consumer is sent again with the flow's copy, in the same attempt."""
+    import dask
+
+    ran = tmp_path / "ran"
+    where = tmp_path / "pid"
+
+    @task
+    def produce() -> bytes:
+        with ran.open("a") as out:
+            out.write("x")
+        where.write_text(str(os.getpid()))
+        return b"y" * 2_000_000
+
+    @task
+    def consume(data: bytes) -> int:
+        return len(data)
+
+    worker: list[Any] = []
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": 1,
+                                                     "dashboard_address": ":0"}))  # fmt: skip
+    def fragile() -> int:
+        produced = produce.submit()
+        with dask.annotate(resources={"late": 1}):  # (no worker has it yet)
+            consumed = consume.submit(produced)
+        client = distributed.default_client()
+        tasks = client.cluster.scheduler.tasks
+        deadline = time.monotonic() + 30
+        while not any(k.startswith("consume-") and t.state == "no-worker"
+                      for k, t in tasks.items()):  # fmt: skip
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(int(where.read_text()), signal.SIGKILL)
+        worker.append(subprocess.Popen(
+            [str(Path(sys.executable).parent / "dask"), "worker",
+             client.scheduler.address, "--nthreads", "1", "--resources", "late=1",
+             "--no-dashboard"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
+        return consumed.result()
+
+    try:
+        assert fragile() == 2_000_000
+    finally:
+        for process in worker:
+            process.terminate()
+            process.wait(30)
+    assert ran.read_text() == "x"  # (run once)
+    (run,) = [r for r in registry.runs(kind="task") if r.spec_name == "consume"]
+    assert run.state_names == ["Pending", "Running", "Completed"]
+
+
+def test_a_consumer_submitted_after_the_flow_got_the_value_sees_the_flows_copy(
+    cluster: Any, tmp_path: Path
+) -> None:
+    gate = tmp_path / "go"
+
+    @task
+    def numbers(n: int) -> list[int]:
+        deadline = time.monotonic() + 30
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return list(range(n))
+
+    @task
+    def count(values: list[int]) -> int:
+        return len(values)
+
+    @flow(task_runner=DaskTaskRunner(cluster=cluster))
+    def changed() -> tuple[int, int]:
+        made = numbers.submit(20_000)
+        early = count.submit(made)  # (pending when the value arrives: gets Dask's copy)
+        gate.write_text("go")
+        values = made.result()
+        values.append(-1)  # (the flow changes its copy)
+        return early.result(), count.submit(made).result()
+
+    assert changed() == (20_000, 20_001)
+
+
+class Unsized:
+    """A value whose size cannot be taken."""
+
+    def __sizeof__(self) -> int:
+        raise RuntimeError("no size")
+
+
+def test_a_value_whose_size_cannot_be_taken_is_still_delivered(cluster: Any) -> None:
+    @task
+    def odd() -> Unsized:
+        return Unsized()
+
+    @task
+    def name_of(value: Any) -> str:
+        return type(value).__name__
+
+    @flow(task_runner=DaskTaskRunner(cluster=cluster))
+    def sized() -> str:
+        made = odd.submit()
+        return name_of.submit(made).result()
+
+    assert sized() == "Unsized"
+
+
+def test_a_consumer_that_kills_its_worker_crashes_once(registry: Any, tmp_path: Path) -> None:
+    """Its kept input dies with it, but the consumer ran: the attempt is Crashed (no free
+    second run), and with no retries the run ends so."""
+    ran = tmp_path / "ran"
+
+    @task
+    def produce() -> bytes:
+        return b"y" * 2_000_000
+
+    @task
+    def dies(data: bytes) -> int:
+        with ran.open("a") as out:
+            out.write("x")
+        os.kill(os.getpid(), signal.SIGKILL)
+        return len(data)
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": 1,
+                                                     "dashboard_address": ":0"}))  # fmt: skip
+    def doomed() -> str:
+        return dies.submit(produce.submit(), return_state=True).name
+
+    assert doomed() == "Crashed"
+    assert ran.read_text() == "x"

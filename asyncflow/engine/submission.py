@@ -25,6 +25,7 @@ from asyncflow.engine.run import FlowRunEngine, TaskRunEngine
 from asyncflow.futures import TaskRunFuture
 from asyncflow.states import State
 from asyncflow.task_runners import TaskRunner, ThreadPoolTaskRunner
+from asyncflow.task_runners.handoff import Place
 
 
 def submit(
@@ -166,11 +167,14 @@ def _submit_async(
     """An async task run, or a sync one on a `remote` runner (its body awaited there)."""
     prepared = None
     if remote is not None:
-        upstreams: list[TaskRunFuture[Any]] = []
+        places: list[Place] = []
         if needs_resolving(engine.args, engine.kwargs):
-            for value in (*engine.args, *engine.kwargs.values()):
-                upstreams.extend(resolve.upstreams(value))
-        prepared = remote.prepare(upstreams)
+            arguments: list[tuple[int | str, Any]] = [*enumerate(engine.args)]
+            for at, value in [*arguments, *engine.kwargs.items()]:
+                futures = list(resolve.upstreams(value))
+                if futures:
+                    places.append(Place(at, value, futures))
+        prepared = remote.prepare(places)
     group = parent.task_group if parent is not None else None
     # (a remote runner's runs go to the kernel loop, also from an async flow: a sync task's
     # future may be waited for by blocking, as on a thread pool, which on the flow's own

@@ -90,11 +90,12 @@ class TaskRunner(abc.ABC):
         """The call that runs the task function, for runners with `in_thread = False`."""
         return lambda: fn(*args, **kwargs)
 
-    def prepare(self, upstreams: Sequence[Any] = ()) -> Any:
+    def prepare(self, places: Sequence[Any] = ()) -> Any:
         """For `remote` runners: called where and when a task run is submitted (the flow's
-        thread, its context) with the futures in its arguments; what it returns is given
-        to each `run_remote` of that run and to `finished` (Dask: the `dask.annotate` block
-        around the submission, and which upstream results stay on the cluster for it)."""
+        thread, its context) with the arguments that hold futures (`handoff.Place`s); what
+        it returns is given to each `run_remote` of that run and to `finished` (Dask: the
+        `dask.annotate` block around the submission, and which upstream results stay on
+        the cluster for it)."""
         return None
 
     def finished(self, prepared: Any) -> None:

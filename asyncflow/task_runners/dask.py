@@ -20,7 +20,7 @@ from typing import Any
 
 from asyncflow.exceptions import SerializationError, WorkerLost
 from asyncflow.task_runners.base import TaskRunner, call_body
-from asyncflow.task_runners.handoff import Handoff, Submission, substitute
+from asyncflow.task_runners.handoff import Handoff, Place, Submission, substitute
 
 
 def _import_distributed() -> Any:
@@ -149,14 +149,14 @@ class DaskTaskRunner(TaskRunner):
     def submit_work(self, work: Callable[[], None]) -> None:  # pragma: no cover - remote
         raise RuntimeError("DaskTaskRunner runs task bodies through run_remote")
 
-    def prepare(self, upstreams: Sequence[Any] = ()) -> Submission:
+    def prepare(self, places: Sequence[Place] = ()) -> Submission:
         """The submission's `dask.annotate(...)` block (what Dask's `submit` takes of it),
         and which upstream results stay on the cluster for it."""
         from dask.base import get_annotations
 
         annotations = get_annotations()
         options = {name: annotations[name] for name in _SUBMIT_ANNOTATIONS if name in annotations}
-        return self._handoff.submission(upstreams, options)
+        return self._handoff.submission(places, options)
 
     def finished(self, prepared: Any) -> None:
         self._handoff.finished(prepared)
@@ -177,10 +177,11 @@ class DaskTaskRunner(TaskRunner):
             ok, value = await self._attempt(task, fn, args, kwargs, submission, refs)
             if ok:
                 return value
+            lost = isinstance(value, _InputsLost) and any(not _alive(r) for r in refs.values())
+            if lost:
+                continue  # an input kept on the cluster was lost: send the flow's copy
             if isinstance(value, WorkerLost):
                 self._functions.pop(fn, None)  # (its copy may be gone with the worker too)
-                if refs and any(not _alive(ref) for ref in refs.values()):
-                    continue  # an input kept on the cluster was lost: send the flow's copy
             raise value
 
     async def _attempt(
@@ -196,9 +197,8 @@ class DaskTaskRunner(TaskRunner):
 
         from asyncflow.backend import threadsafe_caller
 
-        if refs:
-            args = substitute(args, refs, True)
-            kwargs = substitute(kwargs, refs, True)
+        if refs and submission is not None:
+            args, kwargs = substitute(args, kwargs, submission.places, refs)
         # The token is a dependency of the attempt only until it has finished: released
         # then, it leaves Dask unable to compute the result again if a worker holding it
         # dies (it would otherwise, for a result kept for a consumer).
@@ -211,8 +211,10 @@ class DaskTaskRunner(TaskRunner):
             )  # fmt: skip
         except Exception as exc:
             token.release()
+            cause = exc.__cause__ or exc  # (Dask's TypeError names its graph, not the value)
             raise SerializationError(
-                f"Task {task.name!r} cannot be sent to Dask: {type(exc).__name__}: {exc}"
+                f"Task {task.name!r} cannot be sent to Dask: its function or arguments cannot "
+                f"be serialized ({type(cause).__name__}: {cause})."
             ) from exc
         done = anyio.Event()
         call_soon = threadsafe_caller()
@@ -222,9 +224,13 @@ class DaskTaskRunner(TaskRunner):
             outcome.append((ok, value))
             call_soon(done.set)
 
-        future.add_done_callback(
-            lambda f: self._queue.put(_Finished(f, token, deliver, submission))
-        )
+        keep = bool(getattr(task, "cache_result_in_memory", True))
+
+        def finished(f: Any) -> None:  # (in a thread of Dask's client)
+            token.release()  # (as soon as it can be: until then Dask could run it again)
+            self._queue.put(_Finished(f, deliver, submission, keep))
+
+        future.add_done_callback(finished)
         self._ensure_gatherer()
         try:
             await done.wait()
@@ -252,9 +258,9 @@ class DaskTaskRunner(TaskRunner):
         return sent
 
     def _worth_keeping(self, value: Any) -> bool:
-        from dask.sizeof import sizeof
+        from distributed.sizeof import safe_sizeof
 
-        return bool(sizeof(value) >= self.keep_on_cluster_bytes)
+        return bool(safe_sizeof(value) >= self.keep_on_cluster_bytes)
 
     def _ensure_gatherer(self) -> None:
         if self._gatherer is None:
@@ -300,7 +306,13 @@ class DaskTaskRunner(TaskRunner):
                     good, values = [], []
             for item, value in zip(good, values, strict=True):
                 sub = item.submission
-                if sub is None or not self._handoff.delivered(sub, value, item.future):
+                try:
+                    kept = sub is not None and self._handoff.delivered(
+                        sub, value, item.future, item.keep
+                    )
+                except Exception:  # (this thread must go on: the value is delivered anyway)
+                    kept = False
+                if not kept:
                     item.future.release()
                 item.deliver(True, value)
             fetched = {id(item) for item in good}
@@ -308,7 +320,6 @@ class DaskTaskRunner(TaskRunner):
                 if id(item) not in fetched:
                     item.deliver(False, _failure(item.future))
                     item.future.release()
-                item.token.release()
 
     def shutdown(self, wait: bool = True) -> None:
         self._started = False
@@ -334,19 +345,23 @@ class DaskTaskRunner(TaskRunner):
 class _Finished:
     """A finished attempt's future, for the gathering thread."""
 
-    __slots__ = ("deliver", "future", "submission", "token")
+    __slots__ = ("deliver", "future", "keep", "submission")
 
     def __init__(
         self,
         future: Any,
-        token: Any,
         deliver: Callable[[bool, Any], None],
         submission: Submission | None,
+        keep: bool,
     ) -> None:
         self.future = future
-        self.token = token
         self.deliver = deliver
         self.submission = submission
+        self.keep = keep  # (its result may be kept on the cluster for consumers)
+
+
+class _InputsLost(WorkerLost):
+    """Dask lost what an attempt needed (a kept input, with its worker) before it ran."""
 
 
 def _alive(ref: Any) -> bool:
@@ -368,7 +383,7 @@ def _failure(future: Any) -> BaseException:
     except KilledWorker as exc:
         return WorkerLost(f"Dask lost the worker running it ({exc})")
     except FutureCancelledError as exc:  # (not by us: lost with what it needed)
-        return WorkerLost(f"Dask lost what it needed with a worker ({exc})")
+        return _InputsLost(f"Dask lost what it needed with a worker ({exc})")
     except BaseException as exc:  # (it is the run's outcome)
         return exc
     return RuntimeError(f"Dask future {future.key} has no value ({future.status})")

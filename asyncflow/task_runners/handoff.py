@@ -1,42 +1,59 @@
 """Results a remote runner keeps on its cluster for the task runs that consume them.
 
 A run on a remote runner returns its value to the flow, which records it. When runs
-submitted to the same runner take that value as an argument, the cluster's copy is passed
-to them instead of the flow's, so the data does not travel back. The copy is kept only
-while such consumers are pending: once the flow holds the value and the last of them has
-ended it is released, and a worker lost after that holds nothing anyone would recompute.
-A consumer submitted after the release gets the flow's copy, as any argument.
+submitted to the same runner before that take its future as an argument, they are given
+the cluster's copy instead of the flow's, so the data does not travel back. The copy is
+kept only while such consumers are pending: once the flow holds the value and the last of
+them has ended it is released, and a worker lost after that holds nothing anyone would
+compute again. A consumer submitted after the value reached the flow gets the flow's copy,
+as any argument (the flow may have changed it by then).
+
+A consumer gets the value as its task returned it: like every argument on a cluster, it is
+a copy, and a change made to it in place is not seen by the flow.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+
+class Place(NamedTuple):
+    """An argument of a submitted run that holds futures: its index or keyword, the value
+    as passed (with the futures), and the futures in it."""
+
+    at: int | str
+    raw: Any
+    futures: list[Any]
 
 
 class Output:
     """One task run's result as its runner sees it."""
 
-    __slots__ = ("consumers", "ref", "value")
+    __slots__ = ("consumers", "delivered", "ref", "value")
 
     def __init__(self) -> None:
         self.consumers = 0  # pending runs of this runner that take the result
+        self.delivered = False  # the value reached the flow
         self.ref: Any = None  # the cluster's copy, while kept
         self.value: Any = None  # the flow's copy, while kept (`ref` stands for it)
 
 
 class Submission:
     """What `prepare` gives every attempt of one task run: the runner's options taken at
-    submission, the run's own output and the kept outputs it consumes."""
+    submission, the run's own output, the kept outputs it consumes and where."""
 
-    __slots__ = ("inputs", "options", "output", "owner")
+    __slots__ = ("inputs", "options", "output", "owner", "places")
 
-    def __init__(self, owner: Handoff, options: Any, inputs: list[Output]) -> None:
+    def __init__(
+        self, owner: Handoff, options: Any, inputs: list[Output], places: list[Place]
+    ) -> None:
         self.owner = owner
         self.options = options
         self.output = Output()
         self.inputs = inputs
+        self.places = places
 
 
 class Handoff:
@@ -51,30 +68,37 @@ class Handoff:
         self._worth = worth
         self._release = release
 
-    def submission(self, upstreams: Iterable[Any], options: Any) -> Submission:
-        """A run's submission; `upstreams`: the futures in its arguments. Those of runs on
-        this runner that have not delivered yet, or are kept, count it as a consumer."""
+    def submission(self, places: Sequence[Place], options: Any) -> Submission:
+        """A run's submission, with the arguments that hold futures: those of runs on this
+        runner whose values have not reached the flow yet count it as a consumer."""
         inputs: list[Output] = []
+        used: list[Place] = []
         with self._lock:
-            for future in upstreams:
-                upstream = getattr(future, "_remote", None)
-                if not isinstance(upstream, Submission) or upstream.owner is not self:
-                    continue
-                output = upstream.output
-                if future.done() and output.ref is None:
-                    continue  # (delivered and not kept: the flow's copy will be sent)
-                output.consumers += 1
-                inputs.append(output)
-        return Submission(self, options, inputs)
+            for place in places:
+                found = False
+                for future in place.futures:
+                    upstream = getattr(future, "_remote", None)
+                    if not isinstance(upstream, Submission) or upstream.owner is not self:
+                        continue
+                    output = upstream.output
+                    if output.delivered:
+                        continue
+                    output.consumers += 1
+                    inputs.append(output)
+                    found = True
+                if found:
+                    used.append(place)
+        return Submission(self, options, inputs, used)
 
-    def delivered(self, submission: Submission, value: Any, ref: Any) -> bool:
+    def delivered(self, submission: Submission, value: Any, ref: Any, keep: bool) -> bool:
         """An attempt's value reached the flow: keep `ref` for the pending consumers and
-        return True, or return False (the caller releases it)."""
+        return True, or return False (the caller releases it). `keep`: whether the run's
+        result may be kept at all (not when the flow does not keep it in memory)."""
         output = submission.output
-        if not output.consumers or not self._worth(value):
-            return False
+        keep = keep and output.consumers > 0 and self._worth(value)
         with self._lock:
-            if not output.consumers:
+            output.delivered = True
+            if not keep or not output.consumers:
                 return False
             previous, output.ref, output.value = output.ref, ref, value
         if previous is not None:  # (an earlier attempt's, which came too late)
@@ -122,23 +146,36 @@ class Handoff:
             self._release(ref)
 
 
-def substitute(value: Any, refs: dict[int, Any], nested: bool) -> Any:
-    """`value` with the flow's copies of kept results replaced by the cluster's (inside
-    lists, tuples and dicts too when `nested`: Dask resolves them there, Ray only at the top
-    level of the arguments)."""
-    ref = refs.get(id(value))
-    if ref is not None:
-        return ref
-    if nested:
-        if type(value) in (list, tuple):
-            items = [substitute(item, refs, True) for item in value]
-            if any(new is not old for new, old in zip(items, value, strict=True)):
-                return type(value)(items)
-        elif type(value) is dict:
-            mapping = {key: substitute(item, refs, True) for key, item in value.items()}
-            if any(mapping[key] is not item for key, item in value.items()):
-                return mapping
-    return value
+def substitute(
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    places: Sequence[Place],
+    refs: dict[int, Any],
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The call's arguments with `refs` (the cluster's copies, by the id of the flow's) put
+    where the futures of `places` were: nowhere else, and never inside what was passed as
+    anything but a plain list, tuple or dict (`opaque`, `quote`, the user's objects)."""
+    new_args = list(args)
+    new_kwargs = dict(kwargs)
+    for place in places:
+        if isinstance(place.at, int):
+            new_args[place.at] = _swap(place.raw, args[place.at], refs)
+        else:
+            new_kwargs[place.at] = _swap(place.raw, kwargs[place.at], refs)
+    return tuple(new_args), new_kwargs
 
 
-__all__ = ["Handoff", "Output", "Submission", "substitute"]
+def _swap(raw: Any, value: Any, refs: dict[int, Any]) -> Any:
+    kind = type(raw)
+    if kind in (list, tuple) and type(value) is kind and len(value) == len(raw):
+        items = [_swap(r, v, refs) for r, v in zip(raw, value, strict=True)]
+        changed = any(new is not old for new, old in zip(items, value, strict=True))
+        return kind(items) if changed else value
+    if kind is dict and type(value) is dict and value.keys() == raw.keys():
+        mapping = {key: _swap(raw[key], item, refs) for key, item in value.items()}
+        changed = any(mapping[key] is not item for key, item in value.items())
+        return mapping if changed else value
+    return refs.get(id(value), value)
+
+
+__all__ = ["Handoff", "Output", "Place", "Submission", "substitute"]

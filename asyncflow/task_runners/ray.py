@@ -15,7 +15,7 @@ from typing import Any
 from asyncflow._signals import sigterm_handler_kept
 from asyncflow.exceptions import SerializationError, WorkerLost
 from asyncflow.task_runners.base import TaskRunner, call_body, completion
-from asyncflow.task_runners.handoff import Handoff, Submission, substitute
+from asyncflow.task_runners.handoff import Handoff, Place, Submission, substitute
 
 _options: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "asyncflow_ray_options", default=None
@@ -63,7 +63,8 @@ class RayTaskRunner(TaskRunner):
         self.init_kwargs = dict(init_kwargs or {})
         self._owns_ray = False
         self._functions: dict[Callable[..., Any], Any] = {}
-        self._handoff = Handoff(_always, _drop)
+        self._handoff = Handoff(_worth_keeping, _drop)
+        self._calls: dict[str, Any] = {}
 
     def duplicate(self) -> RayTaskRunner:
         return type(self)(self.address, self.init_kwargs or None)
@@ -92,10 +93,10 @@ class RayTaskRunner(TaskRunner):
     def submit_work(self, work: Callable[[], None]) -> None:  # pragma: no cover - remote
         raise RuntimeError("RayTaskRunner runs task bodies through run_remote")
 
-    def prepare(self, upstreams: Sequence[Any] = ()) -> Submission:
+    def prepare(self, places: Sequence[Place] = ()) -> Submission:
         """The submission's `remote_options`, and which upstream results stay in Ray's
         object store for it."""
-        return self._handoff.submission(upstreams, _options.get())
+        return self._handoff.submission(places, _options.get())
 
     def finished(self, prepared: Any) -> None:
         self._handoff.finished(prepared)
@@ -112,21 +113,19 @@ class RayTaskRunner(TaskRunner):
         if not self._started:
             self.start()
         submission = prepared if isinstance(prepared, Submission) else None
+        keep = bool(getattr(task, "cache_result_in_memory", True))
         while True:
             kept = self._handoff.kept(submission, _alive)
             try:
-                value = await self._attempt(ray, task, fn, args, kwargs, submission, kept)
-            except ray.exceptions.ObjectLostError:
-                if not kept:
-                    raise
+                value, ref = await self._attempt(ray, task, fn, args, kwargs, submission, kept)
+            except _InputsLost:
                 self._handoff.forget(submission)  # (lost with a worker: send the flow's copy)
                 continue
             except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
                 self._functions.pop(fn, None)
                 raise WorkerLost(f"Ray lost the worker running it ({type(exc).__name__})") from None
-            value, ref = value
             if submission is not None:
-                self._handoff.delivered(submission, value, ref)
+                self._handoff.delivered(submission, value, ref, keep)
             return value
 
     async def _attempt(
@@ -144,30 +143,44 @@ class RayTaskRunner(TaskRunner):
         # `_Slot`s mark their places (an ObjectRef of the user's own inside the arguments
         # stays an ObjectRef, as it would on a thread).
         refs = list(kept.values())
-        if refs:
+        if refs and submission is not None:
             slots = {key: _Slot(i) for i, key in enumerate(kept)}
-            args, kwargs = substitute(args, slots, True), substitute(kwargs, slots, True)
+            args, kwargs = substitute(args, kwargs, submission.places, slots)
         try:
             sent = self._functions.get(fn)
             if sent is None:  # (the function goes to Ray's object store once per flow run)
                 sent = self._functions[fn] = ray.put(fn)
-            options = submission.options if submission is not None else None
-            call = _remote_call.options(name=task.name, **(options or {}))
-            ref = call.remote(sent, args, kwargs, *refs)
+            ref = self._call(task.name, submission).remote(sent, args, kwargs, *refs)
         except (TypeError, ValueError) as exc:
             raise SerializationError(
-                f"Task {task.name!r} cannot be sent to Ray: {type(exc).__name__}: {exc}"
+                f"Task {task.name!r} cannot be sent to Ray: its function or arguments cannot "
+                f"be serialized ({type(exc).__name__}: {exc})."
             ) from exc
         try:
             value = await completion(ref.future(), cancel=lambda: ray.cancel(ref))
-        except ray.exceptions.RayTaskError as exc:
+        except ray.exceptions.RayTaskError as exc:  # (the body's own exception)
             cause = getattr(exc, "cause", None)
             raise (cause if isinstance(cause, BaseException) else exc) from None
+        except ray.exceptions.ObjectLostError as exc:  # (not from the body: Ray's own)
+            if exc.object_ref_hex in {ref.hex() for ref in refs}:
+                raise _InputsLost(str(exc)) from None
+            raise
         return value, ref
+
+    def _call(self, name: str, submission: Submission | None) -> Any:
+        """The remote function with the task's name and the submission's options."""
+        options = submission.options if submission is not None else None
+        if options:
+            return _remote_call.options(name=name, **options)
+        call = self._calls.get(name)
+        if call is None:  # (`.options` is not cheap: once per task name and flow run)
+            call = self._calls[name] = _remote_call.options(name=name)
+        return call
 
     def shutdown(self, wait: bool = True) -> None:
         self._started = False
         self._functions = {}
+        self._calls = {}
         if self._owns_ray:
             self._owns_ray = False
             _import_ray().shutdown()
@@ -189,12 +202,18 @@ class _Slot:
 
 
 def _fill(value: Any, values: tuple[Any, ...]) -> Any:
-    if type(value) is _Slot:
+    """`value` with its `_Slot`s replaced (only containers that hold one are rebuilt)."""
+    kind = type(value)
+    if kind is _Slot:
         return values[value.index]
-    if type(value) in (list, tuple):
-        return type(value)(_fill(item, values) for item in value)
-    if type(value) is dict:
-        return {key: _fill(item, values) for key, item in value.items()}
+    if kind in (list, tuple):
+        items = [_fill(item, values) for item in value]
+        changed = any(new is not old for new, old in zip(items, value, strict=True))
+        return kind(items) if changed else value
+    if kind is dict:
+        mapping = {key: _fill(item, values) for key, item in value.items()}
+        changed = any(mapping[key] is not item for key, item in value.items())
+        return mapping if changed else value
     return value
 
 
@@ -208,8 +227,14 @@ def _call_with(
     return call_body(fn, args, kwargs)
 
 
-def _always(value: Any) -> bool:
-    return True  # (Ray itself sends small objects along with the tasks that take them)
+class _InputsLost(Exception):
+    """Ray lost a kept input of an attempt (with its node) before the attempt ran."""
+
+
+def _worth_keeping(value: Any) -> bool:
+    # (Ray inlines small objects in the tasks that take them itself; a scalar is never
+    # worth a slot)
+    return not isinstance(value, (int, float, complex, type(None)))
 
 
 def _alive(ref: Any) -> bool:
