@@ -4,6 +4,8 @@ nothing of asyncflow."""
 
 from __future__ import annotations
 
+import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,46 @@ def threadsafe_caller() -> Callable[[Callable[[], object]], object]:
     return asyncio.get_running_loop().call_soon_threadsafe
 
 
+class _Coalescer:
+    """Callbacks for one asyncio loop from other threads: those queued while a wake-up of
+    the loop is on its way share it (asyncio writes to its wake-up pipe for every
+    `call_soon_threadsafe`: a system call each, for each of thousands of completions)."""
+
+    def __init__(self, loop: Any) -> None:
+        self._call_soon = loop.call_soon_threadsafe
+        self._queued: deque[Callable[[], object]] = deque()
+        self._armed = False
+
+    def call(self, fn: Callable[[], object]) -> None:
+        self._queued.append(fn)
+        if not self._armed:
+            self._armed = True
+            self._call_soon(self._drain)
+
+    def _drain(self) -> None:
+        self._armed = False  # (before taking the queue: what comes later wakes it again)
+        queued = self._queued
+        while queued:
+            queued.popleft()()
+
+
+_coalescers: weakref.WeakKeyDictionary[Any, _Coalescer] = weakref.WeakKeyDictionary()
+
+
+def coalescing_caller() -> Callable[[Callable[[], object]], object]:
+    """`threadsafe_caller()`, but on asyncio callbacks that come while the loop has not
+    woken for an earlier one yet wait for that same wake-up."""
+    if current_library() == "trio":
+        return threadsafe_caller()
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    coalescer = _coalescers.get(loop)
+    if coalescer is None:
+        coalescer = _coalescers[loop] = _Coalescer(loop)
+    return coalescer.call
+
+
 def cancel_scope_type() -> Callable[[], Any]:
     """The cheapest cancel scope class for the current loop.
 
@@ -41,4 +83,4 @@ def cancel_scope_type() -> Callable[[], Any]:
     return type(anyio.CancelScope())
 
 
-__all__ = ["cancel_scope_type", "current_library", "threadsafe_caller"]
+__all__ = ["cancel_scope_type", "coalescing_caller", "current_library", "threadsafe_caller"]

@@ -35,10 +35,13 @@ def _by_value() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
+    from asyncflow.task_runners import dask as runner_module
+
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
     ) as running:
         yield running
+        runner_module._close_clients()  # (the runners' shared client, before its scheduler)
 
 
 @task
@@ -398,8 +401,9 @@ def test_a_kept_result_lost_with_its_worker_is_not_computed_again(
 
 
 def test_flow_runs_leave_nothing_on_a_shared_scheduler(cluster: Any) -> None:
-    """Several flow runs on one given cluster: once each ends, the scheduler holds none of
-    its tasks, results, functions or tokens (what memory stays flat on)."""
+    """Several flow runs on one given cluster share one client, and once each ends the
+    scheduler holds none of its tasks, results, functions or tokens."""
+    clients: set[int] = set()
 
     @task
     def payload(size: int) -> bytes:
@@ -411,6 +415,7 @@ def test_flow_runs_leave_nothing_on_a_shared_scheduler(cluster: Any) -> None:
 
     @flow(task_runner=DaskTaskRunner(cluster=cluster))
     def chain(n: int) -> int:
+        clients.add(id(distributed.default_client()))
         firsts = payload.map([70_000] * n)
         return sum(length.map(firsts).result())
 
@@ -420,6 +425,7 @@ def test_flow_runs_leave_nothing_on_a_shared_scheduler(cluster: Any) -> None:
         while cluster.scheduler.tasks:
             assert time.monotonic() < deadline, sorted(cluster.scheduler.tasks)[:5]
             time.sleep(0.05)
+    assert len(clients) == 1
 
 
 def test_an_input_lost_while_its_consumer_waits_on_dask_is_sent_again(

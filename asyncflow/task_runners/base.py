@@ -163,10 +163,10 @@ async def completion(future: Any, cancel: Callable[[], object] | None = None) ->
     if not future.done():
         import anyio
 
-        from asyncflow.backend import threadsafe_caller
+        from asyncflow.backend import coalescing_caller
 
         done = anyio.Event()
-        call_soon = threadsafe_caller()
+        call_soon = coalescing_caller()
         future.add_done_callback(lambda _: call_soon(done.set))
         try:
             await done.wait()

@@ -6,12 +6,14 @@ the store) stays in the flow's process, so workers need no settings, no store an
 A run in flight holds no thread here: its completion wakes the loop that drives it.
 
 By default the runner starts a `distributed.LocalCluster` for the flow run and closes it
-when the flow run ends; given an `address` or a `cluster`, it connects to that and closes
-only its client.
+when the flow run ends; given an `address` or a `cluster`, it connects to that scheduler
+with one client per process, shared by the flow runs and closed at exit, and leaves the
+cluster running.
 """
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import uuid
@@ -122,9 +124,10 @@ class DaskTaskRunner(TaskRunner):
         if self._client is None:
             distributed = _import_distributed()
             if self.address is not None:
-                self._client = distributed.Client(self.address, **self.client_kwargs)
+                self._client = _shared_client(distributed, self.address, self.client_kwargs)
             elif self.cluster is not None:
-                self._client = distributed.Client(self.cluster, **self.client_kwargs)
+                address = self.cluster.scheduler_address
+                self._client = _shared_client(distributed, address, self.client_kwargs)
             else:
                 self._own_cluster = self._start_cluster(distributed)
                 self._client = distributed.Client(self._own_cluster, **self.client_kwargs)
@@ -195,7 +198,7 @@ class DaskTaskRunner(TaskRunner):
     ) -> tuple[bool, Any]:
         import anyio
 
-        from asyncflow.backend import threadsafe_caller
+        from asyncflow.backend import coalescing_caller
 
         if refs and submission is not None:
             args, kwargs = substitute(args, kwargs, submission.places, refs)
@@ -217,7 +220,7 @@ class DaskTaskRunner(TaskRunner):
                 f"be serialized ({type(cause).__name__}: {cause})."
             ) from exc
         done = anyio.Event()
-        call_soon = threadsafe_caller()
+        call_soon = coalescing_caller()
         outcome: list[tuple[bool, Any]] = []
 
         def deliver(ok: bool, value: Any) -> None:  # (in the gathering thread)
@@ -326,20 +329,51 @@ class DaskTaskRunner(TaskRunner):
         client, self._client = self._client, None
         cluster, self._own_cluster = self._own_cluster, None
         gatherer, self._gatherer = self._gatherer, None
-        self._functions = {}
-        self._tokens = []
+        functions, self._functions = list(self._functions.values()), {}
+        tokens, self._tokens = self._tokens, []
         if gatherer is not None:
             self._queue.put(None)
             gatherer.join(30)
             self._queue = queue.SimpleQueue()
-        if client is not None:
+        if cluster is not None:  # (its own client and cluster, for this flow run only)
             client.close()
-        if cluster is not None:
             cluster.close()
+        elif client is not None:  # (shared: what this flow run put on the cluster goes)
+            for future in (*tokens, *functions):
+                future.release()
 
     def __repr__(self) -> str:
         where = self.address or ("a given cluster" if self.cluster is not None else "local")
         return f"{type(self).__name__}({where})"
+
+
+# Clients to the schedulers of given clusters and addresses, one per scheduler (and client
+# options) for the process, shared by the flow runs: each new client costs a long-lived
+# scheduler a megabyte or two that it does not give back.
+_clients: dict[tuple[str, str], Any] = {}
+_clients_lock = threading.Lock()
+
+
+def _shared_client(distributed: Any, address: str, kwargs: dict[str, Any]) -> Any:
+    key = (address, repr(sorted(kwargs.items())))
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None or client.status != "running":  # (none yet, or its scheduler went)
+            if not _clients:
+                atexit.register(_close_clients)
+            client = _clients[key] = distributed.Client(address, **kwargs)
+        return client
+
+
+def _close_clients() -> None:
+    with _clients_lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        try:
+            client.close(timeout=5)
+        except Exception:  # (at exit: the scheduler may be gone already)
+            pass
 
 
 class _Finished:
@@ -394,11 +428,12 @@ def get_dask_client() -> Any:
     client: `distributed.get_client()`)."""
     distributed = _import_distributed()
     try:
-        return distributed.get_client()
+        distributed.get_worker()
     except ValueError:
         raise RuntimeError(
             "get_dask_client() is for code inside a task run on a DaskTaskRunner."
         ) from None
+    return distributed.get_client()
 
 
 __all__ = ["DaskTaskRunner", "get_dask_client"]

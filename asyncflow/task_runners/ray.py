@@ -43,7 +43,6 @@ def _import_ray() -> Any:
     return ray
 
 
-_remote_call: Any = None  # `ray.remote(call_body)`, made once Ray is imported
 
 
 class RayTaskRunner(TaskRunner):
@@ -62,9 +61,9 @@ class RayTaskRunner(TaskRunner):
         self.address = address
         self.init_kwargs = dict(init_kwargs or {})
         self._owns_ray = False
-        self._functions: dict[Callable[..., Any], Any] = {}
+        self._functions: dict[Callable[..., Any], Any] = {}  # fn -> its Ray remote function
         self._handoff = Handoff(_worth_keeping, _drop)
-        self._calls: dict[str, Any] = {}
+        self._calls: dict[tuple[Callable[..., Any], str], Any] = {}  # (fn, name) -> .options
 
     def duplicate(self) -> RayTaskRunner:
         return type(self)(self.address, self.init_kwargs or None)
@@ -80,14 +79,11 @@ class RayTaskRunner(TaskRunner):
         return hash((type(self), self.address))
 
     def start(self) -> None:
-        global _remote_call
         ray = _import_ray()
         if not ray.is_initialized():
             with sigterm_handler_kept():  # (ray.init puts in its own, which would end the
                 ray.init(address=self.address, **self.init_kwargs)  # process unrecorded)
             self._owns_ray = True
-        if _remote_call is None:
-            _remote_call = ray.remote(max_retries=0)(_call_with)
         super().start()
 
     def submit_work(self, work: Callable[[], None]) -> None:  # pragma: no cover - remote
@@ -122,7 +118,6 @@ class RayTaskRunner(TaskRunner):
                 self._handoff.forget(submission)  # (lost with a worker: send the flow's copy)
                 continue
             except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError) as exc:
-                self._functions.pop(fn, None)
                 raise WorkerLost(f"Ray lost the worker running it ({type(exc).__name__})") from None
             if submission is not None:
                 self._handoff.delivered(submission, value, ref, keep)
@@ -147,10 +142,7 @@ class RayTaskRunner(TaskRunner):
             slots = {key: _Slot(i) for i, key in enumerate(kept)}
             args, kwargs = substitute(args, kwargs, submission.places, slots)
         try:
-            sent = self._functions.get(fn)
-            if sent is None:  # (the function goes to Ray's object store once per flow run)
-                sent = self._functions[fn] = ray.put(fn)
-            ref = self._call(task.name, submission).remote(sent, args, kwargs, *refs)
+            ref = self._call(ray, fn, task.name, submission).remote(args, kwargs, *refs)
         except (TypeError, ValueError) as exc:
             raise SerializationError(
                 f"Task {task.name!r} cannot be sent to Ray: its function or arguments cannot "
@@ -167,14 +159,20 @@ class RayTaskRunner(TaskRunner):
             raise
         return value, ref
 
-    def _call(self, name: str, submission: Submission | None) -> Any:
-        """The remote function with the task's name and the submission's options."""
+    def _call(
+        self, ray: Any, fn: Callable[..., Any], name: str, submission: Submission | None
+    ) -> Any:
+        """The task's Ray remote function (made, and so sent to Ray, once per flow run)
+        with its name and the submission's options."""
+        remote = self._functions.get(fn)
+        if remote is None:
+            remote = self._functions[fn] = ray.remote(max_retries=0)(_body_of(fn))
         options = submission.options if submission is not None else None
         if options:
-            return _remote_call.options(name=name, **options)
-        call = self._calls.get(name)
-        if call is None:  # (`.options` is not cheap: once per task name and flow run)
-            call = self._calls[name] = _remote_call.options(name=name)
+            return remote.options(name=name, **options)
+        call = self._calls.get((fn, name))
+        if call is None:  # (`.options` is not cheap: once per task and flow run)
+            call = self._calls[fn, name] = remote.options(name=name)
         return call
 
     def shutdown(self, wait: bool = True) -> None:
@@ -229,6 +227,16 @@ def _call_with(
 
 class _InputsLost(Exception):
     """Ray lost a kept input of an attempt (with its node) before the attempt ran."""
+
+
+def _body_of(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What a Ray worker runs for an attempt of `fn`'s task."""
+
+    def body(args: tuple[Any, ...], kwargs: dict[str, Any], *values: Any) -> Any:
+        return _call_with(fn, args, kwargs, *values)
+
+    body.__name__ = body.__qualname__ = getattr(fn, "__name__", "task")
+    return body
 
 
 def _worth_keeping(value: Any) -> bool:
