@@ -74,6 +74,9 @@ def dask_cluster() -> Iterator[str]:
             client.wait_for_workers(2, timeout=60)
         yield address
     finally:
+        from asyncflow.task_runners import dask as runner_module
+
+        runner_module._close_clients()  # (the runners' shared client, before its scheduler)
         for process in (workers, scheduler):
             process.terminate()
         for process in (workers, scheduler):
@@ -214,8 +217,7 @@ def bench_ray(n: int, reps: int, tmp: str) -> dict[str, Any]:
     return {"ray_per_task": result}
 
 
-def bench_prefect(python: str, quick: bool, memory_runs: int,
-                  memory_tasks: int) -> dict[str, Any]:  # fmt: skip
+def bench_prefect(python: str, quick: bool, memory_tasks: int) -> dict[str, Any]:
     script = Path(__file__).with_name("side_prefect_dask.py")
     # (Prefect takes ~0.1 s a task here: its memory phase gets 3 flow runs, not 20)
     sizes = ["--quick"] if quick else ["--n", "1000", "--reps", "1", "--memory-runs", "3",
@@ -256,8 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         ray_tmp.mkdir()
         results.update(bench_ray(n, reps, str(ray_tmp)))
     if args.prefect_python:
-        results["prefect"] = bench_prefect(args.prefect_python, args.quick, memory_runs,
-                                           memory_tasks)  # fmt: skip
+        results["prefect"] = bench_prefect(args.prefect_python, args.quick, memory_tasks)
 
     report(results)
     if args.json:

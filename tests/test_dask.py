@@ -354,11 +354,9 @@ def test_small_results_and_later_consumers_travel_with_the_flow(
     assert name == "Failed"
 
 
-def test_a_kept_result_lost_with_its_worker_is_not_computed_again(
-    registry: Any, tmp_path: Path
-) -> None:
-    """The worker holding a result kept for a pending consumer dies: Dask does not run the
-    finished task again, and the consumer gets the flow's copy instead (no attempt lost)."""
+def _producer(tmp_path: Path) -> tuple[Any, Path, Path]:
+    """A task returning 2 MB that appends to `ran` on each run and writes its worker's pid
+    to `where`."""
     ran = tmp_path / "ran"
     where = tmp_path / "pid"
 
@@ -368,6 +366,16 @@ def test_a_kept_result_lost_with_its_worker_is_not_computed_again(
             out.write("x")
         where.write_text(str(os.getpid()))
         return b"y" * 2_000_000
+
+    return produce, ran, where
+
+
+def test_a_kept_result_lost_with_its_worker_is_not_computed_again(
+    registry: Any, tmp_path: Path
+) -> None:
+    """The worker holding a result kept for a pending consumer dies: Dask does not run the
+    finished task again, and the consumer gets the flow's copy instead (no attempt lost)."""
+    produce, ran, where = _producer(tmp_path)
 
     seen: dict[str, bool] = {}
 
@@ -436,15 +444,7 @@ def test_an_input_lost_while_its_consumer_waits_on_dask_is_sent_again(
     task again) and the consumer is sent again with the flow's copy, in the same attempt."""
     import dask
 
-    ran = tmp_path / "ran"
-    where = tmp_path / "pid"
-
-    @task
-    def produce() -> bytes:
-        with ran.open("a") as out:
-            out.write("x")
-        where.write_text(str(os.getpid()))
-        return b"y" * 2_000_000
+    produce, ran, where = _producer(tmp_path)
 
     @task
     def consume(data: bytes) -> int:
