@@ -49,7 +49,13 @@ class _Coalescer:
         self._armed = False  # (before taking the queue: what comes later wakes it again)
         queued = self._queued
         while queued:
-            queued.popleft()()
+            try:
+                queued.popleft()()
+            except BaseException:  # (the loop reports it; the rest still get their turn)
+                if queued and not self._armed:
+                    self._armed = True
+                    self._call_soon(self._drain)
+                raise
 
 
 _coalescers: weakref.WeakKeyDictionary[Any, _Coalescer] = weakref.WeakKeyDictionary()

@@ -188,7 +188,8 @@ def _submit_async(
     future: TaskRunFuture[Any] = TaskRunFuture(
         engine.registry, engine.row, threading.get_ident() if on_flow_loop else None
     )
-    future._remote = prepared
+    if remote is not None:
+        future._remote = prepared
     # On the flow's loop a real task group keeps the task inside the flow; a hosted group
     # (nested flows) and the kernel loop need the flow to wait for it explicitly.
     hosted = group is not None and getattr(group, "host", None) is not None
