@@ -154,7 +154,7 @@ class RayTaskRunner(TaskRunner):
             cause = getattr(exc, "cause", None)
             raise (cause if isinstance(cause, BaseException) else exc) from None
         except ray.exceptions.ObjectLostError as exc:  # (not from the body: Ray's own)
-            if exc.object_ref_hex in {ref.hex() for ref in refs}:
+            if exc.object_ref_hex in {kept_ref.hex() for kept_ref in refs}:
                 raise _InputsLost(str(exc)) from None
             raise
         return value, ref
