@@ -14,6 +14,7 @@ cluster running.
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import queue
 import threading
 import uuid
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from asyncflow.exceptions import SerializationError, WorkerLost
-from asyncflow.task_runners.base import TaskRunner, call_body
+from asyncflow.task_runners.base import TaskRunner, call_body, completion
 from asyncflow.task_runners.handoff import Handoff, Place, Submission, substitute
 
 
@@ -177,15 +178,16 @@ class DaskTaskRunner(TaskRunner):
         submission = prepared if isinstance(prepared, Submission) else None
         while True:
             refs = self._handoff.kept(submission, _alive)
-            ok, value = await self._attempt(task, fn, args, kwargs, submission, refs)
-            if ok:
-                return value
-            lost = isinstance(value, _InputsLost) and any(not _alive(r) for r in refs.values())
-            if lost:
-                continue  # an input kept on the cluster was lost: send the flow's copy
-            if isinstance(value, WorkerLost):
+            try:
+                return await self._attempt(task, fn, args, kwargs, submission, refs)
+            except _InputsLost:
+                if any(not _alive(ref) for ref in refs.values()):
+                    continue  # an input kept on the cluster was lost: send the flow's copy
                 self._functions.pop(fn, None)  # (its copy may be gone with the worker too)
-            raise value
+                raise
+            except WorkerLost:
+                self._functions.pop(fn, None)
+                raise
 
     async def _attempt(
         self,
@@ -195,11 +197,7 @@ class DaskTaskRunner(TaskRunner):
         kwargs: dict[str, Any],
         submission: Submission | None,
         refs: dict[int, Any],
-    ) -> tuple[bool, Any]:
-        import anyio
-
-        from asyncflow.backend import coalescing_caller
-
+    ) -> Any:
         if refs and submission is not None:
             args, kwargs = substitute(args, kwargs, submission.places, refs)
         # The token is a dependency of the attempt only until it has finished: released
@@ -219,30 +217,19 @@ class DaskTaskRunner(TaskRunner):
                 f"Task {task.name!r} cannot be sent to Dask: its function or arguments cannot "
                 f"be serialized ({type(cause).__name__}: {cause})."
             ) from exc
-        done = anyio.Event()
-        call_soon = coalescing_caller()
-        outcome: list[tuple[bool, Any]] = []
-
-        def deliver(ok: bool, value: Any) -> None:  # (in the gathering thread)
-            outcome.append((ok, value))
-            call_soon(done.set)
-
+        outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()  # (gatherer sets)
         keep = bool(getattr(task, "cache_result_in_memory", True))
 
         def finished(f: Any) -> None:  # (in a thread of Dask's client)
             token.release()  # (as soon as it can be: until then Dask could run it again)
-            self._queue.put(_Finished(f, deliver, submission, keep))
+            self._queue.put(_Finished(f, outcome, submission, keep))
 
         future.add_done_callback(finished)
         self._ensure_gatherer()
-        try:
-            await done.wait()
-        except BaseException:
-            # Dask cannot stop a task that is running: a queued one is dropped, a running
-            # one is abandoned on its worker (its run here ends Cancelled or TimedOut).
-            self._queue.put(future)  # (cancelled with others, by the gathering thread)
-            raise
-        return outcome[0]
+        # Dask cannot stop a task that is running: stopped, a queued one is dropped and a
+        # running one abandoned on its worker (cancelled with others by the gathering
+        # thread; its run here ends Cancelled or TimedOut).
+        return await completion(outcome, cancel=lambda: self._queue.put(future))
 
     def _token(self) -> Any:
         while True:
@@ -317,11 +304,11 @@ class DaskTaskRunner(TaskRunner):
                     kept = False
                 if not kept:
                     item.future.release()
-                item.deliver(True, value)
+                item.outcome.set_result(value)
             fetched = {id(item) for item in good}
             for item in finished:
                 if id(item) not in fetched:
-                    item.deliver(False, _failure(item.future))
+                    item.outcome.set_exception(_failure(item.future))
                     item.future.release()
 
     def shutdown(self, wait: bool = True) -> None:
@@ -379,17 +366,17 @@ def _close_clients() -> None:
 class _Finished:
     """A finished attempt's future, for the gathering thread."""
 
-    __slots__ = ("deliver", "future", "keep", "submission")
+    __slots__ = ("future", "keep", "outcome", "submission")
 
     def __init__(
         self,
         future: Any,
-        deliver: Callable[[bool, Any], None],
+        outcome: concurrent.futures.Future[Any],
         submission: Submission | None,
         keep: bool,
     ) -> None:
         self.future = future
-        self.deliver = deliver
+        self.outcome = outcome  # (what the attempt awaits)
         self.submission = submission
         self.keep = keep  # (its result may be kept on the cluster for consumers)
 
